@@ -1,0 +1,321 @@
+//! Types that cross the kernel boundary.
+//!
+//! Every map key and value the eBPF programs read is defined here once, `#[repr(C)]`, with
+//! explicit padding and a size assertion, so that the policy compiler in user space writes
+//! exactly the bytes the kernel reads. Multi-byte fields of LPM trie keys are big-endian
+//! byte arrays (the trie matches prefixes bit by bit from the first byte); all other keys use
+//! native integers.
+
+#![no_std]
+
+use core::mem::size_of;
+
+/// A port value that stands for "any port" (an appendMatch entry without `port`).
+pub const PORT_ANY: u16 = 0;
+
+/// Names of the maps, as the loader finds them in the object and pins them.
+pub mod map_names {
+    pub const WORKLOADS: &str = "WORKLOADS";
+    pub const EXACT_V4: &str = "EXACT_V4";
+    pub const EXACT_V6: &str = "EXACT_V6";
+    pub const CIDR_V4: &str = "CIDR_V4";
+    pub const CIDR_V6: &str = "CIDR_V6";
+    pub const DOMAIN_PORTS: &str = "DOMAIN_PORTS";
+    pub const MESH_V4: &str = "MESH_V4";
+    pub const MESH_V6: &str = "MESH_V6";
+    pub const CONFIG: &str = "CONFIG";
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Names of the programs in the object.
+pub mod program_names {
+    pub const CONNECT4: &str = "passthrough_connect4";
+    pub const CONNECT6: &str = "passthrough_connect6";
+}
+
+/// Capacities of the maps. User space refuses a policy that does not fit, before writing.
+pub mod capacity {
+    /// Workload cgroups one agent manages.
+    pub const WORKLOADS: u32 = 65_536;
+    /// Exact IPv4 entries over all slots.
+    pub const EXACT_V4: u32 = 2_097_152;
+    /// Exact IPv6 entries over all slots.
+    pub const EXACT_V6: u32 = 1_048_576;
+    /// IPv4 CIDR entries over all slots.
+    pub const CIDR_V4: u32 = 2_097_152;
+    /// IPv6 CIDR entries over all slots.
+    pub const CIDR_V6: u32 = 1_048_576;
+    /// (slot, port) pairs that carry Domain entries.
+    pub const DOMAIN_PORTS: u32 = 262_144;
+    /// Mesh CIDRs of each family.
+    pub const MESH: u32 = 1_024;
+}
+
+/// The merged `passthroughMode` of a workload, as the kernel reads it.
+pub mod mode {
+    /// `passthroughMode: All`: every destination is allowed.
+    pub const ALL: u8 = 0;
+    /// `passthroughMode: None`: every destination outside the mesh is denied.
+    pub const NONE: u8 = 1;
+    /// `passthroughMode: Matched` (or unset): only what an appendMatch entry allows.
+    pub const MATCHED: u8 = 2;
+    /// No policy selects the workload: it is not filtered.
+    pub const UNFILTERED: u8 = 3;
+}
+
+/// Bits of [`Workload::flags`].
+pub mod workload_flags {
+    /// Connects the policy would deny are allowed and counted as such (audit mode).
+    pub const AUDIT: u8 = 1;
+}
+
+/// Value of the `WORKLOADS` map, keyed by cgroup id (`u64`): which policy slot a workload
+/// uses. User space flips this single value to swap a workload to a new policy atomically.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Workload {
+    /// Slot of the workload's compiled policy in the rule maps.
+    pub slot: u32,
+    /// One of [`mode`].
+    pub mode: u8,
+    /// Bits from [`workload_flags`].
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<Workload>() == 8);
+
+/// Key of `EXACT_V4`: an IP entry (or a /32 CIDR) of one slot, for one port or [`PORT_ANY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExactV4Key {
+    pub slot: u32,
+    /// Destination port in host byte order, or [`PORT_ANY`].
+    pub port: u16,
+    pub _pad: u16,
+    /// Address in network byte order (as `Ipv4Addr::octets`).
+    pub addr: [u8; 4],
+}
+const _: () = assert!(size_of::<ExactV4Key>() == 12);
+
+/// Key of `EXACT_V6`: an IP entry (or a /128 CIDR) of one slot, for one port or [`PORT_ANY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExactV6Key {
+    pub slot: u32,
+    /// Destination port in host byte order, or [`PORT_ANY`].
+    pub port: u16,
+    pub _pad: u16,
+    /// Address in network byte order (as `Ipv6Addr::octets`).
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<ExactV6Key>() == 24);
+
+/// Bits of an LPM key that precede the address: the slot (32) and the port (16). They are
+/// always matched in full, so `prefix_len = LPM_FIXED_BITS + cidr prefix`.
+pub const LPM_FIXED_BITS: u32 = 48;
+
+/// Data part of a `CIDR_V4` LPM key. All fields are big-endian so the slot and port form the
+/// leading, always-matched bits of the prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CidrV4Data {
+    pub slot: [u8; 4],
+    pub port: [u8; 2],
+    pub addr: [u8; 4],
+}
+const _: () = assert!(size_of::<CidrV4Data>() == 10);
+
+/// Data part of a `CIDR_V6` LPM key; see [`CidrV4Data`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CidrV6Data {
+    pub slot: [u8; 4],
+    pub port: [u8; 2],
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<CidrV6Data>() == 22);
+
+impl CidrV4Data {
+    pub const fn new(slot: u32, port: u16, addr: [u8; 4]) -> Self {
+        Self {
+            slot: slot.to_be_bytes(),
+            port: port.to_be_bytes(),
+            addr,
+        }
+    }
+}
+
+impl CidrV6Data {
+    pub const fn new(slot: u32, port: u16, addr: [u8; 16]) -> Self {
+        Self {
+            slot: slot.to_be_bytes(),
+            port: port.to_be_bytes(),
+            addr,
+        }
+    }
+}
+
+/// Value of the rule maps (`EXACT_*`, `CIDR_*`, `DOMAIN_PORTS`): which entry of the
+/// workload's merged appendMatch list produced it, so events and counters can name it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleRef {
+    /// Index into the merged appendMatch list of the slot's policy.
+    pub rule: u32,
+}
+const _: () = assert!(size_of::<RuleRef>() == 4);
+
+/// Key of `DOMAIN_PORTS`: a slot has at least one Domain entry for this port (or for
+/// [`PORT_ANY`]), so a connect that no IP/CIDR entry allows is a candidate for the peek proxy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DomainPortKey {
+    pub slot: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<DomainPortKey>() == 8);
+
+/// The single entry of the `CONFIG` array: agent-wide settings the programs read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Config {
+    /// cgroup id of the agent itself: its processes and their children are never filtered.
+    pub agent_cgroup: u64,
+    /// Port of the peek proxy's IPv4 listener on 127.0.0.1, 0 when there is none.
+    pub proxy_port_v4: u16,
+    /// Port of the peek proxy's IPv6 listener on ::1, 0 when there is none.
+    pub proxy_port_v6: u16,
+    /// Non-zero: the programs log their decisions through aya-log.
+    pub debug: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<Config>() == 16);
+
+/// Why a connect was decided as it was. Index of the per-CPU `COUNTERS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Not a TCP socket (UDP, used by resolvers): out of scope, passes untouched.
+    NotTcp = 0,
+    /// The caller is in no managed workload cgroup.
+    Unmanaged = 1,
+    /// The caller is the agent or one of its children.
+    Agent = 2,
+    /// Loopback destination.
+    Loopback = 3,
+    /// Destination in one of the agent's mesh CIDRs.
+    MeshCidr = 4,
+    /// The workload's merged mode is `All`.
+    ModeAll = 5,
+    /// No policy selects the workload.
+    Unfiltered = 6,
+    /// An IP entry allowed it.
+    IpEntry = 7,
+    /// A CIDR entry allowed it.
+    CidrEntry = 8,
+    /// The workload's merged mode is `None`.
+    ModeNone = 9,
+    /// Mode `Matched` and no entry covers the destination.
+    NoMatch = 10,
+    /// Only a Domain entry could allow it and no peek proxy is configured.
+    DomainNoProxy = 11,
+    /// Handed to the peek proxy, which decides from the name the client sends.
+    ToProxy = 12,
+    /// Would have been denied, allowed because the workload is in audit mode.
+    Audit = 13,
+    /// The peek proxy found a Domain entry for the name the client sent (user space only).
+    DomainEntry = 14,
+    /// The peek proxy found no Domain entry for the name the client sent (user space only).
+    DomainNoMatch = 15,
+}
+
+impl Reason {
+    /// Number of reasons: the size of the `COUNTERS` array.
+    pub const COUNT: u32 = 16;
+
+    /// Every reason, in index order.
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Reason::NotTcp,
+        Reason::Unmanaged,
+        Reason::Agent,
+        Reason::Loopback,
+        Reason::MeshCidr,
+        Reason::ModeAll,
+        Reason::Unfiltered,
+        Reason::IpEntry,
+        Reason::CidrEntry,
+        Reason::ModeNone,
+        Reason::NoMatch,
+        Reason::DomainNoProxy,
+        Reason::ToProxy,
+        Reason::Audit,
+        Reason::DomainEntry,
+        Reason::DomainNoMatch,
+    ];
+
+    /// Stable snake_case name, used in metrics labels and JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::NotTcp => "not_tcp",
+            Reason::Unmanaged => "unmanaged",
+            Reason::Agent => "agent",
+            Reason::Loopback => "loopback",
+            Reason::MeshCidr => "mesh_cidr",
+            Reason::ModeAll => "mode_all",
+            Reason::Unfiltered => "unfiltered",
+            Reason::IpEntry => "ip_entry",
+            Reason::CidrEntry => "cidr_entry",
+            Reason::ModeNone => "mode_none",
+            Reason::NoMatch => "no_match",
+            Reason::DomainNoProxy => "domain_no_proxy",
+            Reason::ToProxy => "to_proxy",
+            Reason::Audit => "audit",
+            Reason::DomainEntry => "domain_entry",
+            Reason::DomainNoMatch => "domain_no_match",
+        }
+    }
+
+    /// Whether a connect with this reason is let through (possibly to the proxy).
+    pub const fn allows(self) -> bool {
+        !matches!(
+            self,
+            Reason::ModeNone | Reason::NoMatch | Reason::DomainNoProxy | Reason::DomainNoMatch
+        )
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+
+    // SAFETY: every type below is `#[repr(C)]`, `Copy`, made only of integers and byte arrays,
+    // with its padding spelled out as fields, so any bit pattern is a valid value.
+    unsafe impl aya::Pod for Workload {}
+    unsafe impl aya::Pod for ExactV4Key {}
+    unsafe impl aya::Pod for ExactV6Key {}
+    unsafe impl aya::Pod for CidrV4Data {}
+    unsafe impl aya::Pod for CidrV6Data {}
+    unsafe impl aya::Pod for RuleRef {}
+    unsafe impl aya::Pod for DomainPortKey {}
+    unsafe impl aya::Pod for Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_table_is_in_index_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{}", r.name());
+        }
+    }
+
+    #[test]
+    fn lpm_data_is_big_endian() {
+        let d = CidrV4Data::new(0x0102_0304, 443, [10, 0, 0, 1]);
+        assert_eq!(d.slot, [1, 2, 3, 4]);
+        assert_eq!(d.port, [0x01, 0xbb]);
+    }
+}

@@ -1,0 +1,55 @@
+//! Every map the programs use. User space writes all of them except `COUNTERS`, which only
+//! the programs write. All are pinned by name, so enforcement outlives the agent process and a
+//! restarted agent adopts them.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+};
+use passthrough_common::{
+    CidrV4Data, CidrV6Data, Config, DomainPortKey, ExactV4Key, ExactV6Key, Reason, RuleRef,
+    Workload, capacity,
+};
+
+/// cgroup id -> [`Workload`] (policy slot, mode, flags). Written by the agent; one update flips
+/// a workload to a new slot.
+#[map]
+pub static WORKLOADS: HashMap<u64, Workload> = HashMap::pinned(capacity::WORKLOADS, 0);
+
+/// (slot, port or any, IPv4 address) -> rule. IP entries and /32 CIDRs. Written by the agent.
+#[map]
+pub static EXACT_V4: HashMap<ExactV4Key, RuleRef> = HashMap::pinned(capacity::EXACT_V4, 0);
+
+/// (slot, port or any, IPv6 address) -> rule. IP entries and /128 CIDRs. Written by the agent.
+#[map]
+pub static EXACT_V6: HashMap<ExactV6Key, RuleRef> = HashMap::pinned(capacity::EXACT_V6, 0);
+
+/// LPM (slot, port or any, IPv4 prefix) -> rule. CIDR entries. Written by the agent.
+#[map]
+pub static CIDR_V4: LpmTrie<CidrV4Data, RuleRef> = LpmTrie::pinned(capacity::CIDR_V4, 0);
+
+/// LPM (slot, port or any, IPv6 prefix) -> rule. CIDR entries. Written by the agent.
+#[map]
+pub static CIDR_V6: LpmTrie<CidrV6Data, RuleRef> = LpmTrie::pinned(capacity::CIDR_V6, 0);
+
+/// (slot, port or any) -> first Domain rule of that port: the connect is for the peek proxy.
+/// Written by the agent.
+#[map]
+pub static DOMAIN_PORTS: HashMap<DomainPortKey, RuleRef> =
+    HashMap::pinned(capacity::DOMAIN_PORTS, 0);
+
+/// LPM IPv4 prefix -> index: the agent's `meshCIDRs`, allowed for every workload.
+#[map]
+pub static MESH_V4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(capacity::MESH, 0);
+
+/// LPM IPv6 prefix -> index: the agent's `meshCIDRs`, allowed for every workload.
+#[map]
+pub static MESH_V6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(capacity::MESH, 0);
+
+/// Index 0 -> [`Config`]: agent-wide settings. Written by the agent.
+#[map]
+pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+/// [`Reason`] -> connects decided for that reason, per CPU. Written by the programs only.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);

@@ -1,0 +1,211 @@
+//! `passthrough compile`: the merged configuration of a workload and the kernel table entries.
+
+use std::process::ExitCode;
+
+use clap::Args as ClapArgs;
+use passthrough_common::PORT_ANY;
+use serde::Serialize;
+
+use super::{Output, fail, print_json, selector::WorkloadArgs};
+use crate::policy::{
+    compile::{CompiledPolicy, compile},
+    merge::{Merged, merged_for},
+    workload::Workload,
+};
+
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+
+    /// The policy slot the entries are shown for (the agent assigns one per workload).
+    #[arg(long, default_value_t = 0)]
+    pub slot: u32,
+}
+
+/// One kernel map entry, as it would be written.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableEntry {
+    pub map: &'static str,
+    /// The key, readable.
+    pub key: String,
+    /// LPM tries only: the key's prefix length in bits (slot and port take the first 48).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix_len: Option<u32>,
+    /// The key's bytes as the kernel sees them, hex.
+    pub key_bytes: String,
+    /// Index of the deciding entry in the merged appendMatch list.
+    pub rule: u32,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Compiled<'a> {
+    pub workload: Workload,
+    pub slot: u32,
+    pub merged: &'a Merged,
+    pub compiled: &'a CompiledPolicy,
+    pub tables: Vec<TableEntry>,
+}
+
+pub fn run(args: &Args, output: Output) -> ExitCode {
+    let policies = match args.workload.load(output) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let workload = args.workload.workload();
+    let merged = match merged_for(&policies, &workload, &args.workload.select_options()) {
+        Ok(m) => m,
+        Err(conflicts) => {
+            let text: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
+            return fail(output, &text.join("; "));
+        }
+    };
+    let compiled = match compile(&merged) {
+        Ok(c) => c,
+        Err(e) => return fail(output, &e.to_string()),
+    };
+    let tables = tables(&compiled, args.slot);
+    let out = Compiled {
+        workload,
+        slot: args.slot,
+        merged: &merged,
+        compiled: &compiled,
+        tables,
+    };
+    match output {
+        Output::Json => print_json(&out),
+        Output::Text => print_text(&out),
+    }
+    ExitCode::SUCCESS
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn port(p: u16) -> String {
+    if p == PORT_ANY {
+        "any".into()
+    } else {
+        p.to_string()
+    }
+}
+
+/// Views a map key as the bytes the kernel compares.
+fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+    // SAFETY: the key types are `#[repr(C)]` integers and byte arrays with explicit padding
+    // fields, so every byte is initialised.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+}
+
+fn tables(c: &CompiledPolicy, slot: u32) -> Vec<TableEntry> {
+    use passthrough_common::map_names as m;
+    let mut out = Vec::new();
+    for (k, v) in c.exact_v4_entries(slot) {
+        out.push(TableEntry {
+            map: m::EXACT_V4,
+            key: format!(
+                "slot {} {}:{}",
+                k.slot,
+                std::net::Ipv4Addr::from(k.addr),
+                port(k.port)
+            ),
+            prefix_len: None,
+            key_bytes: hex(&bytes_of(&k)),
+            rule: v.rule,
+        });
+    }
+    for (k, v) in c.exact_v6_entries(slot) {
+        out.push(TableEntry {
+            map: m::EXACT_V6,
+            key: format!(
+                "slot {} [{}]:{}",
+                k.slot,
+                std::net::Ipv6Addr::from(k.addr),
+                port(k.port)
+            ),
+            prefix_len: None,
+            key_bytes: hex(&bytes_of(&k)),
+            rule: v.rule,
+        });
+    }
+    for ((p, net), (prefix_len, data, v)) in c.cidr_v4.keys().zip(c.cidr_v4_entries(slot)) {
+        out.push(TableEntry {
+            map: m::CIDR_V4,
+            key: format!("slot {slot} port {} {net}", port(*p)),
+            prefix_len: Some(prefix_len),
+            key_bytes: hex(&bytes_of(&data)),
+            rule: v.rule,
+        });
+    }
+    for ((p, net), (prefix_len, data, v)) in c.cidr_v6.keys().zip(c.cidr_v6_entries(slot)) {
+        out.push(TableEntry {
+            map: m::CIDR_V6,
+            key: format!("slot {slot} port {} {net}", port(*p)),
+            prefix_len: Some(prefix_len),
+            key_bytes: hex(&bytes_of(&data)),
+            rule: v.rule,
+        });
+    }
+    for (k, v) in c.domain_port_entries(slot) {
+        out.push(TableEntry {
+            map: m::DOMAIN_PORTS,
+            key: format!("slot {} port {}", k.slot, port(k.port)),
+            prefix_len: None,
+            key_bytes: hex(&bytes_of(&k)),
+            rule: v.rule,
+        });
+    }
+    out
+}
+
+fn print_text(out: &Compiled<'_>) {
+    println!("workload  {}", out.workload);
+    let names: Vec<&str> = out.merged.policies.iter().map(|p| p.name.as_str()).collect();
+    println!(
+        "policies  {} (weakest first)",
+        if names.is_empty() {
+            "(none)".to_string()
+        } else {
+            names.join(", ")
+        }
+    );
+    println!("mode      {}", out.compiled.mode);
+    if out.compiled.audit {
+        println!("audit     on");
+    }
+    println!("merged appendMatch:");
+    if out.compiled.rules.is_empty() {
+        println!("  (empty)");
+    }
+    for (i, r) in out.compiled.rules.iter().enumerate() {
+        println!("  [{i}] {r}");
+    }
+    println!("kernel tables (slot {}):", out.slot);
+    if out.tables.is_empty() {
+        println!("  (no entries)");
+    }
+    for t in &out.tables {
+        let prefix = t.prefix_len.map_or(String::new(), |p| format!(" /{p}"));
+        println!(
+            "  {:<12} {:<40} -> rule {}  key {}{prefix}",
+            t.map, t.key, t.rule, t.key_bytes
+        );
+    }
+    if !out.compiled.domains.is_empty() {
+        println!("peek proxy rules:");
+        for (p, rules) in &out.compiled.domains {
+            for r in rules {
+                println!(
+                    "  port {:<6} {:<6} {:<30} -> rule {}",
+                    port(*p),
+                    format!("{:?}", r.protocol).to_lowercase(),
+                    r.pattern.to_string(),
+                    r.rule
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! `passthrough explain`: the verdict for one destination, and why.
+
+use std::{net::SocketAddr, process::ExitCode};
+
+use clap::Args as ClapArgs;
+use ipnet::IpNet;
+use serde::Serialize;
+
+use super::{Output, fail, print_json, selector::WorkloadArgs};
+use crate::policy::{
+    compile::{CompiledPolicy, EffectiveMode, compile},
+    decide::{Action, Exemptions, Peeked, Verdict, decide},
+    merge::{Merged, MergedEntry, PolicyRef, merged_for},
+    workload::Workload,
+};
+
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+
+    /// The TLS SNI the client sends (decides tls Domain entries).
+    #[arg(long, group = "name")]
+    pub sni: Option<String>,
+
+    /// The HTTP/1 Host the client sends (decides http Domain entries).
+    #[arg(long, group = "name")]
+    pub host: Option<String>,
+
+    /// The HTTP/2 :authority the client sends (decides http2 and grpc Domain entries).
+    #[arg(long, group = "name")]
+    pub authority: Option<String>,
+
+    /// A mesh CIDR of the agent config, always allowed (repeatable).
+    #[arg(long = "mesh-cidr", value_name = "CIDR")]
+    pub mesh_cidrs: Vec<IpNet>,
+
+    /// Destination: 1.2.3.4:443 or [2001:db8::1]:443.
+    #[arg(value_name = "DESTINATION")]
+    pub destination: SocketAddr,
+}
+
+/// What `explain -o json` prints.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Explanation {
+    pub workload: Workload,
+    pub destination: SocketAddr,
+    /// Selected policies, weakest first.
+    pub policies: Vec<PolicyRef>,
+    pub mode: EffectiveMode,
+    pub mode_from: Option<PolicyRef>,
+    pub audit: bool,
+    pub peeked: Option<Peeked>,
+    pub verdict: Verdict,
+    /// The deciding appendMatch entry.
+    pub rule: Option<MergedEntry>,
+    /// For a proxy verdict: the Domain entries that could admit the connection.
+    pub candidates: Vec<MergedEntry>,
+    pub summary: String,
+}
+
+pub fn run(args: &Args, output: Output) -> ExitCode {
+    let policies = match args.workload.load(output) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let workload = args.workload.workload();
+    let opts = args.workload.select_options();
+    let merged = match merged_for(&policies, &workload, &opts) {
+        Ok(m) => m,
+        Err(conflicts) => {
+            let text: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
+            return fail(output, &text.join("; "));
+        }
+    };
+    let compiled = match compile(&merged) {
+        Ok(c) => c,
+        Err(e) => return fail(output, &e.to_string()),
+    };
+    let peeked = if let Some(s) = &args.sni {
+        Some(Peeked::Tls(Some(s.clone())))
+    } else if let Some(h) = &args.host {
+        Some(Peeked::Http1(Some(h.clone())))
+    } else {
+        args.authority
+            .as_ref()
+            .map(|a| Peeked::Http2(Some(a.clone())))
+    };
+    let exemptions = Exemptions {
+        mesh_cidrs: args.mesh_cidrs.clone(),
+    };
+    let verdict = decide(&compiled, &exemptions, args.destination, peeked.as_ref());
+    let e = explanation(
+        workload,
+        args.destination,
+        &merged,
+        &compiled,
+        peeked,
+        verdict,
+    );
+    match output {
+        Output::Json => print_json(&e),
+        Output::Text => print_text(&e),
+    }
+    ExitCode::from(match e.verdict.action {
+        Action::Allow => 0,
+        Action::Deny => 1,
+        Action::Proxy => 3,
+    })
+}
+
+fn explanation(
+    workload: Workload,
+    destination: SocketAddr,
+    merged: &Merged,
+    compiled: &CompiledPolicy,
+    peeked: Option<Peeked>,
+    verdict: Verdict,
+) -> Explanation {
+    let rule = verdict
+        .rule
+        .and_then(|r| compiled.rules.get(r as usize).cloned());
+    let candidates = if verdict.action == Action::Proxy {
+        [destination.port(), passthrough_common::PORT_ANY]
+            .iter()
+            .filter_map(|p| compiled.domains.get(p))
+            .flatten()
+            .filter_map(|d| compiled.rules.get(d.rule as usize).cloned())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let summary = summary(&verdict, compiled.mode, rule.as_ref(), &peeked);
+    Explanation {
+        workload,
+        destination,
+        policies: merged.policies.clone(),
+        mode: compiled.mode,
+        mode_from: merged.mode_from.clone(),
+        audit: compiled.audit,
+        peeked,
+        verdict,
+        rule,
+        candidates,
+        summary,
+    }
+}
+
+fn summary(
+    v: &Verdict,
+    mode: EffectiveMode,
+    rule: Option<&MergedEntry>,
+    peeked: &Option<Peeked>,
+) -> String {
+    use passthrough_common::Reason as R;
+    let by_rule = || rule.map_or_else(String::new, |r| format!(" by {r}"));
+    let base = match v.would_deny.unwrap_or(v.reason) {
+        R::Loopback => "loopback (and the unspecified address) is always allowed".into(),
+        R::MeshCidr => "the destination is in a mesh CIDR, always allowed".into(),
+        R::Unfiltered => "no policy selects this workload: it is not filtered".into(),
+        R::ModeAll => "passthroughMode All allows every destination".into(),
+        R::ModeNone => "passthroughMode None denies every destination outside the mesh".into(),
+        R::IpEntry => format!("allowed in the kernel{}", by_rule()),
+        R::CidrEntry => format!("allowed in the kernel{}", by_rule()),
+        R::NoMatch => format!(
+            "no appendMatch entry covers this address and port (mode {mode}); connect() fails with EPERM"
+        ),
+        R::ToProxy => "no IP or CIDR entry allows it, but Domain entries exist for this port: the peek proxy decides from the name the client sends".into(),
+        R::DomainEntry => format!("the name the client sends is allowed{}", by_rule()),
+        R::DomainNoMatch => match peeked {
+            Some(Peeked::Tls(Some(n))) => format!("no tls Domain entry on this port allows SNI {n}"),
+            Some(Peeked::Http1(Some(n))) => format!("no http Domain entry on this port allows Host {n}"),
+            Some(Peeked::Http2(Some(n))) => format!("no http2/grpc Domain entry on this port allows :authority {n}"),
+            _ => "the client sent no name a Domain entry admits".into(),
+        },
+        other => other.name().to_string(),
+    };
+    if v.would_deny.is_some() {
+        format!("audit mode: allowed, but would be denied: {base}")
+    } else {
+        base
+    }
+}
+
+fn print_text(e: &Explanation) {
+    println!("workload     {}", e.workload);
+    println!("destination  {}", e.destination);
+    if e.policies.is_empty() {
+        println!("policies     (none select this workload)");
+    } else {
+        for (i, p) in e.policies.iter().enumerate() {
+            let label = if i == 0 { "policies" } else { "" };
+            let strength = if i + 1 == e.policies.len() {
+                "  (strongest)"
+            } else {
+                ""
+            };
+            println!("{label:<12} {} ({}){strength}", p.name, p.source);
+        }
+    }
+    match (&e.mode, &e.mode_from) {
+        (EffectiveMode::Unfiltered, _) => println!("mode         {}", e.mode),
+        (m, Some(from)) => println!("mode         {m} (from {})", from.name),
+        (m, None) => println!("mode         {m} (no policy sets it; Kuma's default)"),
+    }
+    if e.audit {
+        println!("audit        on: denials are reported, not enforced");
+    }
+    match &e.peeked {
+        Some(Peeked::Tls(Some(n))) => println!("sni          {n}"),
+        Some(Peeked::Http1(Some(n))) => println!("host         {n}"),
+        Some(Peeked::Http2(Some(n))) => println!("authority    {n}"),
+        _ => {}
+    }
+    println!("verdict      {}", e.verdict.action);
+    println!("reason       {}", e.summary);
+    if let Some(r) = &e.rule {
+        println!("rule         {r}");
+    }
+    for (i, c) in e.candidates.iter().enumerate() {
+        let label = if i == 0 { "candidates" } else { "" };
+        println!("{label:<12} {c}");
+    }
+}

@@ -1,0 +1,111 @@
+//! Arguments shared by the verbs that work on one workload: the policies and the workload's
+//! identity.
+
+use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
+
+use clap::Args as ClapArgs;
+
+use super::{Output, fail, print_json};
+use crate::policy::{
+    merge::SelectOptions,
+    model::{DEFAULT_MESH, DEFAULT_SYSTEM_NAMESPACE, Policy},
+    set::{PolicySet, Problem},
+    workload::{ProxyType, Workload},
+};
+
+/// Policies and the workload they are applied to.
+#[derive(Debug, ClapArgs)]
+pub struct WorkloadArgs {
+    /// Policy files or directories (repeatable).
+    #[arg(long = "policy", required = true, value_name = "PATH")]
+    pub policies: Vec<PathBuf>,
+
+    /// The workload's mesh.
+    #[arg(long, default_value = DEFAULT_MESH)]
+    pub mesh: String,
+
+    /// The workload's proxy type, for targetRef proxyTypes.
+    #[arg(long, default_value = "Sidecar", value_parser = clap::value_parser!(ProxyType))]
+    pub proxy_type: ProxyType,
+
+    /// A tag of the workload, for MeshSubset (repeatable). Example: --tag kuma.io/service=web
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub tags: Vec<(String, String)>,
+
+    /// The workload's name, for Dataplane with name.
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// The workload's Kubernetes namespace, for Dataplane and namespaced policies.
+    #[arg(long)]
+    pub namespace: Option<String>,
+
+    /// A label of the workload, for Dataplane with labels (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub labels: Vec<(String, String)>,
+
+    /// Kuma's system namespace: Kubernetes policies in other namespaces apply only there.
+    #[arg(long, default_value = DEFAULT_SYSTEM_NAMESPACE)]
+    pub system_namespace: String,
+}
+
+impl clap::builder::ValueParserFactory for ProxyType {
+    type Parser = clap::builder::ValueParser;
+    fn value_parser() -> Self::Parser {
+        clap::builder::ValueParser::new(|s: &str| s.parse::<ProxyType>())
+    }
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+impl WorkloadArgs {
+    pub fn workload(&self) -> Workload {
+        Workload {
+            mesh: self.mesh.clone(),
+            proxy_type: self.proxy_type,
+            tags: self.tags.iter().cloned().collect::<BTreeMap<_, _>>(),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            labels: self.labels.iter().cloned().collect(),
+        }
+    }
+
+    pub fn select_options(&self) -> SelectOptions {
+        SelectOptions {
+            system_namespace: self.system_namespace.clone(),
+        }
+    }
+
+    /// Loads the policies; any problem is an error (exit code 2), since a verdict computed
+    /// from part of the input would be wrong.
+    pub fn load(&self, output: Output) -> Result<Vec<Policy>, ExitCode> {
+        let set = PolicySet::load(&self.policies);
+        if set.problems.is_empty() {
+            return Ok(set.policies);
+        }
+        match output {
+            Output::Text => {
+                for line in set.problems.iter().flat_map(Problem::lines) {
+                    eprintln!("{line}");
+                }
+                Err(fail(
+                    output,
+                    "the policies are not valid (see above); fix them or check them with `passthrough validate`",
+                ))
+            }
+            Output::Json => {
+                let records: Vec<_> = set.problems.iter().flat_map(Problem::records).collect();
+                print_json(&serde_json::json!({
+                    "error": "the policies are not valid",
+                    "problems": records,
+                }));
+                Err(ExitCode::from(2))
+            }
+        }
+    }
+}

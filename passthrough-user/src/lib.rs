@@ -1,0 +1,8 @@
+//! passthrough: Kuma `MeshPassthrough` egress policy enforced in the Linux kernel with eBPF.
+//!
+//! - [`policy`]: the pure policy engine (parse, validate, merge, compile, decide).
+//! - [`agent`]: loads the eBPF programs, writes the maps, serves the admin endpoint.
+//! - [`cli`]: the `passthrough` command's verbs.
+
+pub mod policy;
+pub mod cli;

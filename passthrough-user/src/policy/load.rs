@@ -1,0 +1,490 @@
+//! Reading policy files: single files, multi-document files and directories, in Kuma's
+//! Kubernetes or Universal form.
+//!
+//! Two kinds of failure are kept apart, because operators act on them differently:
+//! a file that cannot be read as YAML at all ([`LoadError`], the CLI's exit code 2), and a
+//! YAML document that is not a well-formed MeshPassthrough ([`DocError`], reported like a
+//! validation violation, exit code 1).
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use super::model::{
+    DEFAULT_MESH, Format, KubernetesDoc, Policy, Source, Spec, UniversalDoc, labels,
+};
+
+/// Largest policy file read. Kubernetes objects are limited to about 1.5 MB by etcd; a file
+/// several times that size is almost certainly not a policy file.
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// File name endings read when a directory is given.
+pub const POLICY_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
+
+pub const API_VERSION: &str = "kuma.io/v1alpha1";
+pub const KIND: &str = "MeshPassthrough";
+
+/// A file that could not be read as YAML.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: file is {size} bytes, larger than the {MAX_FILE_BYTES}-byte limit for policy files; split it or remove what is not a MeshPassthrough"
+    )]
+    TooLarge { path: String, size: u64 },
+    #[error("{path}: not a text file (it is not valid UTF-8); give YAML or JSON policy files")]
+    NotText { path: String },
+    #[error("{path}: not valid YAML: {message}")]
+    Yaml { path: String, message: String },
+}
+
+/// A YAML document that is not a well-formed MeshPassthrough: wrong kind, unknown field,
+/// wrong type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocError {
+    pub source: Source,
+    /// The policy's name, where the document got far enough to have one.
+    pub name: Option<String>,
+    pub field: String,
+    pub message: String,
+}
+
+/// What one document of a file turned out to be.
+#[derive(Clone, Debug)]
+pub enum Document {
+    Policy(Box<Policy>),
+    Invalid(DocError),
+}
+
+/// The documents of one file, or why the file could not be read.
+#[derive(Debug)]
+pub struct FileResult {
+    pub path: String,
+    pub outcome: Result<Vec<Document>, LoadError>,
+}
+
+/// Reads every policy file named by `paths`: files as given, directories recursively for
+/// files ending in `.yaml`, `.yml` or `.json` (names starting with `.` are skipped, which
+/// also skips the `..data` links of Kubernetes ConfigMap volumes). Results are in path order.
+pub fn load_paths(paths: &[PathBuf]) -> Vec<FileResult> {
+    let mut out = Vec::new();
+    for path in paths {
+        match fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => match policy_files_in(path) {
+                Ok(files) => out.extend(files.iter().map(|f| load_file(f))),
+                Err(source) => out.push(FileResult {
+                    path: path.display().to_string(),
+                    outcome: Err(LoadError::Io {
+                        path: path.display().to_string(),
+                        source,
+                    }),
+                }),
+            },
+            _ => out.push(load_file(path)),
+        }
+    }
+    out
+}
+
+/// The policy files below a directory, sorted.
+pub fn policy_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in fs::read_dir(&d)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            // Follow links: ConfigMap volumes present files as symlinks.
+            let meta = fs::metadata(&path)?;
+            if meta.is_dir() {
+                pending.push(path);
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| POLICY_EXTENSIONS.contains(&e))
+            {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads one file.
+pub fn load_file(path: &Path) -> FileResult {
+    let name = path.display().to_string();
+    let outcome = read_text(path, &name).and_then(|text| parse_documents(&name, &text));
+    FileResult {
+        path: name,
+        outcome,
+    }
+}
+
+fn read_text(path: &Path, name: &str) -> Result<String, LoadError> {
+    let io = |source| LoadError::Io {
+        path: name.to_string(),
+        source,
+    };
+    let file = fs::File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if meta.is_dir() {
+        return Err(LoadError::Io {
+            path: name.to_string(),
+            source: std::io::Error::other("is a directory"),
+        });
+    }
+    let mut bytes = Vec::new();
+    // Read one byte past the limit, so a file that grows while being read is still refused.
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(LoadError::TooLarge {
+            path: name.to_string(),
+            size: meta.len().max(bytes.len() as u64),
+        });
+    }
+    let text = String::from_utf8(bytes).map_err(|_| LoadError::NotText {
+        path: name.to_string(),
+    })?;
+    if text.contains('\0') {
+        return Err(LoadError::NotText {
+            path: name.to_string(),
+        });
+    }
+    Ok(text)
+}
+
+/// Parses every document of a YAML text. `file` names the text in sources and errors.
+pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Document>, LoadError> {
+    let mut values = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| LoadError::Yaml {
+            path: file.to_string(),
+            message: e.to_string(),
+        })?;
+        values.push(value);
+    }
+    Ok(values
+        .into_iter()
+        .enumerate()
+        // An empty document (a leading or trailing `---`) holds nothing to apply.
+        .filter(|(_, v)| !v.is_null())
+        .map(|(doc, value)| {
+            let source = Source {
+                file: file.to_string(),
+                doc,
+            };
+            match parse_policy(source.clone(), value) {
+                Ok(p) => Document::Policy(Box::new(p)),
+                Err(e) => Document::Invalid(e),
+            }
+        })
+        .collect())
+}
+
+/// Interprets one YAML document as a MeshPassthrough.
+pub fn parse_policy(source: Source, value: serde_yaml::Value) -> Result<Policy, DocError> {
+    let err = |name: Option<String>, field: &str, message: String| DocError {
+        source: source.clone(),
+        name,
+        field: field.to_string(),
+        message,
+    };
+    let Some(map) = value.as_mapping() else {
+        return Err(err(
+            None,
+            "",
+            "expected a MeshPassthrough resource (a YAML mapping)".into(),
+        ));
+    };
+    let has = |k: &str| map.contains_key(serde_yaml::Value::from(k));
+    let name_hint = guess_name(map);
+    if has("apiVersion") || has("kind") || has("metadata") {
+        let doc: KubernetesDoc = typed(value, |field, message| {
+            err(name_hint.clone(), &field, message)
+        })?;
+        if doc.api_version != API_VERSION {
+            return Err(err(
+                doc.metadata.name,
+                "apiVersion",
+                format!("must be {API_VERSION:?}, found {:?}", doc.api_version),
+            ));
+        }
+        if doc.kind != KIND {
+            return Err(err(
+                doc.metadata.name,
+                "kind",
+                format!("must be {KIND:?}, found {:?}", doc.kind),
+            ));
+        }
+        let labels = doc.metadata.labels.unwrap_or_default();
+        Ok(Policy {
+            source,
+            format: Format::Kubernetes,
+            name: doc.metadata.name.unwrap_or_default(),
+            namespace: doc.metadata.namespace,
+            mesh: mesh_of(&labels, None),
+            labels,
+            spec: doc.spec,
+        })
+    } else if has("type") {
+        let doc: UniversalDoc = typed(value, |field, message| {
+            err(name_hint.clone(), &field, message)
+        })?;
+        if doc.kind != KIND {
+            return Err(err(
+                doc.name,
+                "type",
+                format!("must be {KIND:?}, found {:?}", doc.kind),
+            ));
+        }
+        let labels = doc.labels.unwrap_or_default();
+        Ok(Policy {
+            source,
+            format: Format::Universal,
+            name: doc.name.unwrap_or_default(),
+            namespace: None,
+            mesh: mesh_of(&labels, doc.mesh),
+            labels,
+            spec: doc.spec,
+        })
+    } else {
+        Err(err(
+            None,
+            "",
+            "neither a Kubernetes resource (apiVersion, kind, metadata, spec) nor a Universal one (type, name, mesh, spec)".into(),
+        ))
+    }
+}
+
+/// Parses only a `spec` (the form Kuma's own validator tests use).
+pub fn parse_spec(text: &str) -> Result<Spec, String> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| format!("{}: {}", e.path(), e.inner()))
+}
+
+fn mesh_of(labels: &BTreeMap<String, String>, universal_mesh: Option<String>) -> String {
+    universal_mesh
+        .or_else(|| labels.get(labels::MESH).cloned())
+        .unwrap_or_else(|| DEFAULT_MESH.to_string())
+}
+
+fn guess_name(map: &serde_yaml::Mapping) -> Option<String> {
+    let name = map
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .or_else(|| map.get("name"))?;
+    name.as_str().map(str::to_string)
+}
+
+/// Deserializes with the field path of the first error, e.g. `spec.default.appendMatch[2].port`.
+fn typed<T: for<'de> Deserialize<'de>>(
+    value: serde_yaml::Value,
+    err: impl Fn(String, String) -> DocError,
+) -> Result<T, DocError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        err(field, clean_message(&e.inner().to_string()))
+    })
+}
+
+/// serde's messages name Rust types; say what YAML would be accepted instead.
+fn clean_message(msg: &str) -> String {
+    if let Some(rest) = msg.strip_prefix("unknown field ") {
+        // "unknown field `x`, expected one of `a`, `b`"
+        let rest = rest.replace('`', "");
+        return match rest.split_once(", expected ") {
+            Some((field, expected)) => {
+                format!("unknown field {field}; the fields accepted here are {expected}")
+            }
+            None => format!("unknown field {rest}"),
+        };
+    }
+    if let Some(rest) = msg.strip_prefix("missing field ") {
+        return format!("missing required field {}", rest.replace('`', ""));
+    }
+    msg.replace("u32", "a port number (1-65535)")
+        .replace("invalid type: ", "wrong type: ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn docs(text: &str) -> Vec<Document> {
+        parse_documents("t.yaml", text).expect("yaml")
+    }
+
+    fn policy(d: &Document) -> &Policy {
+        match d {
+            Document::Policy(p) => p,
+            Document::Invalid(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+
+    fn invalid(d: &Document) -> &DocError {
+        match d {
+            Document::Invalid(e) => e,
+            Document::Policy(p) => panic!("unexpected policy {p:?}"),
+        }
+    }
+
+    #[test]
+    fn kubernetes_form_takes_mesh_from_label_and_defaults_protocol_to_tcp() {
+        let d = docs(
+            r#"
+apiVersion: kuma.io/v1alpha1
+kind: MeshPassthrough
+metadata:
+  name: allow-some
+  namespace: kuma-system
+  labels:
+    kuma.io/mesh: other
+spec:
+  targetRef:
+    kind: Mesh
+  default:
+    passthroughMode: Matched
+    appendMatch:
+      - type: IP
+        value: 1.2.3.4
+"#,
+        );
+        let p = policy(&d[0]);
+        assert_eq!(p.format, Format::Kubernetes);
+        assert_eq!(p.name, "allow-some");
+        assert_eq!(p.namespace.as_deref(), Some("kuma-system"));
+        assert_eq!(p.mesh, "other");
+        let m = &p.spec.default.append_match.as_ref().expect("matches")[0];
+        assert_eq!(m.protocol, "tcp");
+        assert_eq!(m.port, None);
+    }
+
+    #[test]
+    fn universal_form_defaults_mesh() {
+        let d = docs("type: MeshPassthrough\nname: p\nspec:\n  default:\n    passthroughMode: None\n");
+        let p = policy(&d[0]);
+        assert_eq!(p.format, Format::Universal);
+        assert_eq!(p.mesh, "default");
+        assert_eq!(p.spec.default.passthrough_mode.as_deref(), Some("None"));
+    }
+
+    #[test]
+    fn multi_document_files_keep_document_indexes_and_skip_empty_ones() {
+        let d = docs("---\ntype: MeshPassthrough\nname: a\n---\n---\ntype: MeshPassthrough\nname: b\n");
+        // A leading `---` opens the first document; `---` twice in a row makes an empty one.
+        assert_eq!(d.len(), 2);
+        assert_eq!(policy(&d[0]).source.doc, 0);
+        assert_eq!(policy(&d[1]).source.doc, 2);
+    }
+
+    #[test]
+    fn unknown_field_names_its_path_and_the_accepted_fields() {
+        let d = docs(
+            "type: MeshPassthrough\nname: p\nspec:\n  default:\n    appendMatch:\n      - type: IP\n        value: 1.1.1.1\n        prot: tcp\n",
+        );
+        let e = invalid(&d[0]);
+        assert_eq!(e.field, "spec.default.appendMatch[0].prot");
+        assert!(e.message.contains("unknown field prot"), "{}", e.message);
+        assert!(e.message.contains("protocol"), "{}", e.message);
+        assert_eq!(e.name.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn wrong_type_names_its_path() {
+        let d = docs(
+            "type: MeshPassthrough\nname: p\nspec:\n  default:\n    appendMatch:\n      - type: IP\n        value: 1.1.1.1\n        port: eighty\n",
+        );
+        let e = invalid(&d[0]);
+        assert_eq!(e.field, "spec.default.appendMatch[0].port");
+        assert!(e.message.contains("wrong type"), "{}", e.message);
+    }
+
+    #[test]
+    fn scalar_protocol_is_read_as_text_like_kuma() {
+        let d = docs(
+            "type: MeshPassthrough\nname: p\nspec:\n  default:\n    appendMatch:\n      - {type: IP, value: 1.1.1.1, protocol: 1}\n",
+        );
+        let p = policy(&d[0]);
+        assert_eq!(p.spec.default.append_match.as_ref().expect("m")[0].protocol, "1");
+    }
+
+    #[test]
+    fn other_kinds_are_errors_not_silently_skipped() {
+        let d = docs("apiVersion: kuma.io/v1alpha1\nkind: MeshTrace\nmetadata: {name: x}\n");
+        let e = invalid(&d[0]);
+        assert_eq!(e.field, "kind");
+        let d = docs("- a\n- b\n");
+        assert!(invalid(&d[0]).message.contains("mapping"));
+        let d = docs("foo: bar\n");
+        assert!(invalid(&d[0]).message.contains("neither"));
+    }
+
+    #[test]
+    fn malformed_yaml_is_a_load_error() {
+        let e = parse_documents("t.yaml", "a: [1, 2\n").expect_err("must fail");
+        assert!(matches!(e, LoadError::Yaml { .. }));
+        assert!(e.to_string().starts_with("t.yaml: not valid YAML"));
+    }
+
+    #[test]
+    fn binary_and_oversized_files_are_refused_with_clear_errors() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let bin = dir.path().join("junk.yaml");
+        fs::write(&bin, [0xff, 0xfe, 0x00, 0x12, 0x80]).expect("write");
+        let r = load_file(&bin);
+        assert!(matches!(r.outcome, Err(LoadError::NotText { .. })));
+
+        let big = dir.path().join("big.yaml");
+        let line = "# padding padding padding padding padding padding padding padding\n";
+        let text = line.repeat((10 << 20) / line.len());
+        fs::write(&big, text).expect("write");
+        let r = load_file(&big);
+        match r.outcome {
+            Err(e @ LoadError::TooLarge { .. }) => assert!(e.to_string().contains("limit")),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn directories_are_read_recursively_in_order_skipping_hidden_and_other_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path();
+        fs::create_dir(p.join("sub")).expect("mkdir");
+        fs::create_dir(p.join("..data")).expect("mkdir");
+        fs::write(p.join("b.yaml"), "type: MeshPassthrough\nname: b\n").expect("w");
+        fs::write(p.join("sub/a.yml"), "type: MeshPassthrough\nname: a\n").expect("w");
+        fs::write(p.join("..data/c.yaml"), "type: MeshPassthrough\nname: c\n").expect("w");
+        fs::write(p.join("README.md"), "# not a policy").expect("w");
+        let files = policy_files_in(p).expect("list");
+        let names: Vec<_> = files
+            .iter()
+            .map(|f| f.strip_prefix(p).expect("prefix").display().to_string())
+            .collect();
+        assert_eq!(names, ["b.yaml", "sub/a.yml"]);
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error() {
+        let r = load_paths(&[PathBuf::from("/nonexistent/passthrough.yaml")]);
+        assert!(matches!(r[0].outcome, Err(LoadError::Io { .. })));
+    }
+}

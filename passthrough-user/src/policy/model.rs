@@ -1,0 +1,322 @@
+//! The `MeshPassthrough` resource as Kuma accepts it, in both its Kubernetes and Universal forms.
+//!
+//! Enumerated fields (`type`, `protocol`, `passthroughMode`, `targetRef.kind`, `proxyTypes`)
+//! are kept as strings: Kuma's validator reports unsupported values as violations with its own
+//! messages, so they must survive parsing. Like Kuma's YAML reader, a scalar given to a string
+//! field is taken as its text (`protocol: 1` is the protocol `"1"`).
+
+use std::{collections::BTreeMap, fmt};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The namespace Kuma's control plane runs in; a policy there is a `system` policy.
+pub const DEFAULT_SYSTEM_NAMESPACE: &str = "kuma-system";
+/// The mesh of a policy or workload that names none.
+pub const DEFAULT_MESH: &str = "default";
+
+pub mod labels {
+    pub const MESH: &str = "kuma.io/mesh";
+    pub const ORIGIN: &str = "kuma.io/origin";
+    pub const ZONE: &str = "kuma.io/zone";
+    pub const POLICY_ROLE: &str = "kuma.io/policy-role";
+    pub const DISPLAY_NAME: &str = "kuma.io/display-name";
+    /// passthrough's own label: the policy is enforced in audit mode.
+    pub const AUDIT: &str = "passthrough.io/audit";
+}
+
+/// Where a policy document came from: a file and the document's index in it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Source {
+    pub file: String,
+    pub doc: usize,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.file, self.doc)
+    }
+}
+
+/// Which of Kuma's two resource forms a document used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Kubernetes,
+    Universal,
+}
+
+/// One `MeshPassthrough` policy, with the metadata that selection and priority need.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Policy {
+    #[serde(skip)]
+    pub source: Source,
+    pub format: Format,
+    pub name: String,
+    /// Kubernetes namespace; `None` on Universal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub mesh: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub spec: Spec,
+}
+
+impl Policy {
+    /// The name Kuma orders by and shows: the `kuma.io/display-name` label, else the name.
+    pub fn display_name(&self) -> &str {
+        self.labels
+            .get(labels::DISPLAY_NAME)
+            .map_or(self.name.as_str(), String::as_str)
+    }
+
+    /// The name operators know the policy by: `namespace/name` on Kubernetes.
+    pub fn qualified_name(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
+    /// The targetRef, with Kuma's default `{kind: Mesh}` when omitted.
+    pub fn target_ref(&self) -> TargetRef {
+        self.spec.target_ref.clone().unwrap_or_else(|| TargetRef {
+            kind: "Mesh".into(),
+            ..TargetRef::default()
+        })
+    }
+
+    /// Whether the policy asks for audit mode (`passthrough.io/audit: "true"`).
+    pub fn audit(&self) -> bool {
+        self.labels.get(labels::AUDIT).is_some_and(|v| v == "true")
+    }
+}
+
+/// `spec` of a MeshPassthrough.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Spec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<TargetRef>,
+    #[serde(default)]
+    pub default: Conf,
+}
+
+/// `spec.targetRef`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TargetRef {
+    #[serde(default, deserialize_with = "scalar")]
+    pub kind: String,
+    #[serde(
+        default,
+        deserialize_with = "opt_scalar",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub name: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "opt_scalar",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub namespace: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "opt_scalar",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mesh: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "opt_scalar_map",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tags: Option<BTreeMap<String, String>>,
+    #[serde(
+        default,
+        deserialize_with = "opt_scalar_map",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(
+        default,
+        deserialize_with = "opt_scalar_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub proxy_types: Option<Vec<String>>,
+    #[serde(
+        default,
+        deserialize_with = "opt_scalar",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub section_name: Option<String>,
+}
+
+/// `spec.default`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Conf {
+    #[serde(
+        default,
+        deserialize_with = "opt_scalar",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub passthrough_mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub append_match: Option<Vec<Match>>,
+}
+
+/// One `spec.default.appendMatch[]` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Match {
+    #[serde(rename = "type", deserialize_with = "scalar")]
+    pub kind: String,
+    #[serde(deserialize_with = "scalar")]
+    pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// Defaults to `tcp`, as the CRD and Kuma's REST API default it.
+    #[serde(default = "default_protocol", deserialize_with = "scalar")]
+    pub protocol: String,
+}
+
+fn default_protocol() -> String {
+    "tcp".into()
+}
+
+impl fmt::Display for Match {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{{type: {}, value: {}", self.kind, self.value)?;
+        if let Some(port) = self.port {
+            write!(f, ", port: {port}")?;
+        }
+        write!(f, ", protocol: {}}}", self.protocol)
+    }
+}
+
+/// A YAML scalar read as text, as Kuma's YAML-to-JSON reader does for string fields.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ScalarText {
+    Str(String),
+    Bool(bool),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+impl From<ScalarText> for String {
+    fn from(s: ScalarText) -> Self {
+        match s {
+            ScalarText::Str(s) => s,
+            ScalarText::Bool(b) => b.to_string(),
+            ScalarText::U64(n) => n.to_string(),
+            ScalarText::I64(n) => n.to_string(),
+            ScalarText::F64(n) => n.to_string(),
+        }
+    }
+}
+
+fn scalar<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    ScalarText::deserialize(d)
+        .map(String::from)
+        .map_err(|_| serde::de::Error::custom("expected a string"))
+}
+
+fn opt_scalar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<ScalarText>::deserialize(d)
+        .map(|o| o.map(String::from))
+        .map_err(|_| serde::de::Error::custom("expected a string"))
+}
+
+fn opt_scalar_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    Option::<BTreeMap<String, ScalarText>>::deserialize(d)
+        .map(|o| o.map(|m| m.into_iter().map(|(k, v)| (k, v.into())).collect()))
+        .map_err(|_| serde::de::Error::custom("expected a map of strings to strings"))
+}
+
+fn opt_scalar_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    Option::<Vec<ScalarText>>::deserialize(d)
+        .map(|o| o.map(|v| v.into_iter().map(String::from).collect()))
+        .map_err(|_| serde::de::Error::custom("expected a list of strings"))
+}
+
+/// Kubernetes `metadata` of a MeshPassthrough: the fields of ObjectMeta a manifest or
+/// `kubectl get -o yaml` may carry. Only name, namespace and labels are used.
+#[expect(dead_code, reason = "accepted so that real manifests and kubectl/kumactl output parse; never used")]
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct ObjectMeta {
+    #[serde(default, deserialize_with = "opt_scalar")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "opt_scalar")]
+    pub namespace: Option<String>,
+    #[serde(default, deserialize_with = "opt_scalar_map")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub annotations: Option<BTreeMap<String, serde_yaml::Value>>,
+    #[serde(default)]
+    pub generate_name: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub uid: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub resource_version: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub generation: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub creation_timestamp: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub deletion_timestamp: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub deletion_grace_period_seconds: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub managed_fields: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub owner_references: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub finalizers: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub self_link: Option<serde_yaml::Value>,
+}
+
+/// The Kubernetes form: `apiVersion`, `kind`, `metadata`, `spec`.
+#[expect(dead_code, reason = "accepted so that real manifests and kubectl/kumactl output parse; never used")]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct KubernetesDoc {
+    #[serde(deserialize_with = "scalar")]
+    pub api_version: String,
+    #[serde(deserialize_with = "scalar")]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Spec,
+    /// Kubernetes may add an empty status; MeshPassthrough defines none.
+    #[serde(default)]
+    pub status: Option<serde_yaml::Value>,
+}
+
+/// The Universal form: `type`, `name`, `mesh`, `labels`, `spec` (and the timestamps
+/// `kumactl get -o yaml` prints).
+#[expect(dead_code, reason = "accepted so that real manifests and kubectl/kumactl output parse; never used")]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct UniversalDoc {
+    #[serde(rename = "type", deserialize_with = "scalar")]
+    pub kind: String,
+    #[serde(default, deserialize_with = "opt_scalar")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "opt_scalar")]
+    pub mesh: Option<String>,
+    #[serde(default, deserialize_with = "opt_scalar_map")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub spec: Spec,
+    #[serde(default)]
+    pub creation_time: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub modification_time: Option<serde_yaml::Value>,
+}

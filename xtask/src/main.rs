@@ -1,0 +1,120 @@
+//! Project tasks: `cargo xtask <task>`.
+//!
+//! - `setup`: installs what building and testing need, only what is missing (idempotent).
+//! - `test`: setup, then every test: unit tests, then the privileged kernel tests.
+//! - `lint`: rustfmt and clippy, as CI runs them.
+//! - `demo`: the README's main job on the embedded demo.
+
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "passthrough project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the build and test prerequisites that are missing (Debian packages, nightly
+    /// rust-src, bpf-linker built against LLVM 22). A second run takes seconds.
+    Setup,
+    /// Run setup, then every test: unit tests and the privileged kernel tests (needs root).
+    Test {
+        /// Run only the tests that need no root (unit and CLI tests).
+        #[arg(long)]
+        unprivileged: bool,
+    },
+    /// rustfmt --check and clippy -D warnings over the workspace.
+    Lint,
+    /// Build and run the demo.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::ensure(),
+        Task::Test { unprivileged } => test(unprivileged),
+        Task::Lint => lint(),
+        Task::Demo => demo::run_demo(),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Runs a command in the workspace root, failing with the command line if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    cmd.current_dir(root());
+    let shown = format!("{cmd:?}");
+    eprintln!("xtask: {shown}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+pub fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn test(unprivileged: bool) -> Result<()> {
+    setup::ensure()?;
+    run(cargo().args(["test", "--workspace", "--exclude", "passthrough-tests"]))?;
+    if unprivileged {
+        eprintln!("xtask: --unprivileged: the kernel tests were not run");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "the kernel tests load eBPF programs and create cgroups and network namespaces: run `cargo xtask test` as root, or `cargo xtask test --unprivileged` for the rest"
+        );
+    }
+    // One at a time: they share the host's bpffs and cgroup tree, under unique names.
+    run(cargo().args([
+        "test",
+        "--package",
+        "passthrough-tests",
+        "--",
+        "--test-threads=1",
+    ]))
+}
+
+fn lint() -> Result<()> {
+    // rustfmt.toml uses options only nightly rustfmt has; the rustup proxy picks it.
+    run(Command::new("cargo").args(["+nightly", "fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
