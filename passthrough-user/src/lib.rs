@@ -4,5 +4,6 @@
 //! - [`agent`]: loads the eBPF programs, writes the maps, serves the admin endpoint.
 //! - [`cli`]: the `passthrough` command's verbs.
 
+pub mod agent;
 pub mod policy;
 pub mod cli;

@@ -1,5 +1,6 @@
 //! The `passthrough` command: one module per verb. `main.rs` only parses and dispatches.
 
+pub mod agent;
 pub mod compile;
 pub mod explain;
 pub mod selector;
@@ -51,6 +52,20 @@ pub enum Command {
     ///
     /// Example: passthrough compile --policy examples/allow-some.yaml -o json
     Compile(compile::Args),
+
+    /// Run the agent: enforce the policies on the configured workloads until stopped.
+    ///
+    /// Policy changes and SIGHUP apply within a second. SIGTERM stops the agent and leaves
+    /// the programs attached: the kernel keeps enforcing the last state.
+    ///
+    /// Example: passthrough run --config /etc/passthrough/agent.yaml
+    Run(agent::RunArgs),
+
+    /// Show a running agent's workloads, modes, entry counts, generation and counters.
+    Status(agent::StatusArgs),
+
+    /// Detach every program and remove every pin the agent created (stop the agent first).
+    Uninstall(agent::UninstallArgs),
 }
 
 /// Runs a parsed command line.
@@ -59,6 +74,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Validate(args) => validate::run(&args, cli.output),
         Command::Explain(args) => explain::run(&args, cli.output),
         Command::Compile(args) => compile::run(&args, cli.output),
+        Command::Run(args) => agent::run(&args, cli.output),
+        Command::Status(args) => agent::status(&args, cli.output),
+        Command::Uninstall(args) => agent::uninstall(&args, cli.output),
     }
 }
 

@@ -363,6 +363,17 @@ impl CompiledPolicy {
         })
     }
 
+    /// The kernel tables alone: what a policy slot holds. Two workloads whose tables are
+    /// equal can share a slot.
+    pub fn tables(&self) -> CompiledPolicy {
+        CompiledPolicy {
+            mode: EffectiveMode::Matched,
+            audit: false,
+            rules: Vec::new(),
+            ..self.clone()
+        }
+    }
+
     /// Number of kernel map entries this policy takes.
     pub fn kernel_entries(&self) -> usize {
         self.exact_v4.len()

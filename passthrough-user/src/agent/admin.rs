@@ -1,0 +1,173 @@
+//! The admin endpoint: `GET /ready`, `GET /status` (JSON), `GET /metrics` (Prometheus).
+//! A deliberately small HTTP/1.1 server: one request per connection, GET only.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+
+use super::{Agent, Status, run::lock};
+
+pub async fn serve(listener: TcpListener, agent: Arc<Mutex<Agent>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, &agent).await {
+                tracing::debug!("admin request: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(mut stream: TcpStream, agent: &Mutex<Agent>) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    // Read the request head (bounded: the admin endpoint takes no bodies).
+    let head = loop {
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read(&mut buf[n..]),
+        )
+        .await
+        .map_err(|_| std::io::Error::other("request timed out"))??;
+        if r == 0 {
+            return Ok(());
+        }
+        n += r;
+        if let Some(end) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+            break String::from_utf8_lossy(&buf[..end]).into_owned();
+        }
+        if n == buf.len() {
+            return respond(&mut stream, 431, "text/plain", "request head too large\n").await;
+        }
+    };
+    let mut parts = head.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if method != "GET" {
+        return respond(&mut stream, 405, "text/plain", "only GET is served\n").await;
+    }
+    match path {
+        "/ready" => {
+            let (ready, reasons) = {
+                let a = lock(agent);
+                (a.ready(), a.not_ready_reasons())
+            };
+            if ready {
+                respond(&mut stream, 200, "text/plain", "ready\n").await
+            } else {
+                let body = format!("not ready:\n{}\n", reasons.join("\n"));
+                respond(&mut stream, 503, "text/plain", &body).await
+            }
+        }
+        "/status" => {
+            let status = lock(agent).status();
+            let body = serde_json::to_string_pretty(&status).unwrap_or_else(|e| e.to_string());
+            respond(&mut stream, 200, "application/json", &body).await
+        }
+        "/metrics" => {
+            let status = lock(agent).status();
+            let body = metrics(&status);
+            respond(
+                &mut stream,
+                200,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                &body,
+            )
+            .await
+        }
+        _ => respond(&mut stream, 404, "text/plain", "try /ready, /status or /metrics\n").await,
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    code: u16,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let head = format!(
+        "HTTP/1.1 {code} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectLabels {
+    verdict: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: String,
+}
+
+/// Prometheus text for a status snapshot.
+pub fn metrics(status: &Status) -> String {
+    let mut registry = Registry::with_prefix("passthrough");
+    let connects = Family::<ConnectLabels, Counter>::default();
+    for (reason, n) in &status.counters {
+        let verdict = passthrough_common::Reason::ALL
+            .iter()
+            .find(|r| r.name() == reason)
+            .map_or("allow", |r| if r.allows() { "allow" } else { "deny" });
+        connects
+            .get_or_create(&ConnectLabels {
+                verdict: verdict.into(),
+                reason: reason.clone(),
+            })
+            .inc_by(*n);
+    }
+    registry.register(
+        "connect",
+        "connect() calls of workloads decided in the kernel, by verdict and reason",
+        connects,
+    );
+    let generation = Gauge::<i64>::default();
+    generation.set(i64::try_from(status.generation).unwrap_or(i64::MAX));
+    registry.register(
+        "policy_generation",
+        "Number of policy changes applied since the agent started",
+        generation,
+    );
+    let workloads = Gauge::<i64>::default();
+    workloads.set(status.workloads.iter().filter(|w| w.enforced).count() as i64);
+    registry.register("workloads_enforced", "Workloads with programs attached", workloads);
+    let ready = Gauge::<i64>::default();
+    ready.set(i64::from(status.ready));
+    registry.register("ready", "1 when every workload is enforced", ready);
+    let reload = Family::<ReloadLabels, Gauge>::default();
+    if let Some(r) = &status.last_reload {
+        reload
+            .get_or_create(&ReloadLabels {
+                result: r.result.into(),
+            })
+            .set(1);
+    }
+    registry.register("last_reload", "Result of the last policy reload", reload);
+    let mut out = String::new();
+    if let Err(e) = encode(&mut out, &registry) {
+        out = format!("# encoding failed: {e}\n");
+    }
+    out
+}

@@ -1,0 +1,271 @@
+//! Loads the eBPF object, attaches its programs to workload cgroups, and pins everything
+//! under the configured bpffs directory so enforcement outlives the agent process.
+//!
+//! Layout under `bpffs` (default `/sys/fs/bpf/passthrough`):
+//! - `maps/<MAP>`: every map, pinned by name; a restarted agent reuses them as they are.
+//! - `links/<cgroup id>/<program>-<instance>`: one link per program and workload cgroup.
+//!   `instance` identifies the agent run that attached it. A new run attaches its own links
+//!   first and only then unpins the old ones, so a workload is never without a program.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr,
+        links::{FdLink, PinnedLink},
+    },
+};
+use passthrough_common::program_names;
+
+/// Directory names under the bpffs directory.
+pub const MAPS_DIR: &str = "maps";
+pub const LINKS_DIR: &str = "links";
+
+/// The compiled eBPF object, built by aya-build from `passthrough-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/passthrough"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {message}")]
+    Fs { path: String, message: String },
+    #[error("loading the eBPF object failed: {0} (needs root or CAP_BPF+CAP_NET_ADMIN, and a kernel with cgroup BPF)")]
+    Object(#[source] aya::EbpfError),
+    #[error("program {program}: {message}")]
+    Program {
+        program: &'static str,
+        message: String,
+    },
+}
+
+fn fs_err(path: &Path, e: impl std::fmt::Display) -> LoadError {
+    LoadError::Fs {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// The programs of this agent run.
+pub struct Loader {
+    ebpf: Ebpf,
+    bpffs: PathBuf,
+    instance: String,
+}
+
+const PROGRAMS: [&str; 2] = [program_names::CONNECT4, program_names::CONNECT6];
+
+impl Loader {
+    /// Loads the object, reusing the maps pinned under `bpffs` if an earlier run left them.
+    pub fn load(bpffs: &Path) -> Result<Self, LoadError> {
+        ensure_bpffs(bpffs)?;
+        let maps = bpffs.join(MAPS_DIR);
+        fs::create_dir_all(&maps).map_err(|e| fs_err(&maps, e))?;
+        fs::create_dir_all(bpffs.join(LINKS_DIR)).map_err(|e| fs_err(bpffs, e))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps)
+            .load(OBJECT)
+            .map_err(LoadError::Object)?;
+        for name in PROGRAMS {
+            let p: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or_else(|| prog_err(name, "missing from the object"))?
+                .try_into()
+                .map_err(|e| prog_err(name, e))?;
+            p.load().map_err(|e| prog_err(name, verifier_message(&e)))?;
+        }
+        let instance = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos().to_string())
+            .unwrap_or_else(|_| std::process::id().to_string());
+        Ok(Self {
+            ebpf,
+            bpffs: bpffs.to_path_buf(),
+            instance,
+        })
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Attaches both programs to a workload cgroup (unless this run already did), pins the
+    /// links, then removes links of earlier runs on that cgroup.
+    pub fn attach(&mut self, cgroup: &Path, cgroup_id: u64) -> Result<(), LoadError> {
+        let dir = links_dir(&self.bpffs, cgroup_id);
+        fs::create_dir_all(&dir).map_err(|e| fs_err(&dir, e))?;
+        for name in PROGRAMS {
+            let pin = dir.join(format!("{name}-{}", self.instance));
+            if pin.exists() {
+                continue;
+            }
+            let file = fs::File::open(cgroup).map_err(|e| fs_err(cgroup, e))?;
+            let p: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| prog_err(name, "missing from the object"))?
+                .try_into()
+                .map_err(|e| prog_err(name, e))?;
+            // A bpf_link takes no attach flags: links on a cgroup always coexist with each
+            // other (and with programs attached in multi mode), which is what lets a new run
+            // attach before the old one detaches.
+            let id = p.attach(&file, CgroupAttachMode::Single).map_err(|e| {
+                prog_err(
+                    name,
+                    format!("attach to {}: {}", cgroup.display(), error_chain(&e)),
+                )
+            })?;
+            let link = p.take_link(id).map_err(|e| prog_err(name, e))?;
+            let link = FdLink::try_from(link).map_err(|e| prog_err(name, e))?;
+            link.pin(&pin)
+                .map_err(|e| prog_err(name, format!("pin {}: {e}", pin.display())))?;
+        }
+        // Our links are in place: the older ones can go without a gap.
+        for entry in fs::read_dir(&dir).map_err(|e| fs_err(&dir, e))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(&format!("-{}", self.instance)) {
+                unpin_link(&entry.path());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The cgroup ids that have pinned links under `bpffs`.
+pub fn attached_cgroups(bpffs: &Path) -> Vec<u64> {
+    let Ok(entries) = fs::read_dir(bpffs.join(LINKS_DIR)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Detaches every program from a cgroup by removing its pinned links.
+pub fn detach(bpffs: &Path, cgroup_id: u64) {
+    let dir = links_dir(bpffs, cgroup_id);
+    if let Ok(entries) = fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            unpin_link(&e.path());
+        }
+    }
+    let _ = fs::remove_dir(&dir);
+}
+
+/// Removes everything under `bpffs` that an agent created: links first (which detaches the
+/// programs), then the maps.
+pub fn uninstall(bpffs: &Path) -> Result<usize, LoadError> {
+    let mut removed = 0;
+    for id in attached_cgroups(bpffs) {
+        detach(bpffs, id);
+        removed += 1;
+    }
+    let _ = fs::remove_dir(bpffs.join(LINKS_DIR));
+    let maps = bpffs.join(MAPS_DIR);
+    if let Ok(entries) = fs::read_dir(&maps) {
+        for e in entries.flatten() {
+            fs::remove_file(e.path()).map_err(|err| fs_err(&e.path(), err))?;
+        }
+    }
+    let _ = fs::remove_dir(&maps);
+    if bpffs.exists() {
+        fs::remove_dir(bpffs).map_err(|e| fs_err(bpffs, e))?;
+    }
+    Ok(removed)
+}
+
+fn links_dir(bpffs: &Path, cgroup_id: u64) -> PathBuf {
+    bpffs.join(LINKS_DIR).join(cgroup_id.to_string())
+}
+
+fn unpin_link(path: &Path) {
+    match PinnedLink::from_pin(path) {
+        // Unpinning and dropping the last reference detaches the program.
+        Ok(link) => drop(link.unpin()),
+        Err(_) => {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// An error with its sources, which aya keeps the errno in.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn prog_err(program: &'static str, e: impl std::fmt::Display) -> LoadError {
+    LoadError::Program {
+        program,
+        message: e.to_string(),
+    }
+}
+
+fn verifier_message(e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            format!("the kernel refused the program: {io_error}\n{verifier_log}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Where bpffs is conventionally mounted; the agent mounts it there when nothing is.
+pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
+
+fn on_bpffs(bpffs: &Path) -> Result<bool, LoadError> {
+    let info = "/proc/self/mountinfo";
+    let mountinfo = fs::read_to_string(info).map_err(|e| fs_err(Path::new(info), e))?;
+    Ok(mountinfo.lines().any(|line| {
+        let Some((left, right)) = line.split_once(" - ") else {
+            return false;
+        };
+        right.split_whitespace().next() == Some("bpf")
+            && left
+                .split_whitespace()
+                .nth(4)
+                .is_some_and(|m| bpffs.starts_with(m))
+    }))
+}
+
+/// The directory must be on a bpf filesystem, or pins would not survive the agent. Like
+/// other eBPF agents, mount one at /sys/fs/bpf when the host has none.
+fn ensure_bpffs(bpffs: &Path) -> Result<(), LoadError> {
+    if on_bpffs(bpffs)? {
+        return Ok(());
+    }
+    if bpffs.starts_with(BPFFS_MOUNT) {
+        let target = std::ffi::CString::new(BPFFS_MOUNT).map_err(|e| fs_err(bpffs, e))?;
+        let kind = c"bpf";
+        // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+        let rc = unsafe {
+            libc::mount(
+                kind.as_ptr(),
+                target.as_ptr(),
+                kind.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc == 0 {
+            tracing::info!("mounted a bpf filesystem at {BPFFS_MOUNT}");
+        }
+        if on_bpffs(bpffs)? {
+            return Ok(());
+        }
+    }
+    Err(fs_err(
+        bpffs,
+        "not on a bpf filesystem: mount one (mount -t bpf bpf /sys/fs/bpf) or set `bpffs` to a directory under one",
+    ))
+}

@@ -1,0 +1,582 @@
+//! The agent: desired state from the config file and policy files, enforced in the kernel.
+//!
+//! `Agent::reconcile` is the one place that changes kernel state. For each workload it
+//! compiles the merged policy, writes it into a policy slot (or reuses an identical one),
+//! then flips the workload's `WORKLOADS` entry to that slot in one update, and only then
+//! frees the old slot. An invalid policy set changes nothing: every workload keeps its last
+//! good state.
+
+pub mod admin;
+pub mod cgroup;
+pub mod config;
+pub mod loader;
+pub mod maps;
+pub mod run;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use passthrough_common::{Config, Workload as KernelWorkload, workload_flags};
+use serde::Serialize;
+
+use self::{
+    config::{AgentConfig, DefaultMode, WorkloadConfig},
+    loader::Loader,
+    maps::{EntryCounts, Maps, MapsError},
+};
+use crate::policy::{
+    compile::{CompiledPolicy, EffectiveMode, compile},
+    merge::{PolicyRef, SelectOptions, merged_for},
+    set::{PolicySet, Problem},
+};
+
+/// Slot 0 holds no entries: workloads whose mode needs none, or whose Matched list compiles
+/// to nothing, point at it.
+const EMPTY_SLOT: u32 = 0;
+
+/// A policy slot in the rule maps.
+struct Slot {
+    id: u32,
+    tables: CompiledPolicy,
+    users: usize,
+}
+
+/// What is enforced for one workload.
+#[derive(Clone, Debug)]
+struct Applied {
+    cgroup_id: u64,
+    compiled: CompiledPolicy,
+    policies: Vec<PolicyRef>,
+    mode_from: Option<PolicyRef>,
+    slot: u32,
+    generation: u64,
+}
+
+struct WorkloadState {
+    config: WorkloadConfig,
+    applied: Option<Applied>,
+    attached: Option<u64>,
+    error: Option<String>,
+}
+
+/// Result of the last reload, as `/status` shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadReport {
+    pub at: String,
+    /// `applied`, `unchanged`, or `refused` (invalid policies: nothing was changed).
+    pub result: &'static str,
+    pub problems: Vec<String>,
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    config_path: PathBuf,
+    cgroup_root: PathBuf,
+    loader: Loader,
+    maps: Maps,
+    slots: Vec<Slot>,
+    /// Slots an earlier agent run left in the maps; swept once every workload is reconciled.
+    adopted: BTreeSet<u32>,
+    workloads: Vec<WorkloadState>,
+    generation: u64,
+    last_reload: Option<ReloadReport>,
+}
+
+/// Errors that stop the agent from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Load(#[from] loader::LoadError),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Agent {
+    /// Loads the programs and adopts whatever an earlier run left pinned; enforces nothing
+    /// new until [`Agent::reconcile`].
+    pub fn start(config_path: &Path) -> Result<Self, AgentError> {
+        let config = AgentConfig::load(config_path)?;
+        let cgroup_root = cgroup::cgroup2_root().map_err(|e| AgentError::Other(e.to_string()))?;
+        let mut loader = Loader::load(&config.bpffs)?;
+        let mut maps = Maps::take(loader.ebpf_mut())?;
+        let agent_cgroup = cgroup::own_cgroup(&cgroup_root)
+            .and_then(|p| cgroup::cgroup_id(&p))
+            .map_err(|e| AgentError::Other(format!("cannot find the agent's own cgroup: {e}")))?;
+        maps.set_config(Config {
+            agent_cgroup,
+            debug: u8::from(config.debug),
+            ..Config::default()
+        })?;
+        maps.set_mesh_cidrs(&config.mesh_cidrs)?;
+        let adopted: BTreeSet<u32> = maps
+            .workloads()
+            .iter()
+            .map(|(_, w)| w.slot)
+            .filter(|s| *s != EMPTY_SLOT)
+            .collect();
+        if !adopted.is_empty() {
+            tracing::info!(
+                slots = adopted.len(),
+                "adopted the enforcement state left by an earlier run"
+            );
+        }
+        let workloads = config
+            .workloads
+            .iter()
+            .map(|w| WorkloadState {
+                config: w.clone(),
+                applied: None,
+                attached: None,
+                error: None,
+            })
+            .collect();
+        Ok(Self {
+            config,
+            config_path: config_path.to_path_buf(),
+            cgroup_root,
+            loader,
+            maps,
+            slots: Vec::new(),
+            adopted,
+            workloads,
+            generation: 0,
+            last_reload: None,
+        })
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// Re-reads the config file (SIGHUP): workloads and mesh CIDRs change, bpffs and the
+    /// admin address need a restart.
+    pub fn reload_config(&mut self) -> Result<(), AgentError> {
+        let new = AgentConfig::load(&self.config_path)?;
+        if new.bpffs != self.config.bpffs || new.admin != self.config.admin {
+            tracing::warn!("bpffs and admin changes take effect after a restart");
+        }
+        self.maps.set_mesh_cidrs(&new.mesh_cidrs)?;
+        let mut old: BTreeMap<PathBuf, WorkloadState> = self
+            .workloads
+            .drain(..)
+            .map(|w| (w.config.cgroup.clone(), w))
+            .collect();
+        for w in &new.workloads {
+            let mut state = old.remove(&w.cgroup).unwrap_or(WorkloadState {
+                config: w.clone(),
+                applied: None,
+                attached: None,
+                error: None,
+            });
+            state.config = w.clone();
+            self.workloads.push(state);
+        }
+        for (_, gone) in old {
+            self.forget(gone);
+        }
+        self.config = new;
+        Ok(())
+    }
+
+    /// Stops enforcing on a workload that left the config.
+    fn forget(&mut self, w: WorkloadState) {
+        if let Some(a) = w.applied {
+            self.maps.remove_workload(a.cgroup_id);
+            self.release(a.slot);
+        }
+        if let Some(id) = w.attached {
+            loader::detach(&self.config.bpffs, id);
+        }
+        tracing::info!(cgroup = %w.config.cgroup.display(), "workload removed");
+    }
+
+    /// Brings the kernel in line with the config and the policy files.
+    pub fn reconcile(&mut self) -> &ReloadReport {
+        let set = PolicySet::load(&self.config.policies);
+        let at = humantime_now();
+        if !set.problems.is_empty() {
+            let problems: Vec<String> = set.problems.iter().flat_map(Problem::lines).collect();
+            for p in &problems {
+                tracing::error!("{p}");
+            }
+            tracing::error!(
+                "policies refused: every workload keeps its last good state until they are fixed"
+            );
+            // Cgroups that appeared still get the programs, with whatever state they have.
+            self.attach_all();
+            return self.last_reload.insert(ReloadReport {
+                at,
+                result: "refused",
+                problems,
+            });
+        }
+        let opts = SelectOptions {
+            system_namespace: self.config.system_namespace.clone(),
+        };
+        let mut changed = false;
+        let mut problems = Vec::new();
+        for i in 0..self.workloads.len() {
+            match self.reconcile_one(i, &set, &opts) {
+                Ok(c) => {
+                    changed |= c;
+                    self.workloads[i].error = None;
+                }
+                Err(e) => {
+                    tracing::error!(cgroup = %self.workloads[i].config.cgroup.display(), "{e}");
+                    problems.push(format!("{}: {e}", self.workloads[i].config.cgroup.display()));
+                    self.workloads[i].error = Some(e);
+                }
+            }
+        }
+        self.attach_all();
+        self.sweep();
+        if changed {
+            self.generation += 1;
+            tracing::info!(generation = self.generation, "policy applied");
+        }
+        self.last_reload.insert(ReloadReport {
+            at,
+            result: if !problems.is_empty() {
+                "partial"
+            } else if changed {
+                "applied"
+            } else {
+                "unchanged"
+            },
+            problems,
+        })
+    }
+
+    /// Reconciles one workload; `Ok(true)` when its kernel state changed.
+    fn reconcile_one(
+        &mut self,
+        i: usize,
+        set: &PolicySet,
+        opts: &SelectOptions,
+    ) -> Result<bool, String> {
+        let wc = self.workloads[i].config.clone();
+        cgroup::check_workload_cgroup(&self.cgroup_root, &wc.cgroup)?;
+        let cgroup_id = match cgroup::cgroup_id(&wc.cgroup) {
+            Ok(id) => id,
+            Err(e) => {
+                // The cgroup is gone (or not there yet): nothing to enforce on.
+                if let Some(a) = self.workloads[i].applied.take() {
+                    self.maps.remove_workload(a.cgroup_id);
+                    self.release(a.slot);
+                }
+                if let Some(id) = self.workloads[i].attached.take() {
+                    loader::detach(&self.config.bpffs, id);
+                }
+                return Err(format!(
+                    "cgroup {} is not there ({e}): waiting for it to appear",
+                    wc.cgroup.display()
+                ));
+            }
+        };
+        let merged = merged_for(&set.policies, &wc.identity(), opts).map_err(|conflicts| {
+            let text: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
+            format!("{}; keeping the last good state", text.join("; "))
+        })?;
+        let mut compiled = compile(&merged).map_err(|e| e.to_string())?;
+        if compiled.mode == EffectiveMode::Unfiltered
+            && self.config.default_mode == Some(DefaultMode::None)
+        {
+            compiled.mode = EffectiveMode::None;
+        }
+        compiled.audit |= self.config.audit || wc.audit;
+        if let Some(a) = &self.workloads[i].applied
+            && a.cgroup_id == cgroup_id
+            && a.compiled == compiled
+        {
+            return Ok(false);
+        }
+        let slot = self.acquire(&compiled).map_err(|e| {
+            format!("cannot write the policy into the kernel maps: {e}; keeping the last good state")
+        })?;
+        let flags = if compiled.audit {
+            workload_flags::AUDIT
+        } else {
+            0
+        };
+        let entry = KernelWorkload {
+            slot,
+            mode: compiled.mode.kernel(),
+            flags,
+            _pad: [0; 2],
+        };
+        if let Err(e) = self.maps.set_workload(cgroup_id, entry) {
+            self.release(slot);
+            return Err(e.to_string());
+        }
+        let old = self.workloads[i].applied.replace(Applied {
+            cgroup_id,
+            compiled,
+            policies: merged.policies,
+            mode_from: merged.mode_from,
+            slot,
+            generation: self.generation + 1,
+        });
+        if let Some(old) = old {
+            if old.cgroup_id != cgroup_id {
+                // Same path, new cgroup (the service was restarted): drop the stale entry.
+                self.maps.remove_workload(old.cgroup_id);
+            }
+            self.release(old.slot);
+        }
+        Ok(true)
+    }
+
+    /// A slot holding `c`'s tables: an existing identical one, or a new one written in full.
+    fn acquire(&mut self, c: &CompiledPolicy) -> Result<u32, MapsError> {
+        let tables = c.tables();
+        if tables.kernel_entries() == 0 {
+            return Ok(EMPTY_SLOT);
+        }
+        if let Some(s) = self.slots.iter_mut().find(|s| s.tables == tables) {
+            s.users += 1;
+            return Ok(s.id);
+        }
+        let used: BTreeSet<u32> = self.slots.iter().map(|s| s.id).collect();
+        let id = (1..)
+            .find(|id| !used.contains(id) && !self.adopted.contains(id))
+            .unwrap_or(u32::MAX);
+        if let Err(e) = self.maps.write_slot(id, &tables) {
+            self.maps.clear_slot(id, &tables);
+            return Err(e);
+        }
+        self.slots.push(Slot {
+            id,
+            tables,
+            users: 1,
+        });
+        Ok(id)
+    }
+
+    fn release(&mut self, id: u32) {
+        if id == EMPTY_SLOT {
+            return;
+        }
+        if let Some(pos) = self.slots.iter().position(|s| s.id == id) {
+            self.slots[pos].users -= 1;
+            if self.slots[pos].users == 0 {
+                let s = self.slots.swap_remove(pos);
+                self.maps.clear_slot(s.id, &s.tables);
+            }
+        }
+    }
+
+    /// Attaches the programs to every workload cgroup that has its state written.
+    fn attach_all(&mut self) {
+        for i in 0..self.workloads.len() {
+            let Some(id) = self.workloads[i].applied.as_ref().map(|a| a.cgroup_id) else {
+                continue;
+            };
+            if self.workloads[i].attached == Some(id) {
+                continue;
+            }
+            let path = self.workloads[i].config.cgroup.clone();
+            match self.loader.attach(&path, id) {
+                Ok(()) => {
+                    if let Some(old) = self.workloads[i].attached.replace(id) {
+                        loader::detach(&self.config.bpffs, old);
+                    }
+                    tracing::info!(cgroup = %path.display(), id, "enforcing");
+                }
+                Err(e) => {
+                    tracing::error!(cgroup = %path.display(), "{e}");
+                    self.workloads[i].error = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Once every workload is reconciled, removes what earlier runs left that no current
+    /// workload uses: slots, workload entries and links of cgroups that left the config.
+    fn sweep(&mut self) {
+        if self.workloads.iter().any(|w| w.applied.is_none()) {
+            return;
+        }
+        let live_ids: BTreeSet<u64> = self
+            .workloads
+            .iter()
+            .filter_map(|w| w.applied.as_ref().map(|a| a.cgroup_id))
+            .collect();
+        for (id, _) in self.maps.workloads() {
+            if !live_ids.contains(&id) {
+                self.maps.remove_workload(id);
+            }
+        }
+        for id in loader::attached_cgroups(&self.config.bpffs) {
+            if !live_ids.contains(&id) {
+                loader::detach(&self.config.bpffs, id);
+            }
+        }
+        if !self.adopted.is_empty() {
+            let live: BTreeSet<u32> = self.slots.iter().map(|s| s.id).collect();
+            let removed = self.maps.sweep(&live);
+            tracing::info!(removed, "removed the entries of an earlier run");
+            self.adopted.clear();
+        }
+    }
+
+    /// Ready once every workload has its policy applied and its programs attached.
+    pub fn ready(&self) -> bool {
+        !self.workloads.is_empty()
+            && self.workloads.iter().all(|w| {
+                w.applied
+                    .as_ref()
+                    .is_some_and(|a| w.attached == Some(a.cgroup_id))
+            })
+    }
+
+    /// Why the agent is not ready, for `/ready`.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        if self.workloads.is_empty() {
+            return vec!["no workloads are configured".into()];
+        }
+        self.workloads
+            .iter()
+            .filter(|w| {
+                !w.applied
+                    .as_ref()
+                    .is_some_and(|a| w.attached == Some(a.cgroup_id))
+            })
+            .map(|w| {
+                format!(
+                    "{}: {}",
+                    w.config.cgroup.display(),
+                    w.error.as_deref().unwrap_or("no policy applied yet")
+                )
+            })
+            .collect()
+    }
+
+    /// Policy files and workload cgroups, so the run loop can notice a change.
+    pub fn watched_paths(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        (
+            self.config.policies.clone(),
+            self.workloads.iter().map(|w| w.config.cgroup.clone()).collect(),
+        )
+    }
+
+    pub fn status(&self) -> Status {
+        let counters = self
+            .maps
+            .counters()
+            .into_iter()
+            .map(|(r, n)| (r.name().to_string(), n))
+            .collect();
+        Status {
+            ready: self.ready(),
+            not_ready: if self.ready() {
+                Vec::new()
+            } else {
+                self.not_ready_reasons()
+            },
+            generation: self.generation,
+            last_reload: self.last_reload.clone(),
+            bpffs: self.config.bpffs.clone(),
+            slots: self.slots.len(),
+            workloads: self
+                .workloads
+                .iter()
+                .map(|w| WorkloadStatus {
+                    cgroup: w.config.cgroup.clone(),
+                    cgroup_id: w.applied.as_ref().map(|a| a.cgroup_id),
+                    name: w.config.name.clone(),
+                    namespace: w.config.namespace.clone(),
+                    enforced: w.attached.is_some()
+                        && w.attached == w.applied.as_ref().map(|a| a.cgroup_id),
+                    mode: w.applied.as_ref().map(|a| a.compiled.mode),
+                    mode_from: w.applied.as_ref().and_then(|a| a.mode_from.clone()),
+                    audit: w.applied.as_ref().is_some_and(|a| a.compiled.audit),
+                    policies: w
+                        .applied
+                        .as_ref()
+                        .map(|a| a.policies.clone())
+                        .unwrap_or_default(),
+                    entries: w
+                        .applied
+                        .as_ref()
+                        .map(|a| EntryCounts::of(&a.compiled))
+                        .unwrap_or_default(),
+                    slot: w.applied.as_ref().map(|a| a.slot),
+                    generation: w.applied.as_ref().map(|a| a.generation),
+                    error: w.error.clone(),
+                })
+                .collect(),
+            counters,
+        }
+    }
+}
+
+/// `/status` and `passthrough status -o json`.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub ready: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ready: Vec<String>,
+    pub generation: u64,
+    #[serde(skip_deserializing)]
+    pub last_reload: Option<ReloadReport>,
+    pub bpffs: PathBuf,
+    pub slots: usize,
+    pub workloads: Vec<WorkloadStatus>,
+    /// Connects decided in the kernel, by reason, since the maps were created.
+    pub counters: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    pub cgroup: PathBuf,
+    pub cgroup_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub enforced: bool,
+    #[serde(skip_deserializing)]
+    pub mode: Option<EffectiveMode>,
+    #[serde(skip_deserializing)]
+    pub mode_from: Option<PolicyRef>,
+    pub audit: bool,
+    #[serde(skip_deserializing)]
+    pub policies: Vec<PolicyRef>,
+    #[serde(skip_deserializing)]
+    pub entries: EntryCounts,
+    pub slot: Option<u32>,
+    pub generation: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// RFC 3339 UTC time without a date crate.
+pub fn humantime_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86_400;
+    let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's algorithm.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}

@@ -1,0 +1,99 @@
+//! `passthrough run`: start, then reconcile whenever a policy file, a workload cgroup or the
+//! config (SIGHUP) changes. SIGTERM and SIGINT stop the agent and leave the pins: the kernel
+//! keeps enforcing the last state while no agent runs.
+
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::{Agent, AgentError, admin};
+use crate::policy::load::policy_files_in;
+
+/// How often files and cgroups are checked for changes. Policy changes apply within this
+/// plus the time to compile and write them: well under a second.
+pub const POLL: Duration = Duration::from_millis(200);
+
+/// Identity of a watched path: (mtime ns, size, inode), or absent.
+type Fingerprint = BTreeMap<PathBuf, Option<(i64, u64, u64)>>;
+
+fn stamp(p: &Path) -> Option<(i64, u64, u64)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.size(), m.ino()))
+}
+
+/// Every policy file (directories expanded) and every workload cgroup.
+fn fingerprint(policies: &[PathBuf], cgroups: &[PathBuf]) -> Fingerprint {
+    let mut fp = Fingerprint::new();
+    for p in policies {
+        fp.insert(p.clone(), stamp(p));
+        if p.is_dir() {
+            for f in policy_files_in(p).unwrap_or_default() {
+                let s = stamp(&f);
+                fp.insert(f, s);
+            }
+        }
+    }
+    for c in cgroups {
+        fp.insert(c.clone(), stamp(c));
+    }
+    fp
+}
+
+pub async fn run(config_path: &Path) -> Result<(), AgentError> {
+    let mut agent = Agent::start(config_path)?;
+    let admin_addr = agent.config().admin.listen;
+    agent.reconcile();
+    let (policies, cgroups) = agent.watched_paths();
+    let mut last = fingerprint(&policies, &cgroups);
+    let agent = Arc::new(Mutex::new(agent));
+
+    let listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .map_err(|e| AgentError::Other(format!("admin.listen {admin_addr}: {e}")))?;
+    tracing::info!(%admin_addr, "admin endpoint listening");
+    tokio::spawn(admin::serve(listener, agent.clone()));
+
+    let sig = |k| signal(k).map_err(|e| AgentError::Other(format!("signal handler: {e}")));
+    let mut hup = sig(SignalKind::hangup())?;
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(POLL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let (policies, cgroups) = lock(&agent).watched_paths();
+                let now = fingerprint(&policies, &cgroups);
+                if now != last {
+                    last = now;
+                    lock(&agent).reconcile();
+                }
+            }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config and the policies");
+                let mut a = lock(&agent);
+                if let Err(e) = a.reload_config() {
+                    tracing::error!("config refused, keeping the running one: {e}");
+                }
+                a.reconcile();
+                let (policies, cgroups) = a.watched_paths();
+                last = fingerprint(&policies, &cgroups);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping; the kernel keeps enforcing the pinned state");
+    Ok(())
+}
+
+/// The agent's state is only touched under this lock; a panic while holding it is a bug, and
+/// the state is still the last one written to the kernel, so keep going with it.
+pub fn lock(agent: &Mutex<Agent>) -> std::sync::MutexGuard<'_, Agent> {
+    agent.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,196 @@
+//! `passthrough run`, `status` and `uninstall`: the verbs that work with the agent.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::Args as ClapArgs;
+
+use super::{Output, fail, print_json};
+use crate::agent::{
+    Status,
+    config::{AgentConfig, DEFAULT_ADMIN},
+    loader,
+};
+
+#[derive(Debug, ClapArgs)]
+pub struct RunArgs {
+    /// The agent's configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct StatusArgs {
+    /// Address of a running agent's admin endpoint.
+    #[arg(long, default_value = DEFAULT_ADMIN)]
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct UninstallArgs {
+    /// The configuration file the agent ran with (its `bpffs` is cleaned).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+pub fn run(args: &RunArgs, output: Output) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if output == Output::Json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(output, &format!("cannot start the runtime: {e}")),
+    };
+    match rt.block_on(crate::agent::run::run(&args.config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(output, &e.to_string()),
+    }
+}
+
+/// GET a path from the admin endpoint: (status code, body).
+pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_string()))
+}
+
+pub fn status(args: &StatusArgs, output: Output) -> ExitCode {
+    let body = match admin_get(args.admin, "/status") {
+        Ok((200, body)) => body,
+        Ok((code, body)) => return fail(output, &format!("{} answered {code}: {body}", args.admin)),
+        Err(e) => {
+            return fail(
+                output,
+                &format!(
+                    "no agent answers at {}: {e} (is `passthrough run` running? pass --admin ADDR)",
+                    args.admin
+                ),
+            );
+        }
+    };
+    if output == Output::Json {
+        println!("{body}");
+        return ExitCode::SUCCESS;
+    }
+    let raw: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let status: Status = match serde_json::from_value(raw.clone()) {
+        Ok(s) => s,
+        Err(e) => return fail(output, &format!("unexpected answer from the agent: {e}")),
+    };
+    println!(
+        "ready: {}   policy generation: {}   slots: {}   bpffs: {}",
+        status.ready,
+        status.generation,
+        status.slots,
+        status.bpffs.display()
+    );
+    for r in &status.not_ready {
+        println!("  not ready: {r}");
+    }
+    if let Some(r) = raw.get("lastReload") {
+        println!(
+            "last reload: {} at {}",
+            r["result"].as_str().unwrap_or("?"),
+            r["at"].as_str().unwrap_or("?")
+        );
+        for p in r["problems"].as_array().into_iter().flatten() {
+            println!("  {}", p.as_str().unwrap_or(""));
+        }
+    }
+    println!();
+    println!(
+        "{:<50} {:<9} {:<10} {:<6} {:<8} {}",
+        "WORKLOAD", "ENFORCED", "MODE", "AUDIT", "ENTRIES", "POLICIES"
+    );
+    for (w, raw_w) in status
+        .workloads
+        .iter()
+        .zip(raw["workloads"].as_array().into_iter().flatten())
+    {
+        let entries: u64 = raw_w["entries"]
+            .as_object()
+            .map(|o| o.values().filter_map(serde_json::Value::as_u64).sum())
+            .unwrap_or(0);
+        let policies: Vec<&str> = raw_w["policies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        println!(
+            "{:<50} {:<9} {:<10} {:<6} {:<8} {}",
+            w.cgroup.display(),
+            if w.enforced { "yes" } else { "NO" },
+            raw_w["mode"].as_str().unwrap_or("-"),
+            if w.audit { "on" } else { "off" },
+            entries,
+            policies.join(",")
+        );
+        if let Some(e) = &w.error {
+            println!("  error: {e}");
+        }
+    }
+    println!();
+    println!("kernel decisions:");
+    for (reason, n) in &status.counters {
+        if *n > 0 {
+            println!("  {reason:<16} {n}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+pub fn uninstall(args: &UninstallArgs, output: Output) -> ExitCode {
+    let config = match AgentConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => return fail(output, &e.to_string()),
+    };
+    if let Ok((_, _)) = admin_get(config.admin.listen, "/ready") {
+        return fail(
+            output,
+            &format!(
+                "an agent still answers at {}: stop it first, or it would attach again",
+                config.admin.listen
+            ),
+        );
+    }
+    match loader::uninstall(&config.bpffs) {
+        Ok(n) => {
+            match output {
+                Output::Text => println!(
+                    "detached from {n} cgroups and removed {}",
+                    config.bpffs.display()
+                ),
+                Output::Json => print_json(&serde_json::json!({
+                    "detachedCgroups": n,
+                    "removed": config.bpffs,
+                })),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(output, &e.to_string()),
+    }
+}
