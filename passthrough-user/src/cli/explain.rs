@@ -20,15 +20,15 @@ pub struct Args {
     pub workload: WorkloadArgs,
 
     /// The TLS SNI the client sends (decides tls Domain entries).
-    #[arg(long, group = "name")]
+    #[arg(long, group = "peeked")]
     pub sni: Option<String>,
 
     /// The HTTP/1 Host the client sends (decides http Domain entries).
-    #[arg(long, group = "name")]
+    #[arg(long, group = "peeked")]
     pub host: Option<String>,
 
     /// The HTTP/2 :authority the client sends (decides http2 and grpc Domain entries).
-    #[arg(long, group = "name")]
+    #[arg(long, group = "peeked")]
     pub authority: Option<String>,
 
     /// A mesh CIDR of the agent config, always allowed (repeatable).

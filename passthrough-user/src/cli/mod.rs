@@ -96,3 +96,13 @@ pub fn print_json(value: &impl serde::Serialize) {
         Err(e) => eprintln!("error: cannot encode output: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

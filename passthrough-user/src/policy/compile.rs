@@ -165,13 +165,26 @@ pub struct CompiledPolicy {
     /// The merged appendMatch list; map values index into it.
     pub rules: Vec<MergedEntry>,
     /// Exact IPv4 entries: (address, port or [`PORT_ANY`]) -> rule.
+    #[serde(serialize_with = "entries")]
     pub exact_v4: BTreeMap<(Ipv4Addr, u16), u32>,
+    #[serde(serialize_with = "entries")]
     pub exact_v6: BTreeMap<(Ipv6Addr, u16), u32>,
     /// IPv4 CIDR entries: (port or [`PORT_ANY`], network) -> rule.
+    #[serde(serialize_with = "entries")]
     pub cidr_v4: BTreeMap<(u16, Ipv4Net), u32>,
+    #[serde(serialize_with = "entries")]
     pub cidr_v6: BTreeMap<(u16, Ipv6Net), u32>,
     /// Domain rules by port ([`PORT_ANY`] for entries without a port).
     pub domains: BTreeMap<u16, Vec<DomainRule>>,
+}
+
+/// JSON object keys must be strings: tables keyed by tuples are written as
+/// `[[key...], rule]` pairs.
+fn entries<S: serde::Serializer, K: Serialize, V: Serialize>(
+    map: &BTreeMap<K, V>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(map.iter())
 }
 
 /// An entry that validation should have refused; compiling never guesses.

@@ -1,0 +1,202 @@
+//! The CLI contract operators' scripts rely on: exit codes, line formats, JSON, and the
+//! documented verdicts of the shipped examples. No root needed.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_passthrough"))
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("run passthrough");
+    (
+        status.code().expect("exit code"),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+const SERVICE: &str = "kuma.io/service=demo-app_kuma-demo_svc_5000";
+
+#[test]
+fn validate_accepts_the_shipped_examples() {
+    let (code, out, err) = run(bin().arg("validate").arg(examples()));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "");
+    assert!(err.contains("4 valid"), "{err}");
+}
+
+#[test]
+fn validate_prints_one_line_per_violation_and_exits_1() {
+    let dir = tempfile::tempdir().expect("tmp");
+    fs::write(
+        dir.path().join("a.yaml"),
+        "type: MeshPassthrough\nname: allow-some\nspec:\n  default:\n    appendMatch:\n      - {type: IP, value: 1.1.1.1, port: 80}\n      - {type: IP, value: 1.1.1, port: 0}\n",
+    )
+    .expect("write");
+    let (code, out, _) = run(bin().arg("validate").arg(dir.path()));
+    assert_eq!(code, 1);
+    let file = dir.path().join("a.yaml");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "{}#0 allow-some: spec.default.appendMatch[1].port: port must be a valid (1-65535)",
+                file.display()
+            ),
+            format!(
+                "{}#0 allow-some: spec.default.appendMatch[1].value: provided IP has incorrect value",
+                file.display()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn validate_json_lists_problems() {
+    let dir = tempfile::tempdir().expect("tmp");
+    fs::write(dir.path().join("a.yaml"), "type: MeshPassthrough\nname: x\nspec: {default: {passthroughMode: Sometimes}}\n").expect("w");
+    let (code, out, _) = run(bin().args(["-o", "json", "validate"]).arg(dir.path()));
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["problems"][0]["field"], "spec.default.passthroughMode");
+    assert_eq!(v["problems"][0]["kind"], "violation");
+}
+
+#[test]
+fn unreadable_input_exits_2_and_never_panics() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let junk = dir.path().join("junk.yaml");
+    fs::write(&junk, (0..=255u8).cycle().take(5000).collect::<Vec<u8>>()).expect("w");
+    let malformed = dir.path().join("bad.yaml");
+    fs::write(&malformed, "spec: [\n  - {\n").expect("w");
+    let big = dir.path().join("big.yaml");
+    fs::write(&big, "# x\n".repeat(10 << 18)).expect("w");
+    for (path, needle) in [
+        (junk, "not a text file"),
+        (malformed, "not valid YAML"),
+        (big, "limit"),
+        (dir.path().join("missing.yaml"), "cannot read"),
+    ] {
+        let (code, out, err) = run(bin().arg("validate").arg(&path));
+        assert_eq!(code, 2, "{}: {out}{err}", path.display());
+        assert!(out.contains(needle), "{}: {out}", path.display());
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn a_directory_of_mixed_files_reports_each_and_exits_by_the_worst() {
+    let dir = tempfile::tempdir().expect("tmp");
+    fs::copy(examples().join("wildcard.yaml"), dir.path().join("good.yaml")).expect("copy");
+    fs::write(dir.path().join("invalid.yaml"), "type: MeshPassthrough\nname: i\nspec: {default: {appendMatch: [{type: Domain, value: a.com}]}}\n").expect("w");
+    let (code, out, _) = run(bin().arg("validate").arg(dir.path()));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("protocol tcp is not supported for a domain"), "{out}");
+    fs::write(dir.path().join("z-junk.yaml"), [0xffu8, 0, 1]).expect("w");
+    let (code, out, _) = run(bin().arg("validate").arg(dir.path()));
+    assert_eq!(code, 2, "{out}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+}
+
+/// Each example's comment documents verdicts; `explain` must give them.
+#[test]
+fn explain_gives_the_documented_verdict_for_each_example() {
+    let cases: &[(&str, &[&str], &str, i32)] = &[
+        ("disable-passthrough.yaml", &[], "203.0.113.10:443", 1),
+        ("disable-passthrough.yaml", &[], "127.0.0.1:5432", 0),
+        ("enable-for-subset.yaml", &["--tag", SERVICE], "203.0.113.10:443", 0),
+        ("allow-some.yaml", &["--tag", SERVICE], "10.240.15.39:8888", 0),
+        ("allow-some.yaml", &["--tag", SERVICE], "10.240.15.39:8889", 1),
+        ("allow-some.yaml", &["--tag", SERVICE], "10.250.3.4:10000", 0),
+        ("allow-some.yaml", &["--tag", SERVICE, "--sni", "en.wikipedia.org"], "198.51.100.20:443", 0),
+        ("allow-some.yaml", &["--tag", SERVICE, "--sni", "example.com"], "198.51.100.20:443", 1),
+        ("allow-some.yaml", &["--tag", SERVICE, "--host", "httpbin.dev:80"], "198.51.100.21:80", 0),
+        ("allow-some.yaml", &["--tag", SERVICE], "198.51.100.21:443", 3),
+        ("wildcard.yaml", &["--sni", "api.eu.example.com"], "198.51.100.30:443", 0),
+        ("wildcard.yaml", &["--sni", "example.com"], "198.51.100.30:443", 1),
+        ("wildcard.yaml", &["--sni", "evilexample.com"], "198.51.100.30:443", 1),
+    ];
+    for (file, extra, dest, want) in cases {
+        let (code, out, err) = run(bin()
+            .args(["explain", "--policy"])
+            .arg(examples().join(file))
+            .args(*extra)
+            .arg(dest));
+        assert_eq!(code, *want, "{file} {extra:?} {dest}:\n{out}{err}");
+    }
+}
+
+#[test]
+fn explain_names_the_deciding_entry_and_policy() {
+    let (code, out, _) = run(bin()
+        .args(["-o", "json", "explain", "--policy"])
+        .arg(examples().join("allow-some.yaml"))
+        .args(["--tag", SERVICE, "10.240.15.39:8888"]));
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["verdict"]["action"], "allow");
+    assert_eq!(v["verdict"]["reason"], "ip_entry");
+    assert_eq!(v["rule"]["policy"]["name"], "kuma-system/allow-some");
+    assert_eq!(v["rule"]["index"], 1);
+    assert_eq!(v["mode"], "Matched");
+}
+
+#[test]
+fn explain_unselected_workload_is_not_filtered() {
+    let (code, out, _) = run(bin()
+        .args(["explain", "--policy"])
+        .arg(examples().join("allow-some.yaml"))
+        .arg("203.0.113.10:443"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no policy selects this workload"), "{out}");
+}
+
+#[test]
+fn explain_refuses_invalid_policies_with_exit_2() {
+    let dir = tempfile::tempdir().expect("tmp");
+    fs::write(dir.path().join("a.yaml"), "type: MeshPassthrough\nname: a\nspec: {default: {appendMatch: [{type: IP, value: x}]}}\n").expect("w");
+    let (code, _, err) = run(bin().args(["explain", "--policy"]).arg(dir.path()).arg("1.2.3.4:80"));
+    assert_eq!(code, 2);
+    assert!(err.contains("provided IP has incorrect value"), "{err}");
+    let (code, out, _) = run(bin().args(["-o", "json", "explain", "--policy"]).arg(dir.path()).arg("1.2.3.4:80"));
+    assert_eq!(code, 2);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("errors are json with -o json");
+    assert!(v["error"].is_string());
+}
+
+#[test]
+fn compile_shows_kernel_entries_with_key_bytes() {
+    let (code, out, _) = run(bin()
+        .args(["-o", "json", "compile", "--slot", "7", "--policy"])
+        .arg(examples().join("allow-some.yaml"))
+        .args(["--tag", SERVICE]));
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let tables = v["tables"].as_array().expect("tables");
+    let exact = tables.iter().find(|t| t["map"] == "EXACT_V4").expect("exact entry");
+    // slot 7 (native u32), port 8888 (native u16), pad, 10.240.15.39
+    let mut want = Vec::new();
+    want.extend_from_slice(&7u32.to_ne_bytes());
+    want.extend_from_slice(&8888u16.to_ne_bytes());
+    want.extend_from_slice(&[0, 0, 10, 240, 15, 39]);
+    let hex: String = want.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(exact["keyBytes"], hex);
+    let cidr = tables.iter().find(|t| t["map"] == "CIDR_V4").expect("cidr entry");
+    assert_eq!(cidr["prefixLen"], 48 + 16);
+    assert_eq!(cidr["keyBytes"], "000000072710" .to_string() + "0afa0000");
+}

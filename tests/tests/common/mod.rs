@@ -1,0 +1,275 @@
+//! The agent under test and the oracle, shared by the kernel test files.
+
+#![allow(dead_code, reason = "each test file uses a different part")]
+
+use std::{
+    fs,
+    io::Write as _,
+    net::SocketAddr,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use passthrough::{
+    agent::loader,
+    cli::agent::admin_get,
+    policy::{
+        compile::compile,
+        decide::{Action, Exemptions, decide},
+        merge::{SelectOptions, merged_for},
+        set::PolicySet,
+        workload::Workload,
+    },
+};
+use passthrough_tests::{BpffsDir, ProbeResult, TestCgroup, Topology, run_in_netns};
+
+pub const ADMIN: &str = "127.0.0.1:9902";
+
+pub fn sa(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
+
+/// What the oracle says a connect must do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    Allow,
+    Deny,
+}
+
+impl Expect {
+    pub fn assert(self, got: &ProbeResult, what: &str) {
+        match self {
+            Expect::Allow => assert!(
+                got.received().starts_with("hello from "),
+                "{what}: expected the test host's greeting, got {got:?}"
+            ),
+            Expect::Deny => assert!(got.is_eperm(), "{what}: expected EPERM, got {got:?}"),
+        }
+    }
+}
+
+/// A `passthrough run` process inside the topology's client namespace.
+pub struct AgentRun {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    client_netns: PathBuf,
+    bpffs: BpffsDir,
+    mesh_cidrs: Vec<ipnet::IpNet>,
+    child: Option<Child>,
+}
+
+impl AgentRun {
+    /// Writes the config and the policies, starts the agent and waits until it is ready.
+    pub fn start(
+        topo: &Topology,
+        workloads: &[(&TestCgroup, &[(&str, &str)])],
+        policies: &[(&str, &str)],
+        extra_config: &str,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("policies")).expect("policies dir");
+        for (name, text) in policies {
+            fs::write(dir.path().join("policies").join(name), text).expect("write policy");
+        }
+        let bpffs = BpffsDir::new();
+        let mut cfg = String::from("policies: [policies]\nworkloads:\n");
+        for (cg, tags) in workloads {
+            cfg.push_str(&format!("  - cgroup: {}\n    tags: {{", cg.path().display()));
+            let t: Vec<String> = tags.iter().map(|(k, v)| format!("\"{k}\": \"{v}\"")).collect();
+            cfg.push_str(&t.join(", "));
+            cfg.push_str("}\n");
+        }
+        cfg.push_str(&format!(
+            "admin: {{listen: \"{ADMIN}\"}}\nbpffs: {}\n{extra_config}",
+            bpffs.path().display()
+        ));
+        let config = dir.path().join("agent.yaml");
+        fs::write(&config, &cfg).expect("write config");
+        let parsed = passthrough::agent::config::AgentConfig::load(&config).expect("config");
+        let mut run = Self {
+            dir,
+            config,
+            client_netns: topo.client_netns_path(),
+            bpffs,
+            mesh_cidrs: parsed.mesh_cidrs,
+            child: None,
+        };
+        run.spawn();
+        run.wait_ready();
+        run
+    }
+
+    pub fn bpffs(&self) -> &Path {
+        self.bpffs.path()
+    }
+
+    pub fn policies_dir(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    /// Starts the agent process, in the client network namespace only.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "agent already running");
+        let netns = fs::File::open(&self.client_netns).expect("open netns");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log");
+        let fd = netns.as_raw_fd();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
+        cmd.args(["run", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log);
+        // SAFETY: setns is async-signal-safe; the fd stays open until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self.child = Some(cmd.spawn().expect("spawn agent"));
+    }
+
+    fn admin(&self, path: &'static str) -> Option<(u16, String)> {
+        let addr = sa(ADMIN);
+        run_in_netns(&self.client_netns, move || admin_get(addr, path).ok())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.admin("/ready").is_some_and(|(code, _)| code == 200)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.is_ready() {
+            assert!(self.is_running(), "agent exited:\n{}", self.log());
+            assert!(Instant::now() < deadline, "agent not ready in 30 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = self.admin("/status").expect("admin answers");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status json")
+    }
+
+    pub fn metrics(&self) -> String {
+        self.admin("/metrics").expect("admin answers").1
+    }
+
+    /// Replaces a policy file atomically, as a config management tool would.
+    pub fn write_policy(&self, name: &str, text: &str) {
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        let mut f = fs::File::create(&tmp).expect("tmp");
+        f.write_all(text.as_bytes()).expect("write");
+        f.sync_all().expect("sync");
+        fs::rename(&tmp, self.policies_dir().join(name)).expect("rename");
+    }
+
+    pub fn remove_policy(&self, name: &str) {
+        fs::remove_file(self.policies_dir().join(name)).expect("remove policy");
+    }
+
+    /// Polls `cond` until it holds; returns how long that took.
+    pub fn wait_until(&self, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+        let start = Instant::now();
+        while !cond() {
+            assert!(
+                start.elapsed() < timeout,
+                "condition not met in {timeout:?}; agent log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        start.elapsed()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM: the agent stops and leaves its pins.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let status = c.wait().expect("wait");
+            assert!(status.success(), "agent exit {status}:\n{}", self.log());
+        }
+    }
+
+    pub fn uninstall(&self) {
+        let out = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .args(["uninstall", "--config"])
+            .arg(&self.config)
+            .output()
+            .expect("uninstall");
+        assert!(
+            out.status.success(),
+            "uninstall: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The oracle: the policy engine's verdict for a workload with `tags` (no peek proxy).
+    pub fn expect(&self, tags: &[(&str, &str)], dest: SocketAddr) -> Expect {
+        let set = PolicySet::load(&[self.policies_dir()]);
+        assert!(set.problems.is_empty(), "test policies must be valid");
+        let w = Workload {
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Workload::default()
+        };
+        let merged = merged_for(&set.policies, &w, &SelectOptions::default()).expect("merge");
+        let compiled = compile(&merged).expect("compile");
+        let ex = Exemptions {
+            mesh_cidrs: self.mesh_cidrs.clone(),
+        };
+        match decide(&compiled, &ex, dest, None).without_proxy().action {
+            Action::Allow => Expect::Allow,
+            Action::Deny => Expect::Deny,
+            Action::Proxy => unreachable!("without_proxy never hands off"),
+        }
+    }
+}
+
+pub fn expect_for(agent: &AgentRun, tags: &[(&str, &str)], dest: SocketAddr) -> Expect {
+    agent.expect(tags, dest)
+}
+
+impl Drop for AgentRun {
+    fn drop(&mut self) {
+        self.kill();
+        // Detach from the test cgroups before they are removed.
+        let _ = loader::uninstall(self.bpffs.path());
+        if std::thread::panicking() {
+            eprintln!("agent log:\n{}", self.log());
+        }
+    }
+}
