@@ -2,6 +2,7 @@
 //! steps 1 to 5, for the caller's workload. `passthrough::policy::decide` in user space is
 //! the reference these lines must agree with; the privileged tests check that they do.
 
+use aya_log_ebpf::debug;
 use aya_ebpf::{
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
     maps::lpm_trie::Key,
@@ -41,7 +42,11 @@ pub fn connect4(ctx: &SockAddrContext) -> Result<i32, ContextError> {
     // `user_ip4` and `user_port` are in network byte order.
     let addr = sa.user_ip4.to_ne_bytes();
     let port = u16::from_be(sa.user_port as u16);
-    Ok(verdict(judge_v4(addr, port)))
+    let reason = judge_v4(addr, port);
+    if debug_enabled() {
+        debug!(ctx, "connect4 {:i}:{} {}", addr, port, reason.name());
+    }
+    Ok(verdict(reason))
 }
 
 /// An IPv6 connect. An IPv4-mapped destination (`::ffff:a.b.c.d`, what a dual-stack socket
@@ -62,7 +67,16 @@ pub fn connect6(ctx: &SockAddrContext) -> Result<i32, ContextError> {
     } else {
         judge_v6(addr, port)
     };
+    if debug_enabled() {
+        debug!(ctx, "connect6 [{:i}]:{} {}", addr, port, reason.name());
+    }
     Ok(verdict(reason))
+}
+
+/// `debug: true` in the agent config: log each decision through aya-log.
+#[inline(always)]
+fn debug_enabled() -> bool {
+    CONFIG.get(0).is_some_and(|c| c.debug != 0)
 }
 
 /// Counts the decision and turns it into the program's return value.

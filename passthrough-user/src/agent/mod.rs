@@ -76,7 +76,7 @@ pub struct Agent {
     config: AgentConfig,
     config_path: PathBuf,
     cgroup_root: PathBuf,
-    loader: Loader,
+    pub(crate) loader: Loader,
     maps: Maps,
     slots: Vec<Slot>,
     /// Slots an earlier agent run left in the maps; swept once every workload is reconciled.

@@ -47,6 +47,9 @@ fn fingerprint(policies: &[PathBuf], cgroups: &[PathBuf]) -> Fingerprint {
 
 pub async fn run(config_path: &Path) -> Result<(), AgentError> {
     let mut agent = Agent::start(config_path)?;
+    if agent.config().debug {
+        start_kernel_log(&mut agent);
+    }
     let admin_addr = agent.config().admin.listen;
     agent.reconcile();
     let (policies, cgroups) = agent.watched_paths();
@@ -90,6 +93,32 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
     }
     tracing::info!("stopping; the kernel keeps enforcing the pinned state");
     Ok(())
+}
+
+/// Forwards the programs' aya-log records (`debug: true`) to the agent's log.
+fn start_kernel_log(agent: &mut Agent) {
+    match aya_log::EbpfLogger::init(agent.loader.ebpf_mut()) {
+        // SAFETY: the logger owns its ring buffer fd and the AsyncFd owns the logger, so the
+        // fd stays open, and is not closed behind tokio's back, for as long as it is registered.
+        Ok(logger) => match unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        } {
+            Ok(mut fd) => {
+                tokio::spawn(async move {
+                    loop {
+                        let Ok(mut guard) = fd.readable_mut().await else {
+                            break;
+                        };
+                        guard.get_inner_mut().flush();
+                        guard.clear_ready();
+                    }
+                });
+                tracing::info!("kernel decisions are logged (debug: true)");
+            }
+            Err(e) => tracing::warn!("kernel log unavailable: {e}"),
+        },
+        Err(e) => tracing::warn!("kernel log unavailable: {e}"),
+    }
 }
 
 /// The agent's state is only touched under this lock; a panic while holding it is a bug, and
