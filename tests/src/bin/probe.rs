@@ -1,0 +1,541 @@
+//! `probe`: the processes of the kernel tests, driven by the harness in `passthrough_tests`.
+//!
+//! - `probe connect [--cgroup DIR] [--netns PATH] [--timeout-ms N] [--read N] [--send TEXT]
+//!   [--v4mapped] [--udp] ADDR:PORT` prints one JSON line with the outcome of one connect().
+//! - `probe serve [--netns PATH] ADDR:PORT...` greets every connection, prints `ready`.
+//! - `probe sleep [--cgroup DIR]` stands in for a long-running workload.
+//!
+//! Exit status 2 means a usage or setup error; a refused connect is a result, not an error.
+
+use std::{
+    io::{self, Read as _, Write as _},
+    mem,
+    net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+/// The probe refuses to join any cgroup outside the harness's own, so that a mistaken path
+/// cannot move it (and what it does) into a real workload's cgroup.
+const CGROUP_MARK: &str = "passthrough-test-";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("connect") => connect_cmd(&args[1..]),
+        Some("serve") => serve_cmd(&args[1..]),
+        Some("sleep") => sleep_cmd(&args[1..]),
+        _ => Err(usage()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("probe: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn usage() -> String {
+    "usage: probe connect [--cgroup DIR] [--netns PATH] [--timeout-ms N] [--read N] \
+     [--send TEXT] [--v4mapped] [--udp] ADDR:PORT | probe serve [--netns PATH] ADDR:PORT... | \
+     probe sleep [--cgroup DIR]"
+        .to_string()
+}
+
+#[derive(Default)]
+struct Opts {
+    cgroup: Option<String>,
+    netns: Option<String>,
+    timeout_ms: Option<u64>,
+    read: Option<usize>,
+    send: Option<String>,
+    v4mapped: bool,
+    udp: bool,
+    positional: Vec<String>,
+}
+
+fn parse(args: &[String], allowed: &[&str]) -> Result<Opts, String> {
+    let mut o = Opts::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a.starts_with("--") && !allowed.contains(&a.as_str()) {
+            return Err(format!("unknown option {a}; {}", usage()));
+        }
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--cgroup" => o.cgroup = Some(value()?),
+            "--netns" => o.netns = Some(value()?),
+            "--timeout-ms" => {
+                o.timeout_ms = Some(value()?.parse().map_err(|e| format!("--timeout-ms: {e}"))?)
+            }
+            "--read" => o.read = Some(value()?.parse().map_err(|e| format!("--read: {e}"))?),
+            "--send" => o.send = Some(value()?),
+            "--v4mapped" => o.v4mapped = true,
+            "--udp" => o.udp = true,
+            _ => o.positional.push(a.clone()),
+        }
+    }
+    Ok(o)
+}
+
+/// Joins the cgroup; must run before `enter_netns` so that the process is never seen in the
+/// test namespace from its parent's cgroup.
+fn enter_cgroup(dir: &str) -> Result<(), String> {
+    let dir = Path::new(dir);
+    if !dir
+        .components()
+        .any(|c| c.as_os_str().to_string_lossy().starts_with(CGROUP_MARK))
+    {
+        return Err(format!(
+            "refusing to join {}: not a test cgroup ({CGROUP_MARK}*)",
+            dir.display()
+        ));
+    }
+    let procs = dir.join("cgroup.procs");
+    std::fs::write(&procs, std::process::id().to_string())
+        .map_err(|e| format!("joining {}: {e}", procs.display()))
+}
+
+fn enter_netns(path: &str) -> Result<(), String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("opening {path}: {e}"))?;
+    // SAFETY: plain syscall on an fd we own; the probe is still single-threaded here.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(format!("setns {path}: {}", io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn enter(o: &Opts) -> Result<(), String> {
+    if let Some(cg) = &o.cgroup {
+        enter_cgroup(cg)?;
+    }
+    if let Some(ns) = &o.netns {
+        enter_netns(ns)?;
+    }
+    Ok(())
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|e| format!("{s}: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// connect
+
+fn connect_cmd(args: &[String]) -> Result<(), String> {
+    let o = parse(
+        args,
+        &[
+            "--cgroup",
+            "--netns",
+            "--timeout-ms",
+            "--read",
+            "--send",
+            "--v4mapped",
+            "--udp",
+        ],
+    )?;
+    let [dest] = o.positional.as_slice() else {
+        return Err(usage());
+    };
+    let mut dest = parse_addr(dest)?;
+    if o.v4mapped {
+        let SocketAddr::V4(v4) = dest else {
+            return Err("--v4mapped needs an IPv4 destination".into());
+        };
+        dest = SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0));
+    }
+    enter(&o)?;
+    let timeout = Duration::from_millis(o.timeout_ms.unwrap_or(3000));
+    let outcome = attempt(
+        dest,
+        o.udp,
+        timeout,
+        o.send.as_deref(),
+        o.read.unwrap_or(256),
+    );
+    let line = match outcome {
+        Ok((received, peer)) => json!({
+            "ok": true,
+            "received": String::from_utf8_lossy(&received),
+            "peer": peer.to_string(),
+        }),
+        Err((stage, e)) => json!({
+            "ok": false,
+            "errno": e.raw_os_error().unwrap_or(0),
+            "error": e.to_string(),
+            "stage": stage,
+        }),
+    };
+    println!("{line}");
+    Ok(())
+}
+
+type Failure = (&'static str, io::Error);
+
+fn at(stage: &'static str) -> impl FnOnce(io::Error) -> Failure {
+    move |e| (stage, e)
+}
+
+fn attempt(
+    dest: SocketAddr,
+    udp: bool,
+    timeout: Duration,
+    send: Option<&str>,
+    read: usize,
+) -> Result<(Vec<u8>, SocketAddr), Failure> {
+    let family = if dest.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let ty = if udp {
+        libc::SOCK_DGRAM
+    } else {
+        libc::SOCK_STREAM
+    };
+    let fd = socket(family, ty).map_err(at("socket"))?;
+    if udp {
+        // A UDP connect() only sets the default peer: it is what the cgroup hooks see.
+        connect_blocking(&fd, dest).map_err(at("connect"))?;
+        let peer = peer_of(&fd).map_err(at("getpeername"))?;
+        return Ok((Vec::new(), peer));
+    }
+    connect_with_timeout(&fd, dest, timeout).map_err(at("connect"))?;
+    let peer = peer_of(&fd).map_err(at("getpeername"))?;
+    set_blocking(&fd).map_err(at("connect"))?;
+    let mut stream = TcpStream::from(fd);
+    if let Some(text) = send {
+        stream.write_all(text.as_bytes()).map_err(at("send"))?;
+    }
+    // Half-closing tells the server that nothing more is coming, so it answers at once.
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .map_err(at("send"))?;
+    let deadline = Instant::now() + timeout;
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while received.len() < read {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        stream.set_read_timeout(Some(left)).map_err(at("recv"))?;
+        let want = buf.len().min(read - received.len());
+        match stream.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(("recv", e)),
+        }
+    }
+    Ok((received, peer))
+}
+
+fn socket(family: i32, ty: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the fd is owned by the OwnedFd on success.
+    let fd = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
+            unsafe { std::ptr::write(std::ptr::from_mut(&mut ss).cast(), sin) };
+            mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write(std::ptr::from_mut(&mut ss).cast(), sin6) };
+            mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+fn from_sockaddr(ss: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a sockaddr_in.
+            let sin: libc::sockaddr_in = unsafe { std::ptr::read(std::ptr::from_ref(ss).cast()) };
+            Ok(SocketAddr::V4(SocketAddrV4::new(
+                u32::from_be(sin.sin_addr.s_addr).into(),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this storage holds a sockaddr_in6.
+            let sin6: libc::sockaddr_in6 = unsafe { std::ptr::read(std::ptr::from_ref(ss).cast()) };
+            Ok(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        f => Err(io::Error::other(format!("unexpected address family {f}"))),
+    }
+}
+
+fn connect_blocking(fd: &OwnedFd, dest: SocketAddr) -> io::Result<()> {
+    let (ss, len) = sockaddr(dest);
+    // SAFETY: ss/len describe a valid sockaddr for the call's duration.
+    if unsafe { libc::connect(fd.as_raw_fd(), std::ptr::from_ref(&ss).cast(), len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_nonblocking(fd: &OwnedFd, on: bool) -> io::Result<()> {
+    // SAFETY: fcntl on a valid fd.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let flags = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_blocking(fd: &OwnedFd) -> io::Result<()> {
+    set_nonblocking(fd, false)
+}
+
+/// connect() with a deadline: non-blocking connect, then poll for writability. A verdict of
+/// the cgroup programs comes back from connect() itself, before any packet is sent.
+fn connect_with_timeout(fd: &OwnedFd, dest: SocketAddr, timeout: Duration) -> io::Result<()> {
+    set_nonblocking(fd, true)?;
+    match connect_blocking(fd, dest) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
+        }
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            continue;
+        }
+        let mut err: libc::c_int = 0;
+        let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: err/len are valid out-pointers of the right size.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                std::ptr::from_mut(&mut err).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return if err == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(err))
+        };
+    }
+}
+
+fn peer_of(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: ss/len are valid out-pointers.
+    let rc =
+        unsafe { libc::getpeername(fd.as_raw_fd(), std::ptr::from_mut(&mut ss).cast(), &mut len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    from_sockaddr(&ss)
+}
+
+// ---------------------------------------------------------------------------------------
+// serve
+
+fn serve_cmd(args: &[String]) -> Result<(), String> {
+    let o = parse(args, &["--netns"])?;
+    if o.positional.is_empty() {
+        return Err(usage());
+    }
+    let addrs = o
+        .positional
+        .iter()
+        .map(|s| parse_addr(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    enter(&o)?;
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        listeners.push(listen(addr).map_err(|e| format!("listening on {addr}: {e}"))?);
+    }
+    let handles: Vec<_> = listeners
+        .into_iter()
+        .map(|l| std::thread::spawn(move || accept_loop(&l)))
+        .collect();
+    println!("ready");
+    io::stdout().flush().map_err(|e| format!("stdout: {e}"))?;
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let fd = socket(family, libc::SOCK_STREAM)?;
+    let one: libc::c_int = 1;
+    let setopt = |level, name| {
+        // SAFETY: `one` is a valid c_int for the call's duration.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                name,
+                std::ptr::from_ref(&one).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    setopt(libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
+    if addr.is_ipv6() {
+        setopt(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)?;
+    }
+    let (ss, len) = sockaddr(addr);
+    // SAFETY: ss/len describe a valid sockaddr.
+    if unsafe { libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&ss).cast(), len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: listen on a bound socket we own.
+    if unsafe { libc::listen(fd.as_raw_fd(), 128) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(TcpListener::from(fd))
+}
+
+fn accept_loop(l: &TcpListener) {
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                std::thread::spawn(move || {
+                    let _ = greet(s);
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                eprintln!("probe serve: accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Greets, then echoes what the client sent before half-closing. Reading to EOF before
+/// closing avoids a reset that could discard the greeting on the client's side.
+fn greet(mut s: TcpStream) -> io::Result<()> {
+    let local = s.local_addr()?;
+    s.write_all(format!("hello from {local}\n").as_bytes())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut got = Vec::new();
+    (&mut s).take(64 * 1024).read_to_end(&mut got)?;
+    if !got.is_empty() {
+        if got.last() != Some(&b'\n') {
+            got.push(b'\n');
+        }
+        s.write_all(&got)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// sleep
+
+fn sleep_cmd(args: &[String]) -> Result<(), String> {
+    let o = parse(args, &["--cgroup"])?;
+    if !o.positional.is_empty() {
+        return Err(usage());
+    }
+    enter(&o)?;
+    // The harness waits for this line to know the process is in its cgroup.
+    println!("ready");
+    io::stdout().flush().map_err(|e| format!("stdout: {e}"))?;
+    loop {
+        std::thread::park();
+    }
+}
