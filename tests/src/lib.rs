@@ -6,6 +6,8 @@
 //! swept by [`cleanup_stale`] once its creator has died. Nothing is ever added to the root
 //! network namespace or to a cgroup the harness did not create.
 
+pub mod agent;
+
 use std::{
     ffi::CString,
     fs,
@@ -229,26 +231,36 @@ pub fn cleanup_stale() {
 /// package's binaries in `target/<profile>/`, and builds the binaries before running them.
 pub fn probe_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("PASSTHROUGH_PROBE") {
-            return PathBuf::from(p);
-        }
-        let exe = std::env::current_exe().expect("current_exe");
-        let dir = exe.parent().expect("the executable has a directory");
-        [Some(dir), dir.parent()]
-            .into_iter()
-            .flatten()
-            .map(|d| d.join("probe"))
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| {
-                panic!(
-                    "no probe binary near {}: build it (cargo test -p passthrough-tests builds it) \
-                     or set PASSTHROUGH_PROBE",
-                    exe.display()
-                )
-            })
-    })
-    .clone()
+    BIN.get_or_init(|| sibling_bin("probe", "PASSTHROUGH_PROBE"))
+        .clone()
+}
+
+/// The `passthrough` command as this package builds it (`agent`): `$PASSTHROUGH_AGENT`, else
+/// found like [`probe_bin`].
+pub fn agent_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| sibling_bin("agent", "PASSTHROUGH_AGENT"))
+        .clone()
+}
+
+fn sibling_bin(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("the executable has a directory");
+    [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no {name} binary near {}: build it (cargo test -p passthrough-tests builds it) \
+                 or set {env}",
+                exe.display()
+            )
+        })
 }
 
 /// Ties a long-running child to this process: a test binary killed outright must not leave

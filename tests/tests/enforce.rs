@@ -2,12 +2,12 @@
 //! namespace, judged by the agent's cgroup programs, each checked against the policy
 //! engine's `decide` as the oracle.
 
-mod common;
-
 use std::{net::SocketAddr, time::Duration};
 
-use common::{AgentRun, Expect, expect_for, sa};
-use passthrough_tests::{ProbeOptions, TestCgroup, Topology};
+use passthrough_tests::{
+    ProbeOptions, TestCgroup, Topology,
+    agent::{AgentRun, Expect, sa},
+};
 
 const WEB_TAG: (&str, &str) = ("kuma.io/service", "web");
 
@@ -67,7 +67,7 @@ fn check_all(
     let (mut allowed, mut denied) = (0, 0);
     for dest in destinations() {
         let v4mapped = v4mapped && dest.is_ipv4();
-        let expect = expect_for(agent, tags, dest);
+        let expect = agent.expect(tags, dest);
         let got = topo.connect(
             Some(cgroup),
             dest,

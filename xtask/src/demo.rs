@@ -1,4 +1,5 @@
-//! `cargo xtask demo`: the policy engine on the shipped examples, as a table of verdicts.
+//! `cargo xtask demo`: the policy engine on the shipped examples (validate, explain), then the
+//! agent enforcing one of them in the kernel, in a throw-away topology.
 
 use std::process::Command;
 
@@ -27,14 +28,34 @@ const CASES: &[(&str, &[&str], &str, &str)] = &[
 ];
 
 pub fn run_demo() -> Result<()> {
-    run(cargo().args(["build", "--release", "--package", "passthrough-user"]))?;
+    if !crate::is_root() {
+        anyhow::bail!(
+            "the demo loads eBPF programs and creates network namespaces and cgroups: run `cargo xtask demo` as root"
+        );
+    }
+    crate::setup::ensure()?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "passthrough-user",
+        "--package",
+        "passthrough-tests",
+        "--bins",
+    ]))?;
+    explain_examples()?;
+    println!();
+    run(&mut Command::new(root().join("target/release/demo")))
+}
+
+fn explain_examples() -> Result<()> {
     let bin = root().join("target/release/passthrough");
     let examples = root().join("examples");
     run(Command::new(&bin).arg("validate").arg(&examples))?;
     println!();
     println!(
-        "{:<26} {:<44} {:<20} {:<8} {}",
-        "example", "workload and name", "destination", "verdict", "why"
+        "{:<26} {:<10} {:<24} {:<18} {:<8} WHY",
+        "EXAMPLE", "WORKLOAD", "NAME SENT", "DESTINATION", "VERDICT"
     );
     let mut mismatches = 0;
     for (file, extra, dest, documented) in CASES {
@@ -53,11 +74,13 @@ pub fn run_demo() -> Result<()> {
         if !mark.is_empty() {
             mismatches += 1;
         }
-        let who: Vec<&str> = extra.iter().filter(|a| !a.starts_with("--")).copied().collect();
-        println!(
-            "{file:<26} {:<44} {dest:<20} {verdict:<8} {why}{mark}",
-            if who.is_empty() { "(any workload)".to_string() } else { who.join(" ") }
-        );
+        let workload = if extra.contains(&SERVICE) { "demo-app" } else { "(any)" };
+        let name = extra
+            .iter()
+            .position(|a| ["--sni", "--host", "--authority"].contains(a))
+            .and_then(|i| Some(format!("{} {}", extra[i].trim_start_matches('-'), extra.get(i + 1)?)))
+            .unwrap_or_else(|| "-".into());
+        println!("{file:<26} {workload:<10} {name:<24} {dest:<18} {verdict:<8} {why}{mark}");
     }
     anyhow::ensure!(mismatches == 0, "{mismatches} verdicts differ from the examples' comments");
     Ok(())

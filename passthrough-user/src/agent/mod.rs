@@ -62,6 +62,15 @@ struct WorkloadState {
     error: Option<String>,
 }
 
+impl WorkloadState {
+    /// Its policy is in the maps and the programs are attached to the same cgroup.
+    fn enforced(&self) -> bool {
+        self.applied
+            .as_ref()
+            .is_some_and(|a| self.attached == Some(a.cgroup_id))
+    }
+}
+
 /// Result of the last reload, as `/status` shows it.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -429,12 +438,7 @@ impl Agent {
 
     /// Ready once every workload has its policy applied and its programs attached.
     pub fn ready(&self) -> bool {
-        !self.workloads.is_empty()
-            && self.workloads.iter().all(|w| {
-                w.applied
-                    .as_ref()
-                    .is_some_and(|a| w.attached == Some(a.cgroup_id))
-            })
+        !self.workloads.is_empty() && self.workloads.iter().all(WorkloadState::enforced)
     }
 
     /// Why the agent is not ready, for `/ready`.
@@ -444,11 +448,7 @@ impl Agent {
         }
         self.workloads
             .iter()
-            .filter(|w| {
-                !w.applied
-                    .as_ref()
-                    .is_some_and(|a| w.attached == Some(a.cgroup_id))
-            })
+            .filter(|w| !w.enforced())
             .map(|w| {
                 format!(
                     "{}: {}",
@@ -493,8 +493,7 @@ impl Agent {
                     cgroup_id: w.applied.as_ref().map(|a| a.cgroup_id),
                     name: w.config.name.clone(),
                     namespace: w.config.namespace.clone(),
-                    enforced: w.attached.is_some()
-                        && w.attached == w.applied.as_ref().map(|a| a.cgroup_id),
+                    enforced: w.enforced(),
                     mode: w.applied.as_ref().map(|a| a.compiled.mode),
                     mode_from: w.applied.as_ref().and_then(|a| a.mode_from.clone()),
                     audit: w.applied.as_ref().is_some_and(|a| a.compiled.audit),

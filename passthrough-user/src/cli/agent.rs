@@ -41,7 +41,10 @@ pub struct UninstallArgs {
 pub fn run(args: &RunArgs, output: Output) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
     if output == Output::Json {
         builder.json().init();
     } else {
@@ -122,8 +125,8 @@ pub fn status(args: &StatusArgs, output: Output) -> ExitCode {
     }
     println!();
     println!(
-        "{:<50} {:<9} {:<10} {:<6} {:<8} {}",
-        "WORKLOAD", "ENFORCED", "MODE", "AUDIT", "ENTRIES", "POLICIES"
+        "{:<50} {:<9} {:<10} {:<6} {:<8} POLICIES",
+        "WORKLOAD", "ENFORCED", "MODE", "AUDIT", "ENTRIES"
     );
     for (w, raw_w) in status
         .workloads

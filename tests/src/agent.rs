@@ -1,6 +1,4 @@
-//! The agent under test and the oracle, shared by the kernel test files.
-
-#![allow(dead_code, reason = "each test file uses a different part")]
+//! The agent under test and the oracle, shared by the kernel tests and the demo.
 
 use std::{
     fs,
@@ -17,13 +15,13 @@ use passthrough::{
     cli::agent::admin_get,
     policy::{
         compile::compile,
-        decide::{Action, Exemptions, decide},
-        merge::{SelectOptions, merged_for},
+        decide::{Action, Exemptions, Verdict, decide},
+        merge::{MergedEntry, SelectOptions, merged_for},
         set::PolicySet,
         workload::Workload,
     },
 };
-use passthrough_tests::{BpffsDir, ProbeResult, TestCgroup, Topology, run_in_netns};
+use crate::{BpffsDir, ProbeResult, TestCgroup, Topology, agent_bin, run_in_netns};
 
 pub const ADMIN: &str = "127.0.0.1:9902";
 
@@ -123,7 +121,7 @@ impl AgentRun {
             .open(self.log_path())
             .expect("log");
         let fd = netns.as_raw_fd();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
+        let mut cmd = Command::new(agent_bin());
         cmd.args(["run", "--config"])
             .arg(&self.config)
             .stdout(Stdio::null())
@@ -223,7 +221,7 @@ impl AgentRun {
     }
 
     pub fn uninstall(&self) {
-        let out = Command::new(env!("CARGO_BIN_EXE_agent"))
+        let out = Command::new(agent_bin())
             .args(["uninstall", "--config"])
             .arg(&self.config)
             .output()
@@ -235,8 +233,9 @@ impl AgentRun {
         );
     }
 
-    /// The oracle: the policy engine's verdict for a workload with `tags` (no peek proxy).
-    pub fn expect(&self, tags: &[(&str, &str)], dest: SocketAddr) -> Expect {
+    /// The oracle: the policy engine's verdict for a workload with `tags` (no peek proxy),
+    /// and the appendMatch entry that decided it.
+    pub fn oracle(&self, tags: &[(&str, &str)], dest: SocketAddr) -> (Verdict, Option<MergedEntry>) {
         let set = PolicySet::load(&[self.policies_dir()]);
         assert!(set.problems.is_empty(), "test policies must be valid");
         let w = Workload {
@@ -251,16 +250,19 @@ impl AgentRun {
         let ex = Exemptions {
             mesh_cidrs: self.mesh_cidrs.clone(),
         };
-        match decide(&compiled, &ex, dest, None).without_proxy().action {
+        let v = decide(&compiled, &ex, dest, None).without_proxy();
+        let rule = v.rule.and_then(|r| compiled.rules.get(r as usize).cloned());
+        (v, rule)
+    }
+
+    /// What the oracle says the kernel must do.
+    pub fn expect(&self, tags: &[(&str, &str)], dest: SocketAddr) -> Expect {
+        match self.oracle(tags, dest).0.action {
             Action::Allow => Expect::Allow,
             Action::Deny => Expect::Deny,
             Action::Proxy => unreachable!("without_proxy never hands off"),
         }
     }
-}
-
-pub fn expect_for(agent: &AgentRun, tags: &[(&str, &str)], dest: SocketAddr) -> Expect {
-    agent.expect(tags, dest)
 }
 
 impl Drop for AgentRun {
