@@ -12,7 +12,6 @@ pub mod load;
 pub mod merge;
 pub mod model;
 pub mod set;
-#[path = "validate_stub.rs"]
 pub mod validate;
 pub mod workload;
 
