@@ -22,5 +22,7 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::default(),
     )
-    .context("building the eBPF programs failed: run `cargo xtask setup` (nightly rust-src, bpf-linker)")
+    .context(
+        "building the eBPF programs failed: run `cargo xtask setup` (nightly rust-src, bpf-linker)",
+    )
 }

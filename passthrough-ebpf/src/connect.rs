@@ -2,12 +2,12 @@
 //! steps 1 to 5, for the caller's workload. `passthrough::policy::decide` in user space is
 //! the reference these lines must agree with; the privileged tests check that they do.
 
-use aya_log_ebpf::debug;
 use aya_ebpf::{
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
     maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
+use aya_log_ebpf::debug;
 use passthrough_common::{
     CidrV4Data, CidrV6Data, DomainPortKey, ExactV4Key, ExactV6Key, LPM_FIXED_BITS, PORT_ANY,
     Reason, Workload, mode, workload_flags,
@@ -141,13 +141,15 @@ fn by_mode(w: &Workload, matched: impl FnOnce(u32) -> Reason) -> Reason {
 /// proxy; with none, or without a proxy, step 5 denies.
 #[inline(always)]
 fn domain_or_deny(slot: u32, port: u16) -> Reason {
-    let has = |port| DOMAIN_PORTS
-        .get_ptr(DomainPortKey {
-            slot,
-            port,
-            _pad: 0,
-        })
-        .is_some();
+    let has = |port| {
+        DOMAIN_PORTS
+            .get_ptr(DomainPortKey {
+                slot,
+                port,
+                _pad: 0,
+            })
+            .is_some()
+    };
     if has(port) || has(PORT_ANY) {
         Reason::DomainNoProxy
     } else {

@@ -5,5 +5,5 @@
 //! - [`cli`]: the `passthrough` command's verbs.
 
 pub mod agent;
-pub mod policy;
 pub mod cli;
+pub mod policy;

@@ -68,7 +68,11 @@ fn validate_prints_one_line_per_violation_and_exits_1() {
 #[test]
 fn validate_json_lists_problems() {
     let dir = tempfile::tempdir().expect("tmp");
-    fs::write(dir.path().join("a.yaml"), "type: MeshPassthrough\nname: x\nspec: {default: {passthroughMode: Sometimes}}\n").expect("w");
+    fs::write(
+        dir.path().join("a.yaml"),
+        "type: MeshPassthrough\nname: x\nspec: {default: {passthroughMode: Sometimes}}\n",
+    )
+    .expect("w");
     let (code, out, _) = run(bin().args(["-o", "json", "validate"]).arg(dir.path()));
     assert_eq!(code, 1);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
@@ -102,11 +106,18 @@ fn unreadable_input_exits_2_and_never_panics() {
 #[test]
 fn a_directory_of_mixed_files_reports_each_and_exits_by_the_worst() {
     let dir = tempfile::tempdir().expect("tmp");
-    fs::copy(examples().join("wildcard.yaml"), dir.path().join("good.yaml")).expect("copy");
+    fs::copy(
+        examples().join("wildcard.yaml"),
+        dir.path().join("good.yaml"),
+    )
+    .expect("copy");
     fs::write(dir.path().join("invalid.yaml"), "type: MeshPassthrough\nname: i\nspec: {default: {appendMatch: [{type: Domain, value: a.com}]}}\n").expect("w");
     let (code, out, _) = run(bin().arg("validate").arg(dir.path()));
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("protocol tcp is not supported for a domain"), "{out}");
+    assert!(
+        out.contains("protocol tcp is not supported for a domain"),
+        "{out}"
+    );
     fs::write(dir.path().join("z-junk.yaml"), [0xffu8, 0, 1]).expect("w");
     let (code, out, _) = run(bin().arg("validate").arg(dir.path()));
     assert_eq!(code, 2, "{out}");
@@ -119,17 +130,72 @@ fn explain_gives_the_documented_verdict_for_each_example() {
     let cases: &[(&str, &[&str], &str, i32)] = &[
         ("disable-passthrough.yaml", &[], "203.0.113.10:443", 1),
         ("disable-passthrough.yaml", &[], "127.0.0.1:5432", 0),
-        ("enable-for-subset.yaml", &["--tag", SERVICE], "203.0.113.10:443", 0),
-        ("allow-some.yaml", &["--tag", SERVICE], "10.240.15.39:8888", 0),
-        ("allow-some.yaml", &["--tag", SERVICE], "10.240.15.39:8889", 1),
-        ("allow-some.yaml", &["--tag", SERVICE], "10.250.3.4:10000", 0),
-        ("allow-some.yaml", &["--tag", SERVICE, "--sni", "en.wikipedia.org"], "198.51.100.20:443", 0),
-        ("allow-some.yaml", &["--tag", SERVICE, "--sni", "example.com"], "198.51.100.20:443", 1),
-        ("allow-some.yaml", &["--tag", SERVICE, "--host", "httpbin.dev:80"], "198.51.100.21:80", 0),
-        ("allow-some.yaml", &["--tag", SERVICE], "198.51.100.21:443", 3),
-        ("wildcard.yaml", &["--sni", "api.eu.example.com"], "198.51.100.30:443", 0),
-        ("wildcard.yaml", &["--sni", "example.com"], "198.51.100.30:443", 1),
-        ("wildcard.yaml", &["--sni", "evilexample.com"], "198.51.100.30:443", 1),
+        (
+            "enable-for-subset.yaml",
+            &["--tag", SERVICE],
+            "203.0.113.10:443",
+            0,
+        ),
+        (
+            "allow-some.yaml",
+            &["--tag", SERVICE],
+            "10.240.15.39:8888",
+            0,
+        ),
+        (
+            "allow-some.yaml",
+            &["--tag", SERVICE],
+            "10.240.15.39:8889",
+            1,
+        ),
+        (
+            "allow-some.yaml",
+            &["--tag", SERVICE],
+            "10.250.3.4:10000",
+            0,
+        ),
+        (
+            "allow-some.yaml",
+            &["--tag", SERVICE, "--sni", "en.wikipedia.org"],
+            "198.51.100.20:443",
+            0,
+        ),
+        (
+            "allow-some.yaml",
+            &["--tag", SERVICE, "--sni", "example.com"],
+            "198.51.100.20:443",
+            1,
+        ),
+        (
+            "allow-some.yaml",
+            &["--tag", SERVICE, "--host", "httpbin.dev:80"],
+            "198.51.100.21:80",
+            0,
+        ),
+        (
+            "allow-some.yaml",
+            &["--tag", SERVICE],
+            "198.51.100.21:443",
+            3,
+        ),
+        (
+            "wildcard.yaml",
+            &["--sni", "api.eu.example.com"],
+            "198.51.100.30:443",
+            0,
+        ),
+        (
+            "wildcard.yaml",
+            &["--sni", "example.com"],
+            "198.51.100.30:443",
+            1,
+        ),
+        (
+            "wildcard.yaml",
+            &["--sni", "evilexample.com"],
+            "198.51.100.30:443",
+            1,
+        ),
     ];
     for (file, extra, dest, want) in cases {
         let (code, out, err) = run(bin()
@@ -169,11 +235,21 @@ fn explain_unselected_workload_is_not_filtered() {
 #[test]
 fn explain_refuses_invalid_policies_with_exit_2() {
     let dir = tempfile::tempdir().expect("tmp");
-    fs::write(dir.path().join("a.yaml"), "type: MeshPassthrough\nname: a\nspec: {default: {appendMatch: [{type: IP, value: x}]}}\n").expect("w");
-    let (code, _, err) = run(bin().args(["explain", "--policy"]).arg(dir.path()).arg("1.2.3.4:80"));
+    fs::write(
+        dir.path().join("a.yaml"),
+        "type: MeshPassthrough\nname: a\nspec: {default: {appendMatch: [{type: IP, value: x}]}}\n",
+    )
+    .expect("w");
+    let (code, _, err) = run(bin()
+        .args(["explain", "--policy"])
+        .arg(dir.path())
+        .arg("1.2.3.4:80"));
     assert_eq!(code, 2);
     assert!(err.contains("provided IP has incorrect value"), "{err}");
-    let (code, out, _) = run(bin().args(["-o", "json", "explain", "--policy"]).arg(dir.path()).arg("1.2.3.4:80"));
+    let (code, out, _) = run(bin()
+        .args(["-o", "json", "explain", "--policy"])
+        .arg(dir.path())
+        .arg("1.2.3.4:80"));
     assert_eq!(code, 2);
     let v: serde_json::Value = serde_json::from_str(&out).expect("errors are json with -o json");
     assert!(v["error"].is_string());
@@ -188,7 +264,10 @@ fn compile_shows_kernel_entries_with_key_bytes() {
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     let tables = v["tables"].as_array().expect("tables");
-    let exact = tables.iter().find(|t| t["map"] == "EXACT_V4").expect("exact entry");
+    let exact = tables
+        .iter()
+        .find(|t| t["map"] == "EXACT_V4")
+        .expect("exact entry");
     // slot 7 (native u32), port 8888 (native u16), pad, 10.240.15.39
     let mut want = Vec::new();
     want.extend_from_slice(&7u32.to_ne_bytes());
@@ -196,7 +275,10 @@ fn compile_shows_kernel_entries_with_key_bytes() {
     want.extend_from_slice(&[0, 0, 10, 240, 15, 39]);
     let hex: String = want.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(exact["keyBytes"], hex);
-    let cidr = tables.iter().find(|t| t["map"] == "CIDR_V4").expect("cidr entry");
+    let cidr = tables
+        .iter()
+        .find(|t| t["map"] == "CIDR_V4")
+        .expect("cidr entry");
     assert_eq!(cidr["prefixLen"], 48 + 16);
-    assert_eq!(cidr["keyBytes"], "000000072710" .to_string() + "0afa0000");
+    assert_eq!(cidr["keyBytes"], "000000072710".to_string() + "0afa0000");
 }

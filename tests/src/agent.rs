@@ -21,6 +21,7 @@ use passthrough::{
         workload::Workload,
     },
 };
+
 use crate::{BpffsDir, ProbeResult, TestCgroup, Topology, agent_bin, run_in_netns};
 
 pub const ADMIN: &str = "127.0.0.1:9902";
@@ -74,8 +75,14 @@ impl AgentRun {
         let bpffs = BpffsDir::new();
         let mut cfg = String::from("policies: [policies]\nworkloads:\n");
         for (cg, tags) in workloads {
-            cfg.push_str(&format!("  - cgroup: {}\n    tags: {{", cg.path().display()));
-            let t: Vec<String> = tags.iter().map(|(k, v)| format!("\"{k}\": \"{v}\"")).collect();
+            cfg.push_str(&format!(
+                "  - cgroup: {}\n    tags: {{",
+                cg.path().display()
+            ));
+            let t: Vec<String> = tags
+                .iter()
+                .map(|(k, v)| format!("\"{k}\": \"{v}\""))
+                .collect();
             cfg.push_str(&t.join(", "));
             cfg.push_str("}\n");
         }
@@ -157,7 +164,11 @@ impl AgentRun {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.is_ready() {
             assert!(self.is_running(), "agent exited:\n{}", self.log());
-            assert!(Instant::now() < deadline, "agent not ready in 30 s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready in 30 s:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -235,7 +246,11 @@ impl AgentRun {
 
     /// The oracle: the policy engine's verdict for a workload with `tags` (no peek proxy),
     /// and the appendMatch entry that decided it.
-    pub fn oracle(&self, tags: &[(&str, &str)], dest: SocketAddr) -> (Verdict, Option<MergedEntry>) {
+    pub fn oracle(
+        &self,
+        tags: &[(&str, &str)],
+        dest: SocketAddr,
+    ) -> (Verdict, Option<MergedEntry>) {
         let set = PolicySet::load(&[self.policies_dir()]);
         assert!(set.problems.is_empty(), "test policies must be valid");
         let w = Workload {

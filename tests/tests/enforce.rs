@@ -110,7 +110,12 @@ fn ipv4_mapped_ipv6_destinations_are_judged_by_ipv4_rules() {
     let topo = Topology::new();
     let _servers = topo.serve(&destinations());
     let web = TestCgroup::new();
-    let agent = AgentRun::start(&topo, &[(&web, &[WEB_TAG][..])], &[("p.yaml", MATCHED_POLICIES)], "");
+    let agent = AgentRun::start(
+        &topo,
+        &[(&web, &[WEB_TAG][..])],
+        &[("p.yaml", MATCHED_POLICIES)],
+        "",
+    );
     let (a, d) = check_all(&topo, &agent, &web, &[WEB_TAG], true);
     assert!(a > 0 && d > 0);
     // Concretely: an IPv6 socket cannot reach a denied IPv4 host through ::ffff:a.b.c.d.
@@ -150,7 +155,10 @@ fn mode_none_denies_all_but_mesh_cidrs_and_loopback_and_udp_passes() {
             ..ProbeOptions::default()
         },
     );
-    assert!(!udp.is_eperm(), "UDP is out of scope and must pass: {udp:?}");
+    assert!(
+        !udp.is_eperm(),
+        "UDP is out of scope and must pass: {udp:?}"
+    );
 }
 
 #[test]
@@ -177,7 +185,12 @@ fn processes_in_nested_cgroups_belong_to_the_workload() {
     let _servers = topo.serve(&destinations());
     let web = TestCgroup::new();
     let container = web.child("container");
-    let agent = AgentRun::start(&topo, &[(&web, &[WEB_TAG][..])], &[("p.yaml", MATCHED_POLICIES)], "");
+    let agent = AgentRun::start(
+        &topo,
+        &[(&web, &[WEB_TAG][..])],
+        &[("p.yaml", MATCHED_POLICIES)],
+        "",
+    );
     let (a, d) = check_all(&topo, &agent, &container, &[WEB_TAG], false);
     assert!(a > 0 && d > 0);
 }
@@ -191,13 +204,22 @@ fn a_process_outside_every_workload_is_not_filtered() {
     let _agent = AgentRun::start(
         &topo,
         &[(&w, &[][..])],
-        &[("none.yaml", "type: MeshPassthrough\nname: none\nspec:\n  default:\n    passthroughMode: None\n")],
+        &[(
+            "none.yaml",
+            "type: MeshPassthrough\nname: none\nspec:\n  default:\n    passthroughMode: None\n",
+        )],
         "",
     );
     let dest = sa("198.51.100.10:80");
-    assert!(topo.connect(Some(&w), dest, &ProbeOptions::default()).is_eperm());
+    assert!(
+        topo.connect(Some(&w), dest, &ProbeOptions::default())
+            .is_eperm()
+    );
     let got = topo.connect(Some(&outside), dest, &ProbeOptions::default());
-    assert!(got.received().starts_with("hello from 198.51.100.10:80"), "{got:?}");
+    assert!(
+        got.received().starts_with("hello from 198.51.100.10:80"),
+        "{got:?}"
+    );
 }
 
 #[test]
@@ -208,11 +230,17 @@ fn live_reload_applies_changes_and_an_invalid_policy_keeps_the_last_good_state()
     let mut agent = AgentRun::start(
         &topo,
         &[(&w, &[][..])],
-        &[("p.yaml", "type: MeshPassthrough\nname: p\nspec:\n  default:\n    passthroughMode: None\n")],
+        &[(
+            "p.yaml",
+            "type: MeshPassthrough\nname: p\nspec:\n  default:\n    passthroughMode: None\n",
+        )],
         "",
     );
     let dest = sa("198.51.100.11:443");
-    assert!(topo.connect(Some(&w), dest, &ProbeOptions::default()).is_eperm());
+    assert!(
+        topo.connect(Some(&w), dest, &ProbeOptions::default())
+            .is_eperm()
+    );
 
     // Allow it: the change takes effect without a restart.
     agent.write_policy(
@@ -220,7 +248,8 @@ fn live_reload_applies_changes_and_an_invalid_policy_keeps_the_last_good_state()
         "type: MeshPassthrough\nname: p\nspec:\n  default:\n    appendMatch: [{type: IP, value: 198.51.100.11, port: 443}]\n",
     );
     let took = agent.wait_until(Duration::from_secs(5), || {
-        topo.connect(Some(&w), dest, &ProbeOptions::default()).is_connected()
+        topo.connect(Some(&w), dest, &ProbeOptions::default())
+            .is_connected()
     });
     eprintln!("policy change took effect after {took:?}");
 
@@ -234,15 +263,25 @@ fn live_reload_applies_changes_and_an_invalid_policy_keeps_the_last_good_state()
     });
     let status = agent.status();
     let problems = status["lastReload"]["problems"].to_string();
-    assert!(problems.contains("provided IP has incorrect value"), "{problems}");
-    assert!(topo.connect(Some(&w), dest, &ProbeOptions::default()).is_connected());
+    assert!(
+        problems.contains("provided IP has incorrect value"),
+        "{problems}"
+    );
+    assert!(
+        topo.connect(Some(&w), dest, &ProbeOptions::default())
+            .is_connected()
+    );
     assert!(agent.is_running());
 
     // Fixing it applies the fixed set.
     agent.remove_policy("bad.yaml");
-    agent.write_policy("p.yaml", "type: MeshPassthrough\nname: p\nspec:\n  default:\n    passthroughMode: None\n");
+    agent.write_policy(
+        "p.yaml",
+        "type: MeshPassthrough\nname: p\nspec:\n  default:\n    passthroughMode: None\n",
+    );
     agent.wait_until(Duration::from_secs(5), || {
-        topo.connect(Some(&w), dest, &ProbeOptions::default()).is_eperm()
+        topo.connect(Some(&w), dest, &ProbeOptions::default())
+            .is_eperm()
     });
 }
 
@@ -251,7 +290,12 @@ fn enforcement_survives_sigkill_and_a_restart_adopts_it_without_a_window() {
     let topo = Topology::new();
     let _servers = topo.serve(&destinations());
     let w = TestCgroup::new();
-    let mut agent = AgentRun::start(&topo, &[(&w, &[WEB_TAG][..])], &[("p.yaml", MATCHED_POLICIES)], "");
+    let mut agent = AgentRun::start(
+        &topo,
+        &[(&w, &[WEB_TAG][..])],
+        &[("p.yaml", MATCHED_POLICIES)],
+        "",
+    );
     check_all(&topo, &agent, &w, &[WEB_TAG], false);
 
     agent.kill();
@@ -259,13 +303,19 @@ fn enforcement_survives_sigkill_and_a_restart_adopts_it_without_a_window() {
     check_all(&topo, &agent, &w, &[WEB_TAG], false);
 
     // Restart with a changed policy; while it starts, a denied destination stays denied.
-    agent.write_policy("p.yaml", &MATCHED_POLICIES.replace("203.0.113.0/25", "203.0.113.0/24"));
+    agent.write_policy(
+        "p.yaml",
+        &MATCHED_POLICIES.replace("203.0.113.0/25", "203.0.113.0/24"),
+    );
     agent.spawn();
     let denied = sa("198.51.100.10:443");
     let mut probes = 0;
     while !agent.is_ready() {
         let got = topo.connect(Some(&w), denied, &ProbeOptions::default());
-        assert!(got.is_eperm(), "a denied connect got through during the restart: {got:?}");
+        assert!(
+            got.is_eperm(),
+            "a denied connect got through during the restart: {got:?}"
+        );
         probes += 1;
     }
     eprintln!("{probes} denied probes during the restart");
@@ -284,14 +334,26 @@ fn uninstall_detaches_everything() {
     let mut agent = AgentRun::start(
         &topo,
         &[(&w, &[][..])],
-        &[("none.yaml", "type: MeshPassthrough\nname: none\nspec:\n  default:\n    passthroughMode: None\n")],
+        &[(
+            "none.yaml",
+            "type: MeshPassthrough\nname: none\nspec:\n  default:\n    passthroughMode: None\n",
+        )],
         "",
     );
     let dest = sa("198.51.100.10:80");
-    assert!(topo.connect(Some(&w), dest, &ProbeOptions::default()).is_eperm());
+    assert!(
+        topo.connect(Some(&w), dest, &ProbeOptions::default())
+            .is_eperm()
+    );
     agent.stop();
-    assert!(topo.connect(Some(&w), dest, &ProbeOptions::default()).is_eperm());
+    assert!(
+        topo.connect(Some(&w), dest, &ProbeOptions::default())
+            .is_eperm()
+    );
     agent.uninstall();
-    assert!(topo.connect(Some(&w), dest, &ProbeOptions::default()).is_connected());
+    assert!(
+        topo.connect(Some(&w), dest, &ProbeOptions::default())
+            .is_connected()
+    );
     assert!(!agent.bpffs().exists(), "pins remain after uninstall");
 }

@@ -13,18 +13,73 @@ const SERVICE: &str = "kuma.io/service=demo-app_kuma-demo_svc_5000";
 const CASES: &[(&str, &[&str], &str, &str)] = &[
     ("disable-passthrough.yaml", &[], "203.0.113.10:443", "deny"),
     ("disable-passthrough.yaml", &[], "127.0.0.1:5432", "allow"),
-    ("enable-for-subset.yaml", &["--tag", SERVICE], "203.0.113.10:443", "allow"),
+    (
+        "enable-for-subset.yaml",
+        &["--tag", SERVICE],
+        "203.0.113.10:443",
+        "allow",
+    ),
     ("enable-for-subset.yaml", &[], "203.0.113.10:443", "allow"),
-    ("allow-some.yaml", &["--tag", SERVICE], "10.240.15.39:8888", "allow"),
-    ("allow-some.yaml", &["--tag", SERVICE], "10.240.15.39:8889", "deny"),
-    ("allow-some.yaml", &["--tag", SERVICE], "10.250.7.1:10000", "allow"),
-    ("allow-some.yaml", &["--tag", SERVICE, "--sni", "httpbin.org"], "198.51.100.20:443", "allow"),
-    ("allow-some.yaml", &["--tag", SERVICE, "--sni", "en.wikipedia.org"], "198.51.100.20:443", "allow"),
-    ("allow-some.yaml", &["--tag", SERVICE, "--sni", "wikipedia.org"], "198.51.100.20:443", "deny"),
-    ("allow-some.yaml", &["--tag", SERVICE, "--host", "httpbin.dev"], "198.51.100.21:80", "allow"),
-    ("allow-some.yaml", &["--tag", SERVICE], "198.51.100.21:80", "proxy"),
-    ("wildcard.yaml", &["--sni", "api.eu.example.com"], "198.51.100.30:443", "allow"),
-    ("wildcard.yaml", &["--sni", "evilexample.com"], "198.51.100.30:443", "deny"),
+    (
+        "allow-some.yaml",
+        &["--tag", SERVICE],
+        "10.240.15.39:8888",
+        "allow",
+    ),
+    (
+        "allow-some.yaml",
+        &["--tag", SERVICE],
+        "10.240.15.39:8889",
+        "deny",
+    ),
+    (
+        "allow-some.yaml",
+        &["--tag", SERVICE],
+        "10.250.7.1:10000",
+        "allow",
+    ),
+    (
+        "allow-some.yaml",
+        &["--tag", SERVICE, "--sni", "httpbin.org"],
+        "198.51.100.20:443",
+        "allow",
+    ),
+    (
+        "allow-some.yaml",
+        &["--tag", SERVICE, "--sni", "en.wikipedia.org"],
+        "198.51.100.20:443",
+        "allow",
+    ),
+    (
+        "allow-some.yaml",
+        &["--tag", SERVICE, "--sni", "wikipedia.org"],
+        "198.51.100.20:443",
+        "deny",
+    ),
+    (
+        "allow-some.yaml",
+        &["--tag", SERVICE, "--host", "httpbin.dev"],
+        "198.51.100.21:80",
+        "allow",
+    ),
+    (
+        "allow-some.yaml",
+        &["--tag", SERVICE],
+        "198.51.100.21:80",
+        "proxy",
+    ),
+    (
+        "wildcard.yaml",
+        &["--sni", "api.eu.example.com"],
+        "198.51.100.30:443",
+        "allow",
+    ),
+    (
+        "wildcard.yaml",
+        &["--sni", "evilexample.com"],
+        "198.51.100.30:443",
+        "deny",
+    ),
 ];
 
 pub fn run_demo() -> Result<()> {
@@ -70,18 +125,35 @@ fn explain_examples() -> Result<()> {
             .with_context(|| format!("explain printed no JSON for {file} {dest}"))?;
         let verdict = json["verdict"]["action"].as_str().unwrap_or("?");
         let why = json["summary"].as_str().unwrap_or("");
-        let mark = if verdict == *documented { "" } else { "  <-- differs from the example's comment" };
+        let mark = if verdict == *documented {
+            ""
+        } else {
+            "  <-- differs from the example's comment"
+        };
         if !mark.is_empty() {
             mismatches += 1;
         }
-        let workload = if extra.contains(&SERVICE) { "demo-app" } else { "(any)" };
+        let workload = if extra.contains(&SERVICE) {
+            "demo-app"
+        } else {
+            "(any)"
+        };
         let name = extra
             .iter()
             .position(|a| ["--sni", "--host", "--authority"].contains(a))
-            .and_then(|i| Some(format!("{} {}", extra[i].trim_start_matches('-'), extra.get(i + 1)?)))
+            .and_then(|i| {
+                Some(format!(
+                    "{} {}",
+                    extra[i].trim_start_matches('-'),
+                    extra.get(i + 1)?
+                ))
+            })
             .unwrap_or_else(|| "-".into());
         println!("{file:<26} {workload:<10} {name:<24} {dest:<18} {verdict:<8} {why}{mark}");
     }
-    anyhow::ensure!(mismatches == 0, "{mismatches} verdicts differ from the examples' comments");
+    anyhow::ensure!(
+        mismatches == 0,
+        "{mismatches} verdicts differ from the examples' comments"
+    );
     Ok(())
 }

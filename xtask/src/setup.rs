@@ -52,11 +52,7 @@ fn installed(package: &str) -> bool {
 }
 
 fn packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !installed(p))
-        .collect();
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         eprintln!("xtask: Debian packages present");
         return Ok(());
@@ -101,7 +97,13 @@ fn nightly_rust_src() -> Result<()> {
         if components.lines().any(|l| l.starts_with(component)) {
             continue;
         }
-        run(Command::new("rustup").args(["component", "add", component, "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            component,
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     eprintln!("xtask: nightly toolchain with rust-src present");
     Ok(())

@@ -85,7 +85,15 @@ async fn handle(mut stream: TcpStream, agent: &Mutex<Agent>) -> std::io::Result<
             )
             .await
         }
-        _ => respond(&mut stream, 404, "text/plain", "try /ready, /status or /metrics\n").await,
+        _ => {
+            respond(
+                &mut stream,
+                404,
+                "text/plain",
+                "try /ready, /status or /metrics\n",
+            )
+            .await
+        }
     }
 }
 
@@ -152,7 +160,11 @@ pub fn metrics(status: &Status) -> String {
     );
     let workloads = Gauge::<i64>::default();
     workloads.set(status.workloads.iter().filter(|w| w.enforced).count() as i64);
-    registry.register("workloads_enforced", "Workloads with programs attached", workloads);
+    registry.register(
+        "workloads_enforced",
+        "Workloads with programs attached",
+        workloads,
+    );
     let ready = Gauge::<i64>::default();
     ready.set(i64::from(status.ready));
     registry.register("ready", "1 when every workload is enforced", ready);

@@ -105,7 +105,10 @@ mod tests {
             mount_of_type(unified, "cgroup2"),
             Some(PathBuf::from("/sys/fs/cgroup"))
         );
-        assert_eq!(mount_of_type(HYBRID, "bpf"), Some(PathBuf::from("/sys/fs/bpf")));
+        assert_eq!(
+            mount_of_type(HYBRID, "bpf"),
+            Some(PathBuf::from("/sys/fs/bpf"))
+        );
         assert_eq!(mount_of_type("", "cgroup2"), None);
     }
 
@@ -123,6 +126,8 @@ mod tests {
         let root = Path::new("/sys/fs/cgroup");
         assert!(check_workload_cgroup(root, Path::new("/sys/fs/cgroup")).is_err());
         assert!(check_workload_cgroup(root, Path::new("/tmp/x")).is_err());
-        assert!(check_workload_cgroup(root, Path::new("/sys/fs/cgroup/system.slice/a.service")).is_ok());
+        assert!(
+            check_workload_cgroup(root, Path::new("/sys/fs/cgroup/system.slice/a.service")).is_ok()
+        );
     }
 }

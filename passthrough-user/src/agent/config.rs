@@ -145,7 +145,8 @@ impl AgentConfig {
             field: field.to_string(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err("", format!("cannot read: {e}")))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| err("", format!("cannot read: {e}")))?;
         let de = serde_yaml::Deserializer::from_str(&text);
         let mut cfg: AgentConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
@@ -160,7 +161,8 @@ impl AgentConfig {
                 *p = base.join(&*p);
             }
         }
-        cfg.check().map_err(|(field, message)| err(&field, message))?;
+        cfg.check()
+            .map_err(|(field, message)| err(&field, message))?;
         Ok(cfg)
     }
 
@@ -175,9 +177,7 @@ impl AgentConfig {
         if !self.bpffs.is_absolute() {
             return Err((
                 "bpffs".into(),
-                format!(
-                    "must be an absolute path under a bpf filesystem, e.g. {DEFAULT_BPFFS}"
-                ),
+                format!("must be an absolute path under a bpf filesystem, e.g. {DEFAULT_BPFFS}"),
             ));
         }
         let mut seen = BTreeSet::new();
@@ -195,7 +195,10 @@ impl AgentConfig {
             if !seen.insert(w.cgroup.clone()) {
                 return Err((
                     field,
-                    format!("{} is listed twice; list each cgroup once", w.cgroup.display()),
+                    format!(
+                        "{} is listed twice; list each cgroup once",
+                        w.cgroup.display()
+                    ),
                 ));
             }
         }
@@ -236,7 +239,8 @@ meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
 
     #[test]
     fn unknown_key_names_file_and_field() {
-        let e = load("policies: [p]\nworkloads:\n  - cgroup: /x\n    tag: {}\n").expect_err("unknown");
+        let e =
+            load("policies: [p]\nworkloads:\n  - cgroup: /x\n    tag: {}\n").expect_err("unknown");
         let text = e.to_string();
         assert!(text.contains("agent.yaml: workloads[0]"), "{text}");
         assert!(text.contains("unknown field tag"), "{text}");
@@ -246,7 +250,8 @@ meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
     fn relative_cgroup_and_duplicates_are_refused() {
         let e = load("policies: [p]\nworkloads:\n  - cgroup: app.service\n").expect_err("relative");
         assert_eq!(e.field, "workloads[0].cgroup");
-        let e = load("policies: [p]\nworkloads:\n  - cgroup: /a\n  - cgroup: /a\n").expect_err("dup");
+        let e =
+            load("policies: [p]\nworkloads:\n  - cgroup: /a\n  - cgroup: /a\n").expect_err("dup");
         assert_eq!(e.field, "workloads[1].cgroup");
         let e = load("workloads: []\npolicies: []\n").expect_err("no policies");
         assert_eq!(e.field, "policies");

@@ -33,7 +33,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pa
 pub enum LoadError {
     #[error("{path}: {message}")]
     Fs { path: String, message: String },
-    #[error("loading the eBPF object failed: {0} (needs root or CAP_BPF+CAP_NET_ADMIN, and a kernel with cgroup BPF)")]
+    #[error(
+        "loading the eBPF object failed: {0} (needs root or CAP_BPF+CAP_NET_ADMIN, and a kernel with cgroup BPF)"
+    )]
     Object(#[source] aya::EbpfError),
     #[error("program {program}: {message}")]
     Program {
@@ -213,7 +215,10 @@ fn prog_err(program: &'static str, e: impl std::fmt::Display) -> LoadError {
 
 fn verifier_message(e: &aya::programs::ProgramError) -> String {
     match e {
-        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             format!("the kernel refused the program: {io_error}\n{verifier_log}")
         }
         other => other.to_string(),

@@ -119,7 +119,9 @@ impl Maps {
                 .map_err(at(names::CIDR_V6))?;
         }
         for (k, v) in c.domain_port_entries(slot) {
-            self.domain_ports.insert(k, v, 0).map_err(at(names::DOMAIN_PORTS))?;
+            self.domain_ports
+                .insert(k, v, 0)
+                .map_err(at(names::DOMAIN_PORTS))?;
         }
         Ok(())
     }

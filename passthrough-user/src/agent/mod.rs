@@ -240,7 +240,10 @@ impl Agent {
                 }
                 Err(e) => {
                     tracing::error!(cgroup = %self.workloads[i].config.cgroup.display(), "{e}");
-                    problems.push(format!("{}: {e}", self.workloads[i].config.cgroup.display()));
+                    problems.push(format!(
+                        "{}: {e}",
+                        self.workloads[i].config.cgroup.display()
+                    ));
                     self.workloads[i].error = Some(e);
                 }
             }
@@ -308,7 +311,9 @@ impl Agent {
             return Ok(false);
         }
         let slot = self.acquire(&compiled).map_err(|e| {
-            format!("cannot write the policy into the kernel maps: {e}; keeping the last good state")
+            format!(
+                "cannot write the policy into the kernel maps: {e}; keeping the last good state"
+            )
         })?;
         let flags = if compiled.audit {
             workload_flags::AUDIT
@@ -463,7 +468,10 @@ impl Agent {
     pub fn watched_paths(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
         (
             self.config.policies.clone(),
-            self.workloads.iter().map(|w| w.config.cgroup.clone()).collect(),
+            self.workloads
+                .iter()
+                .map(|w| w.config.cgroup.clone())
+                .collect(),
         )
     }
 

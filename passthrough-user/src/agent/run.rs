@@ -24,7 +24,11 @@ type Fingerprint = BTreeMap<PathBuf, Option<(i64, u64, u64)>>;
 
 fn stamp(p: &Path) -> Option<(i64, u64, u64)> {
     let m = std::fs::metadata(p).ok()?;
-    Some((m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.size(), m.ino()))
+    Some((
+        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        m.size(),
+        m.ino(),
+    ))
 }
 
 /// Every policy file (directories expanded) and every workload cgroup.
@@ -124,5 +128,7 @@ fn start_kernel_log(agent: &mut Agent) {
 /// The agent's state is only touched under this lock; a panic while holding it is a bug, and
 /// the state is still the last one written to the kernel, so keep going with it.
 pub fn lock(agent: &Mutex<Agent>) -> std::sync::MutexGuard<'_, Agent> {
-    agent.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    agent
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -68,7 +68,10 @@ pub fn run(args: &RunArgs, output: Output) -> ExitCode {
 pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
@@ -83,7 +86,9 @@ pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)>
 pub fn status(args: &StatusArgs, output: Output) -> ExitCode {
     let body = match admin_get(args.admin, "/status") {
         Ok((200, body)) => body,
-        Ok((code, body)) => return fail(output, &format!("{} answered {code}: {body}", args.admin)),
+        Ok((code, body)) => {
+            return fail(output, &format!("{} answered {code}: {body}", args.admin));
+        }
         Err(e) => {
             return fail(
                 output,

@@ -163,7 +163,12 @@ fn tables(c: &CompiledPolicy, slot: u32) -> Vec<TableEntry> {
 
 fn print_text(out: &Compiled<'_>) {
     println!("workload  {}", out.workload);
-    let names: Vec<&str> = out.merged.policies.iter().map(|p| p.name.as_str()).collect();
+    let names: Vec<&str> = out
+        .merged
+        .policies
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
     println!(
         "policies  {} (weakest first)",
         if names.is_empty() {

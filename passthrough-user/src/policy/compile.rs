@@ -501,8 +501,8 @@ mod tests {
     #[test]
     fn modes_other_than_matched_compile_no_entries() {
         for mode in [Mode::All, Mode::None] {
-            let c = compile(&merged(mode, vec![entry("IP", "1.2.3.4", None, "tcp")]))
-                .expect("compile");
+            let c =
+                compile(&merged(mode, vec![entry("IP", "1.2.3.4", None, "tcp")])).expect("compile");
             assert_eq!(c.kernel_entries(), 0);
         }
     }
@@ -521,8 +521,14 @@ mod tests {
         .expect("compile");
         let r443 = &c.domains[&443];
         assert_eq!(r443.len(), 2);
-        assert_eq!(r443[0].pattern, NamePattern::Exact("api.example.com".into()));
-        assert_eq!(r443[1].pattern, NamePattern::Subdomains("example.com".into()));
+        assert_eq!(
+            r443[0].pattern,
+            NamePattern::Exact("api.example.com".into())
+        );
+        assert_eq!(
+            r443[1].pattern,
+            NamePattern::Subdomains("example.com".into())
+        );
         assert_eq!(c.domains[&PORT_ANY][0].protocol, NameProtocol::Http);
     }
 

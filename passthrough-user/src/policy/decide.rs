@@ -124,9 +124,7 @@ pub enum Peeked {
 /// The address a destination is judged as: an IPv4-mapped IPv6 address is its IPv4 address.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
@@ -254,13 +252,10 @@ pub fn host_name(authority: &str) -> String {
 /// longest `*.` suffix before `*`, the port's own rules before port-less ones.
 fn domain_match(candidates: &[&DomainRule], peek: &Peeked) -> Option<u32> {
     let (name, accepts): (Option<String>, fn(NameProtocol) -> bool) = match peek {
-        Peeked::Tls(sni) => (
-            sni.as_deref().map(normalize_name),
-            |p| p == NameProtocol::Tls,
-        ),
-        Peeked::Http1(host) => (host.as_deref().map(host_name), |p| {
-            p == NameProtocol::Http
+        Peeked::Tls(sni) => (sni.as_deref().map(normalize_name), |p| {
+            p == NameProtocol::Tls
         }),
+        Peeked::Http1(host) => (host.as_deref().map(host_name), |p| p == NameProtocol::Http),
         Peeked::Http2(auth) => (auth.as_deref().map(host_name), |p| {
             matches!(p, NameProtocol::Http2 | NameProtocol::Grpc)
         }),
@@ -347,13 +342,19 @@ mod tests {
     #[test]
     fn matched_without_entries_denies() {
         let c = policy(Mode::Matched, &[]);
-        assert_eq!(act(&c, "203.0.113.9:443"), (Action::Deny, Reason::NoMatch, None));
+        assert_eq!(
+            act(&c, "203.0.113.9:443"),
+            (Action::Deny, Reason::NoMatch, None)
+        );
     }
 
     #[test]
     fn ip_entry_with_port_allows_only_that_port() {
         let c = policy(Mode::Matched, &[("IP", "198.51.100.10", Some(443), "tcp")]);
-        assert_eq!(act(&c, "198.51.100.10:443"), (Action::Allow, Reason::IpEntry, Some(0)));
+        assert_eq!(
+            act(&c, "198.51.100.10:443"),
+            (Action::Allow, Reason::IpEntry, Some(0))
+        );
         assert_eq!(act(&c, "198.51.100.10:80").0, Action::Deny);
         assert_eq!(act(&c, "198.51.100.11:443").0, Action::Deny);
     }
@@ -367,8 +368,14 @@ mod tests {
                 ("CIDR", "203.0.113.128/25", None, "tcp"),
             ],
         );
-        assert_eq!(act(&c, "203.0.113.200:1"), (Action::Allow, Reason::CidrEntry, Some(1)));
-        assert_eq!(act(&c, "203.0.113.5:65535"), (Action::Allow, Reason::CidrEntry, Some(0)));
+        assert_eq!(
+            act(&c, "203.0.113.200:1"),
+            (Action::Allow, Reason::CidrEntry, Some(1))
+        );
+        assert_eq!(
+            act(&c, "203.0.113.5:65535"),
+            (Action::Allow, Reason::CidrEntry, Some(0))
+        );
         assert_eq!(act(&c, "198.51.100.5:80").0, Action::Deny);
     }
 
@@ -382,7 +389,10 @@ mod tests {
             ],
         );
         assert_eq!(act(&c, "[2001:db8::10]:80").1, Reason::IpEntry);
-        assert_eq!(act(&c, "[::ffff:198.51.100.10]:80"), (Action::Allow, Reason::IpEntry, Some(1)));
+        assert_eq!(
+            act(&c, "[::ffff:198.51.100.10]:80"),
+            (Action::Allow, Reason::IpEntry, Some(1))
+        );
         assert_eq!(act(&c, "[::ffff:198.51.100.11]:80").0, Action::Deny);
     }
 
@@ -395,8 +405,14 @@ mod tests {
         let ex = Exemptions {
             mesh_cidrs: vec!["10.0.0.0/8".parse().expect("net")],
         };
-        assert_eq!(decide(&c, &ex, sa("10.1.2.3:80"), None).reason, Reason::MeshCidr);
-        assert_eq!(decide(&c, &ex, sa("[::ffff:10.1.2.3]:80"), None).reason, Reason::MeshCidr);
+        assert_eq!(
+            decide(&c, &ex, sa("10.1.2.3:80"), None).reason,
+            Reason::MeshCidr
+        );
+        assert_eq!(
+            decide(&c, &ex, sa("[::ffff:10.1.2.3]:80"), None).reason,
+            Reason::MeshCidr
+        );
     }
 
     #[test]
@@ -409,7 +425,10 @@ mod tests {
             ],
         );
         assert_eq!(act(&c, "198.51.100.10:443").1, Reason::IpEntry);
-        assert_eq!(act(&c, "198.51.100.99:443"), (Action::Proxy, Reason::ToProxy, Some(1)));
+        assert_eq!(
+            act(&c, "198.51.100.99:443"),
+            (Action::Proxy, Reason::ToProxy, Some(1))
+        );
         assert_eq!(act(&c, "198.51.100.99:80").0, Action::Deny);
         let v = decide(&c, &none(), sa("198.51.100.99:443"), None).without_proxy();
         assert_eq!((v.action, v.reason), (Action::Deny, Reason::DomainNoProxy));
@@ -431,15 +450,39 @@ mod tests {
             (v.action, v.rule)
         };
         let s = |x: &str| Some(x.to_string());
-        assert_eq!(d("198.51.100.1:443", Peeked::Tls(s("API.example.com."))), (Action::Allow, Some(1)));
-        assert_eq!(d("198.51.100.1:443", Peeked::Tls(s("a.b.example.com"))), (Action::Allow, Some(0)));
-        assert_eq!(d("198.51.100.1:443", Peeked::Tls(s("example.com"))).0, Action::Deny);
-        assert_eq!(d("198.51.100.1:443", Peeked::Tls(s("evilexample.com"))).0, Action::Deny);
+        assert_eq!(
+            d("198.51.100.1:443", Peeked::Tls(s("API.example.com."))),
+            (Action::Allow, Some(1))
+        );
+        assert_eq!(
+            d("198.51.100.1:443", Peeked::Tls(s("a.b.example.com"))),
+            (Action::Allow, Some(0))
+        );
+        assert_eq!(
+            d("198.51.100.1:443", Peeked::Tls(s("example.com"))).0,
+            Action::Deny
+        );
+        assert_eq!(
+            d("198.51.100.1:443", Peeked::Tls(s("evilexample.com"))).0,
+            Action::Deny
+        );
         assert_eq!(d("198.51.100.1:443", Peeked::Tls(None)).0, Action::Deny);
         // An HTTP request on 443 may use the port-less http entry, not the tls ones.
-        assert_eq!(d("198.51.100.1:443", Peeked::Http1(s("example.org:443"))), (Action::Allow, Some(2)));
-        assert_eq!(d("198.51.100.1:443", Peeked::Http1(s("api.example.com"))).0, Action::Deny);
-        assert_eq!(d("198.51.100.1:8080", Peeked::Http2(s("grpc.example.org:8080"))), (Action::Allow, Some(3)));
+        assert_eq!(
+            d("198.51.100.1:443", Peeked::Http1(s("example.org:443"))),
+            (Action::Allow, Some(2))
+        );
+        assert_eq!(
+            d("198.51.100.1:443", Peeked::Http1(s("api.example.com"))).0,
+            Action::Deny
+        );
+        assert_eq!(
+            d(
+                "198.51.100.1:8080",
+                Peeked::Http2(s("grpc.example.org:8080"))
+            ),
+            (Action::Allow, Some(3))
+        );
         assert_eq!(d("198.51.100.1:8080", Peeked::Unknown).0, Action::Deny);
     }
 

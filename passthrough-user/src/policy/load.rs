@@ -380,7 +380,8 @@ spec:
 
     #[test]
     fn universal_form_defaults_mesh() {
-        let d = docs("type: MeshPassthrough\nname: p\nspec:\n  default:\n    passthroughMode: None\n");
+        let d =
+            docs("type: MeshPassthrough\nname: p\nspec:\n  default:\n    passthroughMode: None\n");
         let p = policy(&d[0]);
         assert_eq!(p.format, Format::Universal);
         assert_eq!(p.mesh, "default");
@@ -389,7 +390,8 @@ spec:
 
     #[test]
     fn multi_document_files_keep_document_indexes_and_skip_empty_ones() {
-        let d = docs("---\ntype: MeshPassthrough\nname: a\n---\n---\ntype: MeshPassthrough\nname: b\n");
+        let d =
+            docs("---\ntype: MeshPassthrough\nname: a\n---\n---\ntype: MeshPassthrough\nname: b\n");
         // A leading `---` opens the first document; `---` twice in a row makes an empty one.
         assert_eq!(d.len(), 2);
         assert_eq!(policy(&d[0]).source.doc, 0);
@@ -424,7 +426,10 @@ spec:
             "type: MeshPassthrough\nname: p\nspec:\n  default:\n    appendMatch:\n      - {type: IP, value: 1.1.1.1, protocol: 1}\n",
         );
         let p = policy(&d[0]);
-        assert_eq!(p.spec.default.append_match.as_ref().expect("m")[0].protocol, "1");
+        assert_eq!(
+            p.spec.default.append_match.as_ref().expect("m")[0].protocol,
+            "1"
+        );
     }
 
     #[test]

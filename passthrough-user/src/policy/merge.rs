@@ -90,18 +90,14 @@ pub fn selects(policy: &Policy, workload: &Workload, opts: &SelectOptions) -> bo
     if policy.mesh != workload.mesh {
         return false;
     }
-    if matches!(
-        role_of(policy, opts),
-        Role::Consumer | Role::WorkloadOwner
-    ) && policy.namespace.as_deref() != workload.effective_namespace()
+    if matches!(role_of(policy, opts), Role::Consumer | Role::WorkloadOwner)
+        && policy.namespace.as_deref() != workload.effective_namespace()
     {
         return false;
     }
     let tr = policy.target_ref();
     let proxy_type_ok = || match &tr.proxy_types {
-        Some(types) if !types.is_empty() => {
-            types.iter().any(|t| t == workload.proxy_type.as_str())
-        }
+        Some(types) if !types.is_empty() => types.iter().any(|t| t == workload.proxy_type.as_str()),
         _ => true,
     };
     match tr.kind.as_str() {
@@ -116,7 +112,9 @@ pub fn selects(policy: &Policy, workload: &Workload, opts: &SelectOptions) -> bo
         }
         "Dataplane" => {
             if let Some(labels) = &tr.labels {
-                labels.iter().all(|(k, v)| workload.labels.get(k) == Some(v))
+                labels
+                    .iter()
+                    .all(|(k, v)| workload.labels.get(k) == Some(v))
             } else if let Some(name) = &tr.name {
                 let ns = tr.namespace.as_ref().or(policy.namespace.as_ref());
                 workload.name.as_ref() == Some(name)
@@ -516,7 +514,10 @@ spec:
         let m = merged_for(&ps, &workload(&[APP]), &SelectOptions::default()).expect("merge");
         // The more specific policy sets no mode, so the broader policy's All stands.
         assert_eq!(m.mode, Some(Mode::All));
-        assert_eq!(m.mode_from.as_ref().map(|p| p.name.as_str()), Some("mesh-wide"));
+        assert_eq!(
+            m.mode_from.as_ref().map(|p| p.name.as_str()),
+            Some("mesh-wide")
+        );
         let values: Vec<_> = m.entries.iter().map(|e| e.entry.value.as_str()).collect();
         assert_eq!(values, ["1.1.1.1", "2.2.2.2"]);
     }
@@ -548,12 +549,16 @@ spec: {default: {appendMatch: [{type: Domain, value: b.com, port: 8080, protocol
         assert_eq!(err.len(), 1);
         let text = err[0].to_string();
         assert!(text.contains("port 8080"), "{text}");
-        assert!(text.contains("policy a") && text.contains("policy b"), "{text}");
+        assert!(
+            text.contains("policy a") && text.contains("policy b"),
+            "{text}"
+        );
     }
 
     #[test]
     fn audit_label_marks_the_merge() {
-        let ps = policies("type: MeshPassthrough\nname: p\nlabels: {passthrough.io/audit: \"true\"}\n");
+        let ps =
+            policies("type: MeshPassthrough\nname: p\nlabels: {passthrough.io/audit: \"true\"}\n");
         let m = merged_for(&ps, &workload(&[]), &SelectOptions::default()).expect("merge");
         assert!(m.audit);
     }

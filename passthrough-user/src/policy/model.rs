@@ -245,7 +245,10 @@ fn opt_scalar_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>
 
 /// Kubernetes `metadata` of a MeshPassthrough: the fields of ObjectMeta a manifest or
 /// `kubectl get -o yaml` may carry. Only name, namespace and labels are used.
-#[expect(dead_code, reason = "accepted so that real manifests and kubectl/kumactl output parse; never used")]
+#[expect(
+    dead_code,
+    reason = "accepted so that real manifests and kubectl/kumactl output parse; never used"
+)]
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct ObjectMeta {
@@ -282,7 +285,10 @@ pub(crate) struct ObjectMeta {
 }
 
 /// The Kubernetes form: `apiVersion`, `kind`, `metadata`, `spec`.
-#[expect(dead_code, reason = "accepted so that real manifests and kubectl/kumactl output parse; never used")]
+#[expect(
+    dead_code,
+    reason = "accepted so that real manifests and kubectl/kumactl output parse; never used"
+)]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct KubernetesDoc {
@@ -301,7 +307,10 @@ pub(crate) struct KubernetesDoc {
 
 /// The Universal form: `type`, `name`, `mesh`, `labels`, `spec` (and the timestamps
 /// `kumactl get -o yaml` prints).
-#[expect(dead_code, reason = "accepted so that real manifests and kubectl/kumactl output parse; never used")]
+#[expect(
+    dead_code,
+    reason = "accepted so that real manifests and kubectl/kumactl output parse; never used"
+)]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct UniversalDoc {

@@ -233,8 +233,16 @@ mod tests {
         assert!(lines[0].ends_with(
             "b-bad.yaml#0 bad: spec.default.appendMatch[0].value: provided IP has incorrect value"
         ));
-        assert!(lines[1].contains("c-broken.yaml: not valid YAML"), "{}", lines[1]);
-        assert!(lines[2].contains("d-junk.yaml: not a text file"), "{}", lines[2]);
+        assert!(
+            lines[1].contains("c-broken.yaml: not valid YAML"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].contains("d-junk.yaml: not a text file"),
+            "{}",
+            lines[2]
+        );
         assert!(set.has_unreadable());
     }
 

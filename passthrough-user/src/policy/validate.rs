@@ -369,7 +369,10 @@ mod tests {
 
     #[test]
     fn kuma_valid_case_has_no_violations() {
-        assert_eq!(check(include_str!("testdata/valid.yaml")), Vec::<String>::new());
+        assert_eq!(
+            check(include_str!("testdata/valid.yaml")),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
@@ -405,7 +408,9 @@ mod tests {
     #[test]
     fn rule3_second_l7_protocol_on_a_port_is_refused_in_any_order() {
         assert_eq!(
-            one("[{type: Domain, value: a.com, port: 80, protocol: http}, {type: Domain, value: b.com, port: 80, protocol: grpc}]"),
+            one(
+                "[{type: Domain, value: a.com, port: 80, protocol: http}, {type: Domain, value: b.com, port: 80, protocol: grpc}]"
+            ),
             format!("spec.default.appendMatch[1].port: {SAME_PORT}")
         );
         // Deliberate change: tcp and tls may share a port with one L7 protocol, in any order.
@@ -416,7 +421,9 @@ mod tests {
     #[test]
     fn rule4_duplicate_value_for_port_and_protocol_with_kumas_typo() {
         assert_eq!(
-            one("[{type: Domain, value: g.com, port: 10, protocol: http}, {type: Domain, value: g.com, port: 10, protocol: http}]"),
+            one(
+                "[{type: Domain, value: g.com, port: 10, protocol: http}, {type: Domain, value: g.com, port: 10, protocol: http}]"
+            ),
             "spec.default.appendMatch[1].value: value g.com is already defiend for this port and protocol"
         );
         // Another protocol or port is another key.
@@ -464,8 +471,14 @@ mod tests {
     #[test]
     fn rule9_partial_wildcards_are_refused() {
         let msg = "spec.default.appendMatch[0].value: provided DNS has incorrect value, partial wildcard is currently not supported";
-        assert_eq!(one("[{type: Domain, value: '*w.example.com', port: 1, protocol: tls}]"), msg);
-        assert_eq!(one("[{type: Domain, value: '**.example.com', port: 1, protocol: tls}]"), msg);
+        assert_eq!(
+            one("[{type: Domain, value: '*w.example.com', port: 1, protocol: tls}]"),
+            msg
+        );
+        assert_eq!(
+            one("[{type: Domain, value: '**.example.com', port: 1, protocol: tls}]"),
+            msg
+        );
     }
 
     #[test]
@@ -480,9 +493,18 @@ mod tests {
     #[test]
     fn rule11_domain_must_be_a_dns_name_after_the_wildcard() {
         let msg = "spec.default.appendMatch[0].value: provided DNS has incorrect value";
-        assert_eq!(one("[{type: Domain, value: '*.hello@world', port: 443, protocol: tls}]"), msg);
-        assert_eq!(one("[{type: Domain, value: '*.', port: 443, protocol: tls}]"), msg);
-        assert_eq!(one("[{type: Domain, value: 'a.*.com', port: 443, protocol: tls}]"), msg);
+        assert_eq!(
+            one("[{type: Domain, value: '*.hello@world', port: 443, protocol: tls}]"),
+            msg
+        );
+        assert_eq!(
+            one("[{type: Domain, value: '*.', port: 443, protocol: tls}]"),
+            msg
+        );
+        assert_eq!(
+            one("[{type: Domain, value: 'a.*.com', port: 443, protocol: tls}]"),
+            msg
+        );
     }
 
     #[test]
@@ -497,7 +519,10 @@ mod tests {
 
     #[test]
     fn targetref_kind_must_be_defined_and_supported() {
-        assert_eq!(check("targetRef: {kind: ''}"), ["spec.targetRef.kind: must be defined"]);
+        assert_eq!(
+            check("targetRef: {kind: ''}"),
+            ["spec.targetRef.kind: must be defined"]
+        );
         assert_eq!(
             check("targetRef: {kind: MeshService, name: x}"),
             ["spec.targetRef.kind: value 'MeshService' is not supported"]
@@ -508,7 +533,9 @@ mod tests {
     #[test]
     fn targetref_mesh_takes_no_selectors() {
         assert_eq!(
-            check("targetRef: {kind: Mesh, name: x, mesh: m, tags: {a: b}, labels: {a: b}, namespace: n, sectionName: s}"),
+            check(
+                "targetRef: {kind: Mesh, name: x, mesh: m, tags: {a: b}, labels: {a: b}, namespace: n, sectionName: s}"
+            ),
             [
                 "spec.targetRef.name: using name with kind Mesh is not yet supported",
                 "spec.targetRef.mesh: must not be set with kind Mesh",
@@ -555,7 +582,9 @@ mod tests {
     #[test]
     fn targetref_meshsubset_takes_only_tags() {
         assert_eq!(
-            check("targetRef: {kind: MeshSubset, name: x, mesh: m, labels: {a: b}, namespace: n, sectionName: s}"),
+            check(
+                "targetRef: {kind: MeshSubset, name: x, mesh: m, labels: {a: b}, namespace: n, sectionName: s}"
+            ),
             [
                 "spec.targetRef.name: must not be set with kind MeshSubset",
                 "spec.targetRef.mesh: must not be set with kind MeshSubset",
@@ -604,7 +633,10 @@ mod tests {
     #[test]
     fn d6_to_d9_ports_and_addresses() {
         assert!(matches("[{type: IP, value: 1.1.1.1, port: 65535}]").is_empty());
-        assert_eq!(matches("[{type: IP, value: 1.1.1.1, port: 65536}]").len(), 1);
+        assert_eq!(
+            matches("[{type: IP, value: 1.1.1.1, port: 65536}]").len(),
+            1
+        );
         assert!(matches("[{type: IP, value: '::1', port: 80}, {type: CIDR, value: '2001:db8::/32', protocol: tls}]").is_empty());
         assert_eq!(matches("[{type: IP, value: 2001:db8::1/128}]").len(), 1);
         assert_eq!(matches("[{type: CIDR, value: 10.0.0.0}]").len(), 1);
@@ -618,9 +650,18 @@ mod tests {
             one("[{type: Domain, value: '*', protocol: http}]"),
             "spec.default.appendMatch[0].port: wildcard domains doesn't work for all ports and layer 7 protocol"
         );
-        assert!(matches("[{type: Domain, value: '*.*.example.com', port: 443, protocol: tls}]").is_empty());
-        assert_eq!(matches("[{type: Domain, value: '*.', port: 443, protocol: tls}]").len(), 1);
-        assert_eq!(matches("[{type: Domain, value: '**.example.com', port: 443, protocol: tls}]").len(), 1);
+        assert!(
+            matches("[{type: Domain, value: '*.*.example.com', port: 443, protocol: tls}]")
+                .is_empty()
+        );
+        assert_eq!(
+            matches("[{type: Domain, value: '*.', port: 443, protocol: tls}]").len(),
+            1
+        );
+        assert_eq!(
+            matches("[{type: Domain, value: '**.example.com', port: 443, protocol: tls}]").len(),
+            1
+        );
         assert!(matches("[{type: Domain, value: example.com, protocol: http}]").is_empty());
     }
 
@@ -644,7 +685,9 @@ mod tests {
         let long = "a".repeat(64);
         for bad in ["-example.com", "a..b", long.as_str()] {
             assert_eq!(
-                one(&format!("[{{type: Domain, value: '{bad}', port: 443, protocol: tls}}]")),
+                one(&format!(
+                    "[{{type: Domain, value: '{bad}', port: 443, protocol: tls}}]"
+                )),
                 "spec.default.appendMatch[0].value: provided DNS has incorrect value",
                 "{bad}"
             );
@@ -653,15 +696,24 @@ mod tests {
 
     #[test]
     fn d21_mode_all_with_matches_is_valid() {
-        assert!(check("default: {passthroughMode: All, appendMatch: [{type: IP, value: 1.1.1.1}]}").is_empty());
+        assert!(
+            check("default: {passthroughMode: All, appendMatch: [{type: IP, value: 1.1.1.1}]}")
+                .is_empty()
+        );
     }
 
     #[test]
     fn d22_to_d26_target_refs() {
         assert_eq!(check("targetRef: {kind: MeshService, name: x}").len(), 1);
         assert_eq!(check("targetRef: {kind: Mesh, proxyTypes: []}").len(), 1);
-        assert_eq!(check("targetRef: {kind: Dataplane, labels: {app: x}, name: y}").len(), 1);
-        assert_eq!(check("targetRef: {kind: Dataplane, sectionName: http}").len(), 1);
+        assert_eq!(
+            check("targetRef: {kind: Dataplane, labels: {app: x}, name: y}").len(),
+            1
+        );
+        assert_eq!(
+            check("targetRef: {kind: Dataplane, sectionName: http}").len(),
+            1
+        );
         // D26 is master-only: v2.14, which passthrough follows, accepts MeshSubset.
         assert!(check("targetRef: {kind: MeshSubset, tags: {a: b}}").is_empty());
     }
@@ -691,7 +743,11 @@ mod tests {
         let fields: Vec<String> = validate(p).into_iter().map(|v| v.field).collect();
         assert_eq!(
             fields,
-            ["metadata.name", "spec.default.passthroughMode", "spec.targetRef.proxyTypes[0]"]
+            [
+                "metadata.name",
+                "spec.default.passthroughMode",
+                "spec.targetRef.proxyTypes[0]"
+            ]
         );
     }
 
@@ -699,31 +755,74 @@ mod tests {
 
     #[test]
     fn go_ip_parsing_edge_cases() {
-        for ok in ["1.2.3.4", "::ffff:1.2.3.4", "::1.2.3.4", "2001:db8::1", "0001:0::1", "::"] {
+        for ok in [
+            "1.2.3.4",
+            "::ffff:1.2.3.4",
+            "::1.2.3.4",
+            "2001:db8::1",
+            "0001:0::1",
+            "::",
+        ] {
             assert!(parse_ip(ok).is_some(), "{ok}");
         }
-        for bad in ["01.2.3.4", "1.2.3", "1.2.3.4.5", "256.1.1.1", "fe80::1%eth0", "1.2.3.4/32", "", " 1.2.3.4"] {
+        for bad in [
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "fe80::1%eth0",
+            "1.2.3.4/32",
+            "",
+            " 1.2.3.4",
+        ] {
             assert!(parse_ip(bad).is_none(), "{bad}");
         }
     }
 
     #[test]
     fn go_cidr_parsing_edge_cases() {
-        assert_eq!(parse_cidr("1.2.3.4/24"), Some(("1.2.3.4".parse().expect("ip"), 24)));
+        assert_eq!(
+            parse_cidr("1.2.3.4/24"),
+            Some(("1.2.3.4".parse().expect("ip"), 24))
+        );
         assert_eq!(parse_cidr("::ffff:1.2.3.4/120").map(|c| c.1), Some(120));
         assert!(parse_cidr("0.0.0.0/0").is_some());
-        for bad in ["1.2.3.4", "1.2.3.4/33", "::/129", "1.2.3.4/-1", "1.2.3.4/", "/8", "1.2.3.4/+8"] {
+        for bad in [
+            "1.2.3.4",
+            "1.2.3.4/33",
+            "::/129",
+            "1.2.3.4/-1",
+            "1.2.3.4/",
+            "/8",
+            "1.2.3.4/+8",
+        ] {
             assert!(parse_cidr(bad).is_none(), "{bad}");
         }
     }
 
     #[test]
     fn govalidator_dns_name_edge_cases() {
-        for ok in ["example.com", "example.com.", "ex_ample.com", "EXAMPLE.com", "a", "x_", "1a.com"] {
+        for ok in [
+            "example.com",
+            "example.com.",
+            "ex_ample.com",
+            "EXAMPLE.com",
+            "a",
+            "x_",
+            "1a.com",
+        ] {
             assert!(is_dns_name(ok), "{ok}");
         }
         let long_total = ["a"; 300].join(".");
-        for bad in ["", "1.2.3.4", "-a.com", "a..b", "a b", "a.-b", long_total.as_str()] {
+        for bad in [
+            "",
+            "1.2.3.4",
+            "-a.com",
+            "a..b",
+            "a b",
+            "a.-b",
+            long_total.as_str(),
+        ] {
             assert!(!is_dns_name(bad), "{bad}");
         }
     }

@@ -145,7 +145,11 @@ fn main() -> ExitCode {
         println!(
             "{name:<9} {shown:<28} {kernel:<7} {:<16} {by}{}",
             verdict.reason.name(),
-            if agrees { "" } else { "   <-- differs from the policy engine" }
+            if agrees {
+                ""
+            } else {
+                "   <-- differs from the policy engine"
+            }
         );
     }
     let status = agent.status();
