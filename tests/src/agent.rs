@@ -56,6 +56,8 @@ pub struct AgentRun {
     client_netns: PathBuf,
     bpffs: BpffsDir,
     mesh_cidrs: Vec<ipnet::IpNet>,
+    /// A test cgroup the agent process is placed in (else it stays in the test's cgroup).
+    agent_cgroup: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -67,6 +69,33 @@ impl AgentRun {
         policies: &[(&str, &str)],
         extra_config: &str,
     ) -> Self {
+        Self::start_in(None, topo, workloads, policies, extra_config)
+    }
+
+    /// As [`AgentRun::start`], with the agent process placed in `agent_cgroup` first.
+    pub fn start_in(
+        agent_cgroup: Option<&TestCgroup>,
+        topo: &Topology,
+        workloads: &[(&TestCgroup, &[(&str, &str)])],
+        policies: &[(&str, &str)],
+        extra_config: &str,
+    ) -> Self {
+        let workloads: Vec<(&Path, &[(&str, &str)])> =
+            workloads.iter().map(|(c, t)| (c.path(), *t)).collect();
+        let mut run = Self::launch(agent_cgroup, topo, &workloads, policies, extra_config);
+        run.wait_ready();
+        run
+    }
+
+    /// Writes the config and the policies and starts the agent, without waiting for it to be
+    /// ready. Workload cgroups are given as paths, which need not exist yet.
+    pub fn launch(
+        agent_cgroup: Option<&TestCgroup>,
+        topo: &Topology,
+        workloads: &[(&Path, &[(&str, &str)])],
+        policies: &[(&str, &str)],
+        extra_config: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::create_dir(dir.path().join("policies")).expect("policies dir");
         for (name, text) in policies {
@@ -75,10 +104,7 @@ impl AgentRun {
         let bpffs = BpffsDir::new();
         let mut cfg = String::from("policies: [policies]\nworkloads:\n");
         for (cg, tags) in workloads {
-            cfg.push_str(&format!(
-                "  - cgroup: {}\n    tags: {{",
-                cg.path().display()
-            ));
+            cfg.push_str(&format!("  - cgroup: {}\n    tags: {{", cg.display()));
             let t: Vec<String> = tags
                 .iter()
                 .map(|(k, v)| format!("\"{k}\": \"{v}\""))
@@ -99,10 +125,10 @@ impl AgentRun {
             client_netns: topo.client_netns_path(),
             bpffs,
             mesh_cidrs: parsed.mesh_cidrs,
+            agent_cgroup: agent_cgroup.map(|c| c.path().to_path_buf()),
             child: None,
         };
         run.spawn();
-        run.wait_ready();
         run
     }
 
@@ -133,9 +159,22 @@ impl AgentRun {
             .arg(&self.config)
             .stdout(Stdio::null())
             .stderr(log);
-        // SAFETY: setns is async-signal-safe; the fd stays open until spawn returns.
+        let procs = self.agent_cgroup.as_ref().map(|c| {
+            std::ffi::CString::new(c.join("cgroup.procs").as_os_str().as_encoded_bytes())
+                .expect("path without NUL")
+        });
+        // SAFETY: open, write, close and setns are async-signal-safe; the fd and the path
+        // stay alive until spawn returns.
         unsafe {
             cmd.pre_exec(move || {
+                // Into the cgroup first, then into the network namespace.
+                if let Some(procs) = &procs {
+                    let f = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                    if f < 0 || libc::write(f, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(f);
+                }
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -175,6 +214,12 @@ impl AgentRun {
 
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// `/status`, or `None` while the admin endpoint is not up.
+    pub fn try_status(&self) -> Option<serde_json::Value> {
+        let (code, body) = self.admin("/status")?;
+        (code == 200).then(|| serde_json::from_str(&body).ok())?
     }
 
     pub fn status(&self) -> serde_json::Value {

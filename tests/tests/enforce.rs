@@ -357,3 +357,101 @@ fn uninstall_detaches_everything() {
     );
     assert!(!agent.bpffs().exists(), "pins remain after uninstall");
 }
+
+#[test]
+fn the_agent_and_its_children_are_never_filtered() {
+    let topo = Topology::new();
+    let _servers = topo.serve(&destinations());
+    let w = TestCgroup::new();
+    // The agent runs inside the workload's subtree (as a DaemonSet pod sits below kubepods).
+    let agent_cg = w.child("agent");
+    let agent = AgentRun::start_in(
+        Some(&agent_cg),
+        &topo,
+        &[(&w, &[][..])],
+        &[(
+            "none.yaml",
+            "type: MeshPassthrough\nname: none\nspec:\n  default:\n    passthroughMode: None\n",
+        )],
+        "",
+    );
+    let dest = sa("198.51.100.10:80");
+    assert!(
+        topo.connect(Some(&w), dest, &ProbeOptions::default())
+            .is_eperm()
+    );
+    // A process in the agent's own cgroup, as a child it spawns would be, passes.
+    let got = topo.connect(Some(&agent_cg), dest, &ProbeOptions::default());
+    assert!(got.is_connected(), "{got:?}");
+    let metrics = agent.metrics();
+    assert!(
+        metrics.contains("passthrough_connect_total{verdict=\"allow\",reason=\"agent\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("passthrough_connect_total{verdict=\"deny\",reason=\"mode_none\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn status_reports_each_workload_its_mode_entries_and_policies() {
+    let topo = Topology::new();
+    let w = TestCgroup::new();
+    let agent = AgentRun::start(
+        &topo,
+        &[(&w, &[WEB_TAG][..])],
+        &[("p.yaml", MATCHED_POLICIES)],
+        "",
+    );
+    let status = agent.status();
+    assert_eq!(status["ready"], true);
+    let wl = &status["workloads"][0];
+    assert_eq!(wl["enforced"], true);
+    assert_eq!(wl["mode"], "Matched");
+    assert_eq!(wl["cgroupId"], w.id());
+    assert_eq!(wl["entries"]["cidrV4"], 1);
+    assert_eq!(wl["entries"]["exactV4"], 2);
+    assert_eq!(wl["entries"]["exactV6"], 1);
+    assert_eq!(wl["entries"]["cidrV6"], 1);
+    let names: Vec<&str> = wl["policies"]
+        .as_array()
+        .expect("policies")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["mesh-wide", "web-only"]);
+}
+
+#[test]
+fn a_workload_cgroup_that_appears_later_is_enforced_once_it_exists() {
+    let topo = Topology::new();
+    let _servers = topo.serve(&destinations());
+    let parent = TestCgroup::new();
+    let later = parent.path().join("later");
+    let agent = AgentRun::launch(
+        None,
+        &topo,
+        &[(&later, &[][..])],
+        &[(
+            "none.yaml",
+            "type: MeshPassthrough\nname: none\nspec:\n  default:\n    passthroughMode: None\n",
+        )],
+        "",
+    );
+    agent.wait_until(Duration::from_secs(10), || agent.try_status().is_some());
+    assert!(!agent.is_ready(), "ready before the workload cgroup exists");
+    let status = agent.status();
+    assert!(
+        status["workloads"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("waiting for it to appear")),
+        "{status}"
+    );
+    let cg = parent.child("later");
+    agent.wait_until(Duration::from_secs(5), || agent.is_ready());
+    assert!(
+        topo.connect(Some(&cg), sa("198.51.100.10:80"), &ProbeOptions::default())
+            .is_eperm()
+    );
+}
