@@ -1,8 +1,13 @@
 //! Every map the programs use. User space writes all of them except `COUNTERS`, which only
 //! the programs write. All are pinned by name, so enforcement outlives the agent process and a
 //! restarted agent adopts them.
+//!
+//! Hash maps are created without preallocation: sized for millions of entries, they would
+//! otherwise pin hundreds of MiB of kernel memory whatever the policy. Only user space
+//! inserts, so allocating on update costs the programs nothing.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
@@ -14,15 +19,18 @@ use passthrough_common::{
 /// cgroup id -> [`Workload`] (policy slot, mode, flags). Written by the agent; one update flips
 /// a workload to a new slot.
 #[map]
-pub static WORKLOADS: HashMap<u64, Workload> = HashMap::pinned(capacity::WORKLOADS, 0);
+pub static WORKLOADS: HashMap<u64, Workload> =
+    HashMap::pinned(capacity::WORKLOADS, BPF_F_NO_PREALLOC);
 
 /// (slot, port or any, IPv4 address) -> rule. IP entries and /32 CIDRs. Written by the agent.
 #[map]
-pub static EXACT_V4: HashMap<ExactV4Key, RuleRef> = HashMap::pinned(capacity::EXACT_V4, 0);
+pub static EXACT_V4: HashMap<ExactV4Key, RuleRef> =
+    HashMap::pinned(capacity::EXACT_V4, BPF_F_NO_PREALLOC);
 
 /// (slot, port or any, IPv6 address) -> rule. IP entries and /128 CIDRs. Written by the agent.
 #[map]
-pub static EXACT_V6: HashMap<ExactV6Key, RuleRef> = HashMap::pinned(capacity::EXACT_V6, 0);
+pub static EXACT_V6: HashMap<ExactV6Key, RuleRef> =
+    HashMap::pinned(capacity::EXACT_V6, BPF_F_NO_PREALLOC);
 
 /// LPM (slot, port or any, IPv4 prefix) -> rule. CIDR entries. Written by the agent.
 #[map]
@@ -36,7 +44,7 @@ pub static CIDR_V6: LpmTrie<CidrV6Data, RuleRef> = LpmTrie::pinned(capacity::CID
 /// Written by the agent.
 #[map]
 pub static DOMAIN_PORTS: HashMap<DomainPortKey, RuleRef> =
-    HashMap::pinned(capacity::DOMAIN_PORTS, 0);
+    HashMap::pinned(capacity::DOMAIN_PORTS, BPF_F_NO_PREALLOC);
 
 /// LPM IPv4 prefix -> index: the agent's `meshCIDRs`, allowed for every workload.
 #[map]

@@ -36,8 +36,17 @@ enum Task {
     },
     /// rustfmt --check and clippy -D warnings over the workspace.
     Lint,
-    /// Build and run the demo.
+    /// Build and run the demo (needs root).
     Demo,
+    /// Run a benchmark (needs root); results go to bench/results/.
+    Bench {
+        /// Which benchmark: connect.
+        #[arg(value_parser = ["connect"])]
+        which: String,
+        /// Smaller sizes and fewer samples, for a quick look.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -46,6 +55,7 @@ fn main() -> Result<()> {
         Task::Test { unprivileged } => test(unprivileged),
         Task::Lint => lint(),
         Task::Demo => demo::run_demo(),
+        Task::Bench { which, quick } => bench(&which, quick),
     }
 }
 
@@ -88,7 +98,14 @@ unsafe extern "C" {
 
 fn test(unprivileged: bool) -> Result<()> {
     setup::ensure()?;
-    run(cargo().args(["test", "--workspace", "--exclude", "passthrough-tests"]))?;
+    run(cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "passthrough-tests",
+        "--exclude",
+        "passthrough-ebpf",
+    ]))?;
     if unprivileged {
         eprintln!("xtask: --unprivileged: the kernel tests were not run");
         return Ok(());
@@ -106,6 +123,26 @@ fn test(unprivileged: bool) -> Result<()> {
         "--",
         "--test-threads=1",
     ]))
+}
+
+fn bench(which: &str, quick: bool) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmarks load eBPF programs and create namespaces: run them as root");
+    }
+    setup::ensure()?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "passthrough-tests",
+        "--bins",
+    ]))?;
+    let mut cmd = Command::new(root().join("target/release/bench"));
+    cmd.arg(which).args(["--out", "bench/results"]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    run(&mut cmd)
 }
 
 fn lint() -> Result<()> {

@@ -1,0 +1,550 @@
+//! `cargo xtask bench connect`: connect() latency from a workload cgroup to a test host, with
+//! no program, with passthrough, and with the same entries as an nftables ruleset matched on
+//! the workload's cgroup, for 10, 10 000 and 1 000 000 IP and CIDR entries, allowed and
+//! denied, IPv4 and IPv6. Also the time to compile and apply the entries and the kernel memory
+//! the maps take. Writes `bench/results/connect.json` and `connect.md`.
+//!
+//! `bench client ...` is the measuring process: the parent re-executes itself so the client
+//! sits in the workload cgroup and the client network namespace.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::Write as _,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+use passthrough_tests::{TestCgroup, Topology, agent::AgentRun, cgroup2_root};
+
+const ALLOWED_V4: &str = "198.51.100.10:80";
+const DENIED_V4: &str = "203.0.113.10:80";
+const ALLOWED_V6: &str = "[2001:db8:1::10]:80";
+const DENIED_V6: &str = "[2001:db8:2::20]:80";
+/// Entries per policy file, to stay under the 4 MiB policy file limit.
+const PER_FILE: usize = 40_000;
+/// Longest an nftables ruleset may take to load before its size is reported as not loadable.
+const NFT_LOAD_LIMIT: Duration = Duration::from_secs(180);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("client") => client(&args[2..]),
+        Some("connect") => {
+            let quick = args.iter().any(|a| a == "--quick");
+            let out = args
+                .iter()
+                .position(|a| a == "--out")
+                .and_then(|i| args.get(i + 1))
+                .map_or_else(|| PathBuf::from("bench/results"), PathBuf::from);
+            connect_bench(quick, &out)
+        }
+        _ => {
+            eprintln!("usage: bench connect [--quick] [--out DIR]");
+            ExitCode::from(2)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// the measuring client
+
+/// `client CGROUP NETNS DEST COUNT`: joins the cgroup, then the netns, then times COUNT
+/// connect() calls (after COUNT/10 unmeasured ones) and prints the nanoseconds, one per line.
+fn client(args: &[String]) -> ExitCode {
+    let [cgroup, netns, dest, count] = args else {
+        eprintln!("usage: bench client CGROUP NETNS DEST COUNT");
+        return ExitCode::from(2);
+    };
+    let count: usize = count.parse().unwrap_or(1000);
+    let dest: SocketAddr = match dest.parse() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{dest}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = fs::write(Path::new(cgroup).join("cgroup.procs"), b"0") {
+        eprintln!("joining {cgroup}: {e}");
+        return ExitCode::from(2);
+    }
+    let ns = match fs::File::open(netns) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{netns}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // SAFETY: plain setns(2) on an open namespace fd.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        eprintln!("setns: {}", std::io::Error::last_os_error());
+        return ExitCode::from(2);
+    }
+    let mut out = String::new();
+    let mut outcome = "connected";
+    for i in 0..count + count / 10 {
+        let t0 = Instant::now();
+        let r = TcpStream::connect_timeout(&dest, Duration::from_secs(2));
+        let ns = t0.elapsed().as_nanos();
+        match r {
+            Ok(s) => {
+                // RST instead of FIN: no TIME_WAIT, so ports never run out.
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: setsockopt with a valid fd and a correctly sized option value.
+                unsafe {
+                    libc::setsockopt(
+                        s.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&raw const linger).cast(),
+                        size_of::<libc::linger>() as libc::socklen_t,
+                    );
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => outcome = "EPERM",
+            // nftables' `reject with tcp reset` answers the SYN with a reset.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => outcome = "ECONNREFUSED",
+            Err(e) => {
+                eprintln!("connect {dest}: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        if i >= count / 10 {
+            let _ = writeln!(out, "{ns}");
+        }
+    }
+    println!("{outcome}");
+    print!("{out}");
+    ExitCode::SUCCESS
+}
+
+// ---------------------------------------------------------------------------------------
+// the benchmark
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Ip,
+    Cidr,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Ip => "IP",
+            Kind::Cidr => "CIDR",
+        }
+    }
+}
+
+/// The i-th filler entry of a kind and family; none covers a test host.
+fn filler(kind: Kind, v6: bool, i: usize) -> String {
+    let i = i as u32;
+    match (kind, v6) {
+        (Kind::Ip, false) => Ipv4Addr::from((10 << 24) | i).to_string(),
+        (Kind::Cidr, false) => format!("{}/28", Ipv4Addr::from((10 << 24) | (i << 4))),
+        (Kind::Ip, true) => {
+            Ipv6Addr::new(0x2001, 0xdb8, 0xf000, 0, 0, 0, (i >> 16) as u16, i as u16).to_string()
+        }
+        (Kind::Cidr, true) => format!(
+            "{}/64",
+            Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0xf000 | (i >> 16) as u16,
+                i as u16,
+                0,
+                0,
+                0,
+                0
+            )
+        ),
+    }
+}
+
+/// The entry that covers the allowed test hosts.
+fn covering(kind: Kind, v6: bool) -> &'static str {
+    match (kind, v6) {
+        (Kind::Ip, false) => "198.51.100.10",
+        (Kind::Cidr, false) => "198.51.100.8/30",
+        (Kind::Ip, true) => "2001:db8:1::10",
+        (Kind::Cidr, true) => "2001:db8:1::/64",
+    }
+}
+
+/// `n` entries of each family: n-1 fillers and the covering one.
+fn entries(kind: Kind, n: usize) -> Vec<(bool, String)> {
+    let mut v = Vec::with_capacity(2 * n);
+    for v6 in [false, true] {
+        v.extend((0..n - 1).map(|i| (v6, filler(kind, v6, i))));
+        v.push((v6, covering(kind, v6).to_string()));
+    }
+    v
+}
+
+/// The entries as MeshPassthrough policy files.
+fn policy_files(kind: Kind, entries: &[(bool, String)]) -> Vec<(String, String)> {
+    entries
+        .chunks(PER_FILE)
+        .enumerate()
+        .map(|(f, chunk)| {
+            let mut s = format!(
+                "type: MeshPassthrough\nname: bench-{f}\nspec:\n  default:\n    passthroughMode: Matched\n    appendMatch:\n"
+            );
+            for (_, e) in chunk {
+                let _ = writeln!(
+                    s,
+                    "      - {{type: {}, value: \"{e}\", port: 80}}",
+                    kind.name()
+                );
+            }
+            (format!("bench-{f}.yaml"), s)
+        })
+        .collect()
+}
+
+/// The same entries as an nftables ruleset on the workload's cgroup.
+fn nft_ruleset(entries: &[(bool, String)], cgroup: &Path) -> String {
+    let root = Path::new("/sys/fs/cgroup");
+    // nft resolves cgroupv2 paths below /sys/fs/cgroup (also on hybrid hosts) and needs the
+    // cgroup's level in the v2 hierarchy.
+    let rel = cgroup.strip_prefix(root).unwrap_or(cgroup);
+    let level = cgroup
+        .strip_prefix(cgroup2_root())
+        .map(|p| p.components().count())
+        .unwrap_or(1);
+    let mut s = String::from(
+        "table inet ptbench {\n  set allow4 { type ipv4_addr . inet_service; flags interval; }\n  set allow6 { type ipv6_addr . inet_service; flags interval; }\n",
+    );
+    let _ = write!(
+        s,
+        "  chain out {{\n    type filter hook output priority 0; policy accept;\n    socket cgroupv2 level {level} \"{}\" jump workload\n  }}\n  chain workload {{\n    ip daddr . tcp dport @allow4 accept\n    ip6 daddr . tcp dport @allow6 accept\n    meta l4proto tcp reject with tcp reset\n  }}\n}}\n",
+        rel.display()
+    );
+    for (v6, chunk) in [false, true].iter().flat_map(|v6| {
+        let list: Vec<&String> = entries
+            .iter()
+            .filter(|e| e.0 == *v6)
+            .map(|e| &e.1)
+            .collect();
+        list.chunks(10_000)
+            .map(|c| (*v6, c.to_vec()))
+            .collect::<Vec<_>>()
+    }) {
+        let set = if v6 { "allow6" } else { "allow4" };
+        let items: Vec<String> = chunk.iter().map(|e| format!("{e} . 80")).collect();
+        let _ = writeln!(
+            s,
+            "add element inet ptbench {set} {{ {} }}",
+            items.join(", ")
+        );
+    }
+    s
+}
+
+#[derive(serde::Serialize, Clone)]
+struct Row {
+    backend: &'static str,
+    kind: &'static str,
+    entries: usize,
+    family: &'static str,
+    path: &'static str,
+    outcome: String,
+    median_ns: u64,
+    p99_ns: u64,
+    samples: usize,
+}
+
+struct Ctx {
+    topo: Topology,
+    count: usize,
+    rows: Vec<Row>,
+}
+
+impl Ctx {
+    fn measure(&mut self, cg: &TestCgroup, dest: &str) -> (String, u64, u64) {
+        let out = Command::new(std::env::current_exe().expect("exe"))
+            .args(["client"])
+            .arg(cg.path())
+            .arg(self.topo.client_netns_path())
+            .args([dest, &self.count.to_string()])
+            .output()
+            .expect("client");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        let outcome = lines.next().unwrap_or("error").to_string();
+        let mut ns: Vec<u64> = lines.filter_map(|l| l.parse().ok()).collect();
+        if !out.status.success() || ns.is_empty() {
+            return (
+                format!("error: {}", String::from_utf8_lossy(&out.stderr).trim()),
+                0,
+                0,
+            );
+        }
+        ns.sort_unstable();
+        let median = ns[ns.len() / 2];
+        let p99 = ns[(ns.len() * 99 / 100).min(ns.len() - 1)];
+        (outcome, median, p99)
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "one row of the results table")]
+    fn row(
+        &mut self,
+        cg: &TestCgroup,
+        backend: &'static str,
+        kind: &'static str,
+        entries: usize,
+        v6: bool,
+        allowed: bool,
+    ) {
+        let dest = match (v6, allowed) {
+            (false, true) => ALLOWED_V4,
+            (false, false) => DENIED_V4,
+            (true, true) => ALLOWED_V6,
+            (true, false) => DENIED_V6,
+        };
+        let (outcome, median_ns, p99_ns) = self.measure(cg, dest);
+        let row = Row {
+            backend,
+            kind,
+            entries,
+            family: if v6 { "IPv6" } else { "IPv4" },
+            path: if allowed { "allowed" } else { "denied" },
+            outcome,
+            median_ns,
+            p99_ns,
+            samples: self.count,
+        };
+        eprintln!(
+            "{:<12} {:<5} {:>9} {:<5} {:<8} {:<13} median {:>7.1} µs  p99 {:>7.1} µs",
+            row.backend,
+            row.kind,
+            row.entries,
+            row.family,
+            row.path,
+            row.outcome,
+            row.median_ns as f64 / 1000.0,
+            row.p99_ns as f64 / 1000.0
+        );
+        self.rows.push(row);
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Apply {
+    kind: &'static str,
+    entries_per_family: usize,
+    passthrough_apply_ms: u128,
+    passthrough_map_memlock_bytes: u64,
+    nft_load_ms: Option<u128>,
+}
+
+/// Kernel memory charged to the pinned maps (fdinfo `memlock`).
+fn maps_memlock(bpffs: &Path) -> u64 {
+    let mut total = 0;
+    for e in fs::read_dir(bpffs.join("maps"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(md) = aya::maps::MapData::from_pin(e.path()) else {
+            continue;
+        };
+        let fd = md.fd().as_fd().as_raw_fd();
+        let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+fn nft(topo: &Topology, args: &[&str], stdin: Option<&str>) -> Result<(), String> {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", topo.client_netns_path().display()))
+        .arg("nft")
+        .args(args);
+    if let Some(text) = stdin {
+        let file = std::env::temp_dir().join(format!("ptbench-{}.nft", std::process::id()));
+        fs::write(&file, text).map_err(|e| e.to_string())?;
+        cmd.args(["-f"]).arg(&file);
+        let out = cmd.output().map_err(|e| e.to_string());
+        let _ = fs::remove_file(&file);
+        let out = out?;
+        return if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+    }
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn connect_bench(quick: bool, out_dir: &Path) -> ExitCode {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("the benchmark loads eBPF programs and creates namespaces: run it as root");
+        return ExitCode::from(2);
+    }
+    let sizes: &[usize] = if quick {
+        &[10, 10_000]
+    } else {
+        &[10, 10_000, 1_000_000]
+    };
+    let count = if quick { 1000 } else { 3000 };
+    let topo = Topology::new();
+    let hosts: Vec<SocketAddr> = [ALLOWED_V4, ALLOWED_V6]
+        .iter()
+        .map(|s| s.parse().expect("addr"))
+        .collect();
+    let _servers = topo.serve(&hosts);
+    let mut ctx = Ctx {
+        topo,
+        count,
+        rows: Vec::new(),
+    };
+    let mut applies = Vec::new();
+
+    // Baseline: no program on the cgroup.
+    let plain = TestCgroup::new();
+    for v6 in [false, true] {
+        ctx.row(&plain, "no program", "-", 0, v6, true);
+    }
+
+    for &kind in &[Kind::Ip, Kind::Cidr] {
+        for &n in sizes {
+            let list = entries(kind, n);
+            // passthrough
+            let cg = TestCgroup::new();
+            let files = policy_files(kind, &list);
+            let refs: Vec<(&str, &str)> = files
+                .iter()
+                .map(|(a, b)| (a.as_str(), b.as_str()))
+                .collect();
+            let t0 = Instant::now();
+            let agent = AgentRun::start(&ctx.topo, &[(&cg, &[][..])], &refs, "");
+            let apply = t0.elapsed();
+            let memlock = maps_memlock(agent.bpffs());
+            for v6 in [false, true] {
+                for allowed in [true, false] {
+                    ctx.row(&cg, "passthrough", kind.name(), n, v6, allowed);
+                }
+            }
+            drop(agent);
+            drop(cg);
+            // nftables
+            let cg = TestCgroup::new();
+            let ruleset = nft_ruleset(&list, cg.path());
+            let t0 = Instant::now();
+            let loaded = nft(&ctx.topo, &[], Some(&ruleset));
+            let nft_ms = t0.elapsed();
+            let nft_load_ms = match loaded {
+                Ok(()) if nft_ms <= NFT_LOAD_LIMIT => {
+                    for v6 in [false, true] {
+                        for allowed in [true, false] {
+                            ctx.row(&cg, "nftables", kind.name(), n, v6, allowed);
+                        }
+                    }
+                    Some(nft_ms.as_millis())
+                }
+                Ok(()) => None,
+                Err(e) => {
+                    eprintln!(
+                        "nftables with {n} {} entries did not load: {e}",
+                        kind.name()
+                    );
+                    None
+                }
+            };
+            let _ = nft(&ctx.topo, &["delete", "table", "inet", "ptbench"], None);
+            eprintln!(
+                "{} x{n}: passthrough applied in {} ms ({} KiB of maps), nftables loaded in {} ms",
+                kind.name(),
+                apply.as_millis(),
+                memlock / 1024,
+                nft_ms.as_millis()
+            );
+            applies.push(Apply {
+                kind: kind.name(),
+                entries_per_family: n,
+                passthrough_apply_ms: apply.as_millis(),
+                passthrough_map_memlock_bytes: memlock,
+                nft_load_ms,
+            });
+        }
+    }
+
+    if let Err(e) = write_results(out_dir, &ctx.rows, &applies, quick) {
+        eprintln!("writing results: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn write_results(dir: &Path, rows: &[Row], applies: &[Apply], quick: bool) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let json = serde_json::json!({
+        "kernel": kernel.trim(),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "quick": quick,
+        "connect": rows,
+        "apply": applies,
+    });
+    fs::write(
+        dir.join("connect.json"),
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    )?;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# connect() latency\n\nKernel {}, {} CPUs. Each row: {} connect() calls from a process in the workload cgroup to a test host over a veth (allowed) or refused (denied); median and p99 in µs.\n",
+        kernel.trim(),
+        json["cpus"],
+        rows.first().map_or(0, |r| r.samples)
+    );
+    md.push_str("| backend | kind | entries/family | family | path | outcome | median µs | p99 µs |\n|---|---|---:|---|---|---|---:|---:|\n");
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
+            r.backend,
+            r.kind,
+            r.entries,
+            r.family,
+            r.path,
+            r.outcome,
+            r.median_ns as f64 / 1000.0,
+            r.p99_ns as f64 / 1000.0
+        );
+    }
+    md.push_str("\n# Applying the entries\n\n| kind | entries/family | passthrough: files to enforced (ms) | BPF map memory (KiB) | nftables load (ms) |\n|---|---:|---:|---:|---:|\n");
+    for a in applies {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            a.kind,
+            a.entries_per_family,
+            a.passthrough_apply_ms,
+            a.passthrough_map_memlock_bytes / 1024,
+            a.nft_load_ms
+                .map_or_else(|| "did not load".to_string(), |m| m.to_string())
+        );
+    }
+    let mut f = fs::File::create(dir.join("connect.md"))?;
+    f.write_all(md.as_bytes())?;
+    eprintln!("wrote {}", dir.join("connect.md").display());
+    Ok(())
+}
