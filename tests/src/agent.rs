@@ -259,6 +259,22 @@ impl AgentRun {
         start.elapsed()
     }
 
+    /// Appends top-level keys to the config file (for a SIGHUP reload).
+    pub fn append_config(&self, text: &str) {
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.config)
+            .expect("config");
+        f.write_all(text.as_bytes()).expect("append");
+    }
+
+    /// Sends a signal to the running agent.
+    pub fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("agent running").id();
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid as i32, sig) };
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -455,3 +455,33 @@ fn a_workload_cgroup_that_appears_later_is_enforced_once_it_exists() {
             .is_eperm()
     );
 }
+
+#[test]
+fn sighup_reloads_the_config_file() {
+    let topo = Topology::new();
+    let _servers = topo.serve(&destinations());
+    let w = TestCgroup::new();
+    let agent = AgentRun::start(
+        &topo,
+        &[(&w, &[][..])],
+        &[(
+            "none.yaml",
+            "type: MeshPassthrough\nname: none\nspec:\n  default:\n    passthroughMode: None\n",
+        )],
+        "",
+    );
+    let dest = sa("203.0.113.20:80");
+    assert!(
+        topo.connect(Some(&w), dest, &ProbeOptions::default())
+            .is_eperm()
+    );
+    // The mesh grows: its CIDRs are always allowed once the agent re-reads its config.
+    agent.append_config("meshCIDRs: [203.0.113.0/24]\n");
+    agent.signal(libc::SIGHUP);
+    let took = agent.wait_until(Duration::from_secs(5), || {
+        topo.connect(Some(&w), dest, &ProbeOptions::default())
+            .is_connected()
+    });
+    eprintln!("SIGHUP took effect after {took:?}");
+    assert!(agent.is_ready());
+}
