@@ -839,9 +839,22 @@ impl Topology {
     /// Test hosts listening on `addrs` (each must be a [`TEST_HOSTS`] address). Every
     /// connection gets `hello from <addr:port>\n`, then an echo of what the client sent.
     pub fn serve(&self, addrs: &[SocketAddr]) -> ServerGuard {
+        self.spawn_server(addrs, false)
+    }
+
+    /// Test hosts that accept and close at once, for benchmarks: no greeting, a deep
+    /// accept queue, no thread per connection.
+    pub fn sink(&self, addrs: &[SocketAddr]) -> ServerGuard {
+        self.spawn_server(addrs, true)
+    }
+
+    fn spawn_server(&self, addrs: &[SocketAddr], sink: bool) -> ServerGuard {
         let mut cmd = Command::new(probe_bin());
-        cmd.arg("serve")
-            .arg("--netns")
+        cmd.arg("serve");
+        if sink {
+            cmd.arg("--sink");
+        }
+        cmd.arg("--netns")
             .arg(self.internet_netns_path())
             .args(addrs.iter().map(ToString::to_string));
         let child = spawn_ready(cmd, "probe serve");

@@ -26,8 +26,6 @@ const ALLOWED_V6: &str = "[2001:db8:1::10]:80";
 const DENIED_V6: &str = "[2001:db8:2::20]:80";
 /// Entries per policy file, to stay under the 4 MiB policy file limit.
 const PER_FILE: usize = 40_000;
-/// Longest an nftables ruleset may take to load before its size is reported as not loadable.
-const NFT_LOAD_LIMIT: Duration = Duration::from_secs(180);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -52,13 +50,20 @@ fn main() -> ExitCode {
 // ---------------------------------------------------------------------------------------
 // the measuring client
 
-/// `client CGROUP NETNS DEST COUNT`: joins the cgroup, then the netns, then times COUNT
-/// connect() calls (after COUNT/10 unmeasured ones) and prints the nanoseconds, one per line.
+/// Connects timed in one cgroup before the client moves to the other.
+const BATCH: usize = 20;
+
+/// `client CGROUP BASELINE NETNS DEST COUNT`: enters the netns, then times COUNT connect()
+/// calls (after COUNT/10 unmeasured ones) in batches of [`BATCH`], alternately from CGROUP
+/// and, unless BASELINE is `-`, from the BASELINE cgroup (which has no program), so both see
+/// the same machine state. Prints the outcome in CGROUP, then `w BATCH NS` and `b BATCH NS`
+/// lines.
 fn client(args: &[String]) -> ExitCode {
-    let [cgroup, netns, dest, count] = args else {
-        eprintln!("usage: bench client CGROUP NETNS DEST COUNT");
+    let [cgroup, baseline, netns, dest, count] = args else {
+        eprintln!("usage: bench client CGROUP BASELINE NETNS DEST COUNT");
         return ExitCode::from(2);
     };
+    let baseline = (baseline != "-").then_some(baseline);
     let count: usize = count.parse().unwrap_or(1000);
     let dest: SocketAddr = match dest.parse() {
         Ok(d) => d,
@@ -67,8 +72,12 @@ fn client(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = fs::write(Path::new(cgroup).join("cgroup.procs"), b"0") {
-        eprintln!("joining {cgroup}: {e}");
+    let join = |cg: &str| {
+        fs::write(Path::new(cg).join("cgroup.procs"), b"0")
+            .map_err(|e| eprintln!("joining {cg}: {e}"))
+            .is_ok()
+    };
+    if !join(cgroup) {
         return ExitCode::from(2);
     }
     let ns = match fs::File::open(netns) {
@@ -83,9 +92,26 @@ fn client(args: &[String]) -> ExitCode {
         eprintln!("setns: {}", std::io::Error::last_os_error());
         return ExitCode::from(2);
     }
+    // One CPU for the whole run: a migration mid-run would split the sample in two modes.
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
     let mut out = String::new();
     let mut outcome = "connected";
-    for i in 0..count + count / 10 {
+    let mut in_baseline = false;
+    let total = if baseline.is_some() { 2 * count } else { count };
+    for i in 0..total + total / 10 {
+        if let Some(b) = baseline
+            && i % BATCH == 0
+        {
+            in_baseline = !in_baseline;
+            if !join(if in_baseline { b } else { cgroup }) {
+                return ExitCode::from(2);
+            }
+        }
         let t0 = Instant::now();
         let r = TcpStream::connect_timeout(&dest, Duration::from_secs(2));
         let ns = t0.elapsed().as_nanos();
@@ -107,6 +133,10 @@ fn client(args: &[String]) -> ExitCode {
                     );
                 }
             }
+            Err(e) if in_baseline => {
+                eprintln!("connect {dest} with no program: {e}");
+                return ExitCode::from(1);
+            }
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => outcome = "EPERM",
             // nftables' `reject with tcp reset` answers the SYN with a reset.
             Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => outcome = "ECONNREFUSED",
@@ -115,8 +145,9 @@ fn client(args: &[String]) -> ExitCode {
                 return ExitCode::from(1);
             }
         }
-        if i >= count / 10 {
-            let _ = writeln!(out, "{ns}");
+        if i >= total / 10 {
+            let side = if in_baseline { 'b' } else { 'w' };
+            let _ = writeln!(out, "{side} {} {ns}", i / BATCH);
         }
     }
     println!("{outcome}");
@@ -258,19 +289,84 @@ struct Row {
     median_ns: u64,
     p99_ns: u64,
     samples: usize,
+    /// Median of the connects interleaved with these from a cgroup with no program.
+    baseline_median_ns: Option<u64>,
+    /// Median over adjacent batch pairs of (batch median / baseline batch median - 1):
+    /// robust to the machine changing speed during the run.
+    overhead_pct: Option<f64>,
+}
+
+/// Median and 99th percentile of a sample.
+fn stats(mut ns: Vec<u64>) -> Option<(u64, u64)> {
+    if ns.is_empty() {
+        return None;
+    }
+    ns.sort_unstable();
+    Some((
+        ns[ns.len() / 2],
+        ns[(ns.len() * 99 / 100).min(ns.len() - 1)],
+    ))
 }
 
 struct Ctx {
     topo: Topology,
     count: usize,
     rows: Vec<Row>,
+    /// A cgroup with no program, for the interleaved baseline.
+    plain: TestCgroup,
+}
+
+struct Measured {
+    outcome: String,
+    median_ns: u64,
+    p99_ns: u64,
+    baseline_median_ns: Option<u64>,
+    overhead_pct: Option<f64>,
+}
+
+/// The paired overhead estimate of [`Row::overhead_pct`], from `(side, batch, ns)` samples.
+fn paired_overhead(samples: &[(bool, usize, u64)]) -> Option<f64> {
+    let mut batches: std::collections::BTreeMap<usize, (bool, Vec<u64>)> = Default::default();
+    for &(baseline, batch, ns) in samples {
+        batches
+            .entry(batch)
+            .or_insert((baseline, Vec::new()))
+            .1
+            .push(ns);
+    }
+    let medians: Vec<(bool, u64)> = batches
+        .into_values()
+        .filter_map(|(b, ns)| stats(ns).map(|(m, _)| (b, m)))
+        .collect();
+    let mut ratios: Vec<f64> = medians
+        .windows(2)
+        .filter(|w| w[0].0 != w[1].0)
+        .map(|w| {
+            let (prog, base) = if w[0].0 {
+                (w[1].1, w[0].1)
+            } else {
+                (w[0].1, w[1].1)
+            };
+            prog as f64 / base as f64 - 1.0
+        })
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    ratios.sort_by(f64::total_cmp);
+    Some(ratios[ratios.len() / 2] * 100.0)
 }
 
 impl Ctx {
-    fn measure(&mut self, cg: &TestCgroup, dest: &str) -> (String, u64, u64) {
+    fn measure(&mut self, cg: &TestCgroup, dest: &str, paired: bool) -> Measured {
         let out = Command::new(std::env::current_exe().expect("exe"))
             .args(["client"])
             .arg(cg.path())
+            .arg(if paired {
+                self.plain.path().as_os_str()
+            } else {
+                "-".as_ref()
+            })
             .arg(self.topo.client_netns_path())
             .args([dest, &self.count.to_string()])
             .output()
@@ -278,18 +374,35 @@ impl Ctx {
         let text = String::from_utf8_lossy(&out.stdout);
         let mut lines = text.lines();
         let outcome = lines.next().unwrap_or("error").to_string();
-        let mut ns: Vec<u64> = lines.filter_map(|l| l.parse().ok()).collect();
-        if !out.status.success() || ns.is_empty() {
-            return (
-                format!("error: {}", String::from_utf8_lossy(&out.stderr).trim()),
-                0,
-                0,
-            );
+        let (mut w, mut b, mut all) = (Vec::new(), Vec::new(), Vec::new());
+        for l in lines {
+            let mut f = l.split(' ');
+            let (Some(side), Some(Ok(batch)), Some(Ok(ns))) = (
+                f.next(),
+                f.next().map(str::parse::<usize>),
+                f.next().map(str::parse::<u64>),
+            ) else {
+                continue;
+            };
+            if side == "b" { &mut b } else { &mut w }.push(ns);
+            all.push((side == "b", batch, ns));
         }
-        ns.sort_unstable();
-        let median = ns[ns.len() / 2];
-        let p99 = ns[(ns.len() * 99 / 100).min(ns.len() - 1)];
-        (outcome, median, p99)
+        match stats(w) {
+            Some((median_ns, p99_ns)) if out.status.success() => Measured {
+                outcome,
+                median_ns,
+                p99_ns,
+                baseline_median_ns: stats(b).map(|(m, _)| m),
+                overhead_pct: paired_overhead(&all),
+            },
+            _ => Measured {
+                outcome: format!("error: {}", String::from_utf8_lossy(&out.stderr).trim()),
+                median_ns: 0,
+                p99_ns: 0,
+                baseline_median_ns: None,
+                overhead_pct: None,
+            },
+        }
     }
 
     #[allow(clippy::too_many_arguments, reason = "one row of the results table")]
@@ -308,20 +421,24 @@ impl Ctx {
             (true, true) => ALLOWED_V6,
             (true, false) => DENIED_V6,
         };
-        let (outcome, median_ns, p99_ns) = self.measure(cg, dest);
+        // An allowed connect is compared with the same connect from a cgroup with no
+        // program, interleaved in one run; a denied one never reaches the network.
+        let m = self.measure(cg, dest, allowed && backend != "no program");
         let row = Row {
             backend,
             kind,
             entries,
             family: if v6 { "IPv6" } else { "IPv4" },
             path: if allowed { "allowed" } else { "denied" },
-            outcome,
-            median_ns,
-            p99_ns,
+            outcome: m.outcome,
+            median_ns: m.median_ns,
+            p99_ns: m.p99_ns,
             samples: self.count,
+            baseline_median_ns: m.baseline_median_ns,
+            overhead_pct: m.overhead_pct,
         };
         eprintln!(
-            "{:<12} {:<5} {:>9} {:<5} {:<8} {:<13} median {:>7.1} µs  p99 {:>7.1} µs",
+            "{:<12} {:<5} {:>9} {:<5} {:<8} {:<13} median {:>7.1} µs  p99 {:>7.1} µs  {}",
             row.backend,
             row.kind,
             row.entries,
@@ -329,9 +446,20 @@ impl Ctx {
             row.path,
             row.outcome,
             row.median_ns as f64 / 1000.0,
-            row.p99_ns as f64 / 1000.0
+            row.p99_ns as f64 / 1000.0,
+            row.vs_baseline()
         );
         self.rows.push(row);
+    }
+}
+
+impl Row {
+    /// The interleaved baseline's median and the paired overhead, when the row has them.
+    fn vs_baseline(&self) -> String {
+        match (self.baseline_median_ns, self.overhead_pct) {
+            (Some(b), Some(o)) => format!("{:.1} µs, {o:+.1} %", b as f64 / 1000.0),
+            _ => String::new(),
+        }
     }
 }
 
@@ -403,17 +531,18 @@ fn connect_bench(quick: bool, out_dir: &Path) -> ExitCode {
     } else {
         &[10, 10_000, 1_000_000]
     };
-    let count = if quick { 1000 } else { 3000 };
+    let count = if quick { 5000 } else { 20_000 };
     let topo = Topology::new();
     let hosts: Vec<SocketAddr> = [ALLOWED_V4, ALLOWED_V6]
         .iter()
         .map(|s| s.parse().expect("addr"))
         .collect();
-    let _servers = topo.serve(&hosts);
+    let _servers = topo.sink(&hosts);
     let mut ctx = Ctx {
         topo,
         count,
         rows: Vec::new(),
+        plain: TestCgroup::new(),
     };
     let mut applies = Vec::new();
 
@@ -451,7 +580,7 @@ fn connect_bench(quick: bool, out_dir: &Path) -> ExitCode {
             let loaded = nft(&ctx.topo, &[], Some(&ruleset));
             let nft_ms = t0.elapsed();
             let nft_load_ms = match loaded {
-                Ok(()) if nft_ms <= NFT_LOAD_LIMIT => {
+                Ok(()) => {
                     for v6 in [false, true] {
                         for allowed in [true, false] {
                             ctx.row(&cg, "nftables", kind.name(), n, v6, allowed);
@@ -459,7 +588,6 @@ fn connect_bench(quick: bool, out_dir: &Path) -> ExitCode {
                     }
                     Some(nft_ms.as_millis())
                 }
-                Ok(()) => None,
                 Err(e) => {
                     eprintln!(
                         "nftables with {n} {} entries did not load: {e}",
@@ -510,16 +638,16 @@ fn write_results(dir: &Path, rows: &[Row], applies: &[Apply], quick: bool) -> st
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# connect() latency\n\nKernel {}, {} CPUs. Each row: {} connect() calls from a process in the workload cgroup to a test host over a veth (allowed) or refused (denied); median and p99 in µs.\n",
+        "# connect() latency\n\nKernel {}, {} CPUs. Each row: {} connect() calls from a process in the workload cgroup to a test host over a veth (allowed) or refused (denied); median and p99 in µs. For an allowed row the same process also makes as many connects from a cgroup with no program, interleaved in batches of {BATCH}, so the overhead column compares like with like.\n",
         kernel.trim(),
         json["cpus"],
         rows.first().map_or(0, |r| r.samples)
     );
-    md.push_str("| backend | kind | entries/family | family | path | outcome | median µs | p99 µs |\n|---|---|---:|---|---|---|---:|---:|\n");
+    md.push_str("| backend | kind | entries/family | family | path | outcome | median µs | p99 µs | no program, same run: median µs, overhead |\n|---|---|---:|---|---|---|---:|---:|---|\n");
     for r in rows {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} |",
             r.backend,
             r.kind,
             r.entries,
@@ -527,7 +655,8 @@ fn write_results(dir: &Path, rows: &[Row], applies: &[Apply], quick: bool) -> st
             r.path,
             r.outcome,
             r.median_ns as f64 / 1000.0,
-            r.p99_ns as f64 / 1000.0
+            r.p99_ns as f64 / 1000.0,
+            r.vs_baseline()
         );
     }
     md.push_str("\n# Applying the entries\n\n| kind | entries/family | passthrough: files to enforced (ms) | BPF map memory (KiB) | nftables load (ms) |\n|---|---:|---:|---:|---:|\n");

@@ -2,7 +2,8 @@
 //!
 //! - `probe connect [--cgroup DIR] [--netns PATH] [--timeout-ms N] [--read N] [--send TEXT]
 //!   [--v4mapped] [--udp] ADDR:PORT` prints one JSON line with the outcome of one connect().
-//! - `probe serve [--netns PATH] ADDR:PORT...` greets every connection, prints `ready`.
+//! - `probe serve [--netns PATH] [--sink] ADDR:PORT...` greets every connection (or, with
+//!   `--sink`, closes it at once), prints `ready`.
 //! - `probe sleep [--cgroup DIR]` stands in for a long-running workload.
 //!
 //! Exit status 2 means a usage or setup error; a refused connect is a result, not an error.
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
 
 fn usage() -> String {
     "usage: probe connect [--cgroup DIR] [--netns PATH] [--timeout-ms N] [--read N] \
-     [--send TEXT] [--v4mapped] [--udp] ADDR:PORT | probe serve [--netns PATH] ADDR:PORT... | \
+     [--send TEXT] [--v4mapped] [--udp] ADDR:PORT | probe serve [--netns PATH] [--sink] ADDR:PORT... | \
      probe sleep [--cgroup DIR]"
         .to_string()
 }
@@ -56,6 +57,7 @@ struct Opts {
     send: Option<String>,
     v4mapped: bool,
     udp: bool,
+    sink: bool,
     positional: Vec<String>,
 }
 
@@ -81,6 +83,7 @@ fn parse(args: &[String], allowed: &[&str]) -> Result<Opts, String> {
             "--send" => o.send = Some(value()?),
             "--v4mapped" => o.v4mapped = true,
             "--udp" => o.udp = true,
+            "--sink" => o.sink = true,
             _ => o.positional.push(a.clone()),
         }
     }
@@ -422,9 +425,23 @@ fn peer_of(fd: &OwnedFd) -> io::Result<SocketAddr> {
 // serve
 
 fn serve_cmd(args: &[String]) -> Result<(), String> {
-    let o = parse(args, &["--netns"])?;
+    let o = parse(args, &["--netns", "--sink"])?;
     if o.positional.is_empty() {
         return Err(usage());
+    }
+    let sink = o.sink;
+    if sink {
+        // Off the benchmark client's CPU (it pins itself to CPU 0), so accepting never
+        // preempts the connects being timed.
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
+        unsafe {
+            let mut set: libc::cpu_set_t = mem::zeroed();
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            for cpu in 1..cpus.max(2) {
+                libc::CPU_SET(cpu, &mut set);
+            }
+            libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &set);
+        }
     }
     let addrs = o
         .positional
@@ -434,11 +451,11 @@ fn serve_cmd(args: &[String]) -> Result<(), String> {
     enter(&o)?;
     let mut listeners = Vec::new();
     for addr in addrs {
-        listeners.push(listen(addr).map_err(|e| format!("listening on {addr}: {e}"))?);
+        listeners.push(listen(addr, sink).map_err(|e| format!("listening on {addr}: {e}"))?);
     }
     let handles: Vec<_> = listeners
         .into_iter()
-        .map(|l| std::thread::spawn(move || accept_loop(&l)))
+        .map(|l| std::thread::spawn(move || accept_loop(&l, sink)))
         .collect();
     println!("ready");
     io::stdout().flush().map_err(|e| format!("stdout: {e}"))?;
@@ -448,7 +465,11 @@ fn serve_cmd(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A sink's accept queue: a benchmark client connects far faster than one thread accepts,
+/// and a full queue drops SYNs, which costs the client a one-second retransmission.
+const SINK_BACKLOG: libc::c_int = 4096;
+
+fn listen(addr: SocketAddr, sink: bool) -> io::Result<TcpListener> {
     let family = if addr.is_ipv4() {
         libc::AF_INET
     } else {
@@ -483,15 +504,17 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: listen on a bound socket we own.
-    if unsafe { libc::listen(fd.as_raw_fd(), 128) } != 0 {
+    if unsafe { libc::listen(fd.as_raw_fd(), if sink { SINK_BACKLOG } else { 128 }) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(TcpListener::from(fd))
 }
 
-fn accept_loop(l: &TcpListener) {
+/// Serves each connection on its own thread, or with `sink` closes it at once.
+fn accept_loop(l: &TcpListener, sink: bool) {
     loop {
         match l.accept() {
+            Ok(_) if sink => {}
             Ok((s, _)) => {
                 std::thread::spawn(move || {
                     let _ = greet(s);
