@@ -1,0 +1,1 @@
+//! Reads the name a client asks for from its first bytes (placeholder, being written).
