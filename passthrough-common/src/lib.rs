@@ -25,12 +25,17 @@ pub mod map_names {
     pub const MESH_V6: &str = "MESH_V6";
     pub const CONFIG: &str = "CONFIG";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const REDIRECTS: &str = "REDIRECTS";
+    pub const PROXY_PEERS: &str = "PROXY_PEERS";
 }
 
 /// Names of the programs in the object.
 pub mod program_names {
     pub const CONNECT4: &str = "passthrough_connect4";
     pub const CONNECT6: &str = "passthrough_connect6";
+    pub const GETPEERNAME4: &str = "passthrough_getpeername4";
+    pub const GETPEERNAME6: &str = "passthrough_getpeername6";
+    pub const SOCK_OPS: &str = "passthrough_sock_ops";
 }
 
 /// Capacities of the maps. User space refuses a policy that does not fit, before writing.
@@ -49,6 +54,11 @@ pub mod capacity {
     pub const DOMAIN_PORTS: u32 = 262_144;
     /// Mesh CIDRs of each family.
     pub const MESH: u32 = 1_024;
+    /// Open connections handed to the peek proxy whose original destination is remembered
+    /// (for `getpeername`). Least recently used entries go first when it is full.
+    pub const REDIRECTS: u32 = 65_536;
+    /// Redirected connections the proxy has not accepted yet.
+    pub const PROXY_PEERS: u32 = 65_536;
 }
 
 /// The merged `passthroughMode` of a workload, as the kernel reads it.
@@ -176,13 +186,66 @@ pub struct DomainPortKey {
 }
 const _: () = assert!(size_of::<DomainPortKey>() == 8);
 
+/// Where a connect handed to the peek proxy was going. Value of `REDIRECTS` (keyed by the
+/// client socket's cookie, for `getpeername`) and of `PROXY_PEERS` (keyed by [`PeerKey`], for
+/// the proxy when it accepts the connection).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OrigDst {
+    /// cgroup id of the workload (its key in `WORKLOADS`) the connect was judged for.
+    pub workload: u64,
+    /// Destination address as IPv6 bytes; an IPv4 destination is IPv4-mapped.
+    pub addr: [u8; 16],
+    /// Destination port in host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<OrigDst>() == 32);
+
+/// Key of `PROXY_PEERS`: the client end of a redirected connection as the proxy sees it on
+/// accept (the peer address and port of the accepted socket).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    /// Client address as IPv6 bytes; IPv4 is IPv4-mapped.
+    pub addr: [u8; 16],
+    /// Client port in host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<PeerKey>() == 24);
+
+/// `addr` as IPv6 bytes, IPv4-mapped (`::ffff:a.b.c.d`).
+pub const fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+    ]
+}
+
+/// The IPv4 address of an IPv4-mapped IPv6 address.
+pub const fn unmapped_v4(addr: &[u8; 16]) -> Option<[u8; 4]> {
+    let mut i = 0;
+    while i < 10 {
+        if addr[i] != 0 {
+            return None;
+        }
+        i += 1;
+    }
+    if addr[10] == 0xff && addr[11] == 0xff {
+        Some([addr[12], addr[13], addr[14], addr[15]])
+    } else {
+        None
+    }
+}
+
 /// The single entry of the `CONFIG` array: agent-wide settings the programs read.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Config {
     /// cgroup id of the agent itself: its processes and their children are never filtered.
     pub agent_cgroup: u64,
-    /// Port of the peek proxy's IPv4 listener on 127.0.0.1, 0 when there is none.
+    /// Port of the peek proxy's IPv4 listener on 127.0.0.1 (of the caller's own network
+    /// namespace), 0 when there is none.
     pub proxy_port_v4: u16,
     /// Port of the peek proxy's IPv6 listener on ::1, 0 when there is none.
     pub proxy_port_v6: u16,
@@ -299,6 +362,8 @@ mod pod {
     unsafe impl aya::Pod for RuleRef {}
     unsafe impl aya::Pod for DomainPortKey {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for OrigDst {}
+    unsafe impl aya::Pod for PeerKey {}
 }
 
 #[cfg(test)]

@@ -10,12 +10,15 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use passthrough_common::{
     CidrV4Data, CidrV6Data, DomainPortKey, ExactV4Key, ExactV6Key, LPM_FIXED_BITS, PORT_ANY,
-    Reason, Workload, mode, workload_flags,
+    Reason, Workload, mode, v4_mapped, workload_flags,
 };
 
-use crate::maps::{
-    CIDR_V4, CIDR_V6, CONFIG, COUNTERS, DOMAIN_PORTS, EXACT_V4, EXACT_V6, MESH_V4, MESH_V6,
-    WORKLOADS,
+use crate::{
+    maps::{
+        CIDR_V4, CIDR_V6, CONFIG, COUNTERS, DOMAIN_PORTS, EXACT_V4, EXACT_V6, MESH_V4, MESH_V6,
+        WORKLOADS,
+    },
+    redirect::{PROXY_V6, Socket, redirect},
 };
 
 /// Return value of a cgroup sock_addr program that lets the connect proceed.
@@ -35,14 +38,25 @@ pub struct ContextError;
 
 /// An IPv4 connect.
 pub fn connect4(ctx: &SockAddrContext) -> Result<i32, ContextError> {
-    let sa = unsafe { ctx.sock_addr.as_ref() }.ok_or(ContextError)?;
+    let sa = unsafe { ctx.sock_addr.as_mut() }.ok_or(ContextError)?;
     if sa.type_ != SOCK_STREAM {
         return Ok(verdict(Reason::NotTcp));
     }
     // `user_ip4` and `user_port` are in network byte order.
     let addr = sa.user_ip4.to_ne_bytes();
     let port = u16::from_be(sa.user_port as u16);
-    let reason = judge_v4(addr, port);
+    let mut reason = judge_v4(addr, port);
+    if let Judged::ToProxy(workload) = reason {
+        reason = Judged::Final(redirect(
+            sa,
+            Socket::V4,
+            workload,
+            v4_mapped(addr),
+            port,
+            true,
+        ));
+    }
+    let reason = reason.reason();
     if debug_enabled() {
         debug!(ctx, "connect4 {:i}:{} {}", addr, port, reason.name());
     }
@@ -52,7 +66,7 @@ pub fn connect4(ctx: &SockAddrContext) -> Result<i32, ContextError> {
 /// An IPv6 connect. An IPv4-mapped destination (`::ffff:a.b.c.d`, what a dual-stack socket
 /// uses for IPv4) is judged by the IPv4 rules, so it cannot bypass them.
 pub fn connect6(ctx: &SockAddrContext) -> Result<i32, ContextError> {
-    let sa = unsafe { ctx.sock_addr.as_ref() }.ok_or(ContextError)?;
+    let sa = unsafe { ctx.sock_addr.as_mut() }.ok_or(ContextError)?;
     if sa.type_ != SOCK_STREAM {
         return Ok(verdict(Reason::NotTcp));
     }
@@ -62,15 +76,37 @@ pub fn connect6(ctx: &SockAddrContext) -> Result<i32, ContextError> {
         addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
     }
     let port = u16::from_be(sa.user_port as u16);
-    let reason = if addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff {
+    let mapped = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
+    let mut reason = if mapped {
         judge_v4([addr[12], addr[13], addr[14], addr[15]], port)
     } else {
         judge_v6(addr, port)
     };
+    if let Judged::ToProxy(workload) = reason {
+        reason = Judged::Final(redirect(sa, Socket::V6, workload, addr, port, mapped));
+    }
+    let reason = reason.reason();
     if debug_enabled() {
         debug!(ctx, "connect6 [{:i}]:{} {}", addr, port, reason.name());
     }
     Ok(verdict(reason))
+}
+
+/// A judgement: final, or for the peek proxy (with the workload's cgroup id).
+#[derive(Clone, Copy)]
+enum Judged {
+    Final(Reason),
+    ToProxy(u64),
+}
+
+impl Judged {
+    #[inline(always)]
+    fn reason(self) -> Reason {
+        match self {
+            Judged::Final(r) => r,
+            Judged::ToProxy(_) => Reason::ToProxy,
+        }
+    }
 }
 
 /// `debug: true` in the agent config: log each decision through aya-log.
@@ -89,11 +125,11 @@ fn verdict(reason: Reason) -> i32 {
     if reason.allows() { ALLOW } else { DENY }
 }
 
-/// The caller's workload: the deepest cgroup on its path that the agent manages, so a
-/// process in a container cgroup below a pod's cgroup belongs to the pod. `Err` carries the
-/// reason to pass untouched (the agent itself, or no workload).
+/// The caller's workload and its cgroup id: the deepest cgroup on its path that the agent
+/// manages, so a process in a container cgroup below a pod's cgroup belongs to the pod.
+/// `Err` carries the reason to pass untouched (the agent itself, or no workload).
 #[inline(always)]
-fn workload() -> Result<Workload, Reason> {
+fn workload() -> Result<(u64, Workload), Reason> {
     let current = unsafe { bpf_get_current_cgroup_id() };
     if let Some(cfg) = CONFIG.get(0)
         && cfg.agent_cgroup == current
@@ -108,10 +144,19 @@ fn workload() -> Result<Workload, Reason> {
             break;
         }
         if let Some(w) = unsafe { WORKLOADS.get(id) } {
-            found = Some(*w);
+            found = Some((id, *w));
         }
     }
     found.ok_or(Reason::Unmanaged)
+}
+
+/// [`by_mode`], with a hand-off to the proxy kept apart from final decisions.
+#[inline(always)]
+fn judged(id: u64, w: &Workload, matched: impl FnOnce(u32) -> Reason) -> Judged {
+    match by_mode(w, matched) {
+        Reason::ToProxy => Judged::ToProxy(id),
+        r => Judged::Final(r),
+    }
 }
 
 /// Applies audit mode to a decision.
@@ -138,7 +183,7 @@ fn by_mode(w: &Workload, matched: impl FnOnce(u32) -> Reason) -> Reason {
 }
 
 /// Step 4: a Domain entry for this port or for any port hands the connect to the peek
-/// proxy; with none, or without a proxy, step 5 denies.
+/// proxy; with none, step 5 denies.
 #[inline(always)]
 fn domain_or_deny(slot: u32, port: u16) -> Reason {
     let has = |port| {
@@ -151,25 +196,25 @@ fn domain_or_deny(slot: u32, port: u16) -> Reason {
             .is_some()
     };
     if has(port) || has(PORT_ANY) {
-        Reason::DomainNoProxy
+        Reason::ToProxy
     } else {
         Reason::NoMatch
     }
 }
 
-fn judge_v4(addr: [u8; 4], port: u16) -> Reason {
-    let w = match workload() {
+fn judge_v4(addr: [u8; 4], port: u16) -> Judged {
+    let (id, w) = match workload() {
         Ok(w) => w,
-        Err(reason) => return reason,
+        Err(reason) => return Judged::Final(reason),
     };
     // Step 1: loopback, the unspecified address (the local host), the mesh.
     if addr[0] == 127 || addr == [0; 4] {
-        return Reason::Loopback;
+        return Judged::Final(Reason::Loopback);
     }
     if MESH_V4.get(Key::new(32, addr)).is_some() {
-        return Reason::MeshCidr;
+        return Judged::Final(Reason::MeshCidr);
     }
-    by_mode(&w, |slot| {
+    judged(id, &w, |slot| {
         for p in [port, PORT_ANY] {
             let key = ExactV4Key {
                 slot,
@@ -191,20 +236,18 @@ fn judge_v4(addr: [u8; 4], port: u16) -> Reason {
     })
 }
 
-fn judge_v6(addr: [u8; 16], port: u16) -> Reason {
-    let w = match workload() {
+fn judge_v6(addr: [u8; 16], port: u16) -> Judged {
+    let (id, w) = match workload() {
         Ok(w) => w,
-        Err(reason) => return reason,
+        Err(reason) => return Judged::Final(reason),
     };
-    let mut loopback = [0u8; 16];
-    loopback[15] = 1;
-    if addr == loopback || addr == [0; 16] {
-        return Reason::Loopback;
+    if addr == PROXY_V6 || addr == [0; 16] {
+        return Judged::Final(Reason::Loopback);
     }
     if MESH_V6.get(Key::new(128, addr)).is_some() {
-        return Reason::MeshCidr;
+        return Judged::Final(Reason::MeshCidr);
     }
-    by_mode(&w, |slot| {
+    judged(id, &w, |slot| {
         for p in [port, PORT_ANY] {
             let key = ExactV6Key {
                 slot,

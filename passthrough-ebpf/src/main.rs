@@ -7,8 +7,12 @@
 
 mod connect;
 mod maps;
+mod redirect;
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, sock_ops},
+    programs::{SockAddrContext, SockOpsContext},
+};
 
 /// `cgroup/connect4`: decides every IPv4 `connect()` of a workload.
 ///
@@ -24,6 +28,29 @@ pub fn passthrough_connect4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(connect6)]
 pub fn passthrough_connect6(ctx: SockAddrContext) -> i32 {
     connect::connect6(&ctx).unwrap_or(connect::DENY)
+}
+
+/// `cgroup/getpeername4`: a connect handed to the peek proxy reports its original
+/// destination, so the redirect is invisible to the application.
+#[cgroup_sock_addr(getpeername4)]
+pub fn passthrough_getpeername4(ctx: SockAddrContext) -> i32 {
+    redirect::getpeername(&ctx, redirect::Socket::V4);
+    1
+}
+
+/// `cgroup/getpeername6`: as `passthrough_getpeername4`, for IPv6 sockets.
+#[cgroup_sock_addr(getpeername6)]
+pub fn passthrough_getpeername6(ctx: SockAddrContext) -> i32 {
+    redirect::getpeername(&ctx, redirect::Socket::V6);
+    1
+}
+
+/// `sockops`: tells the peek proxy which client connection carries which original
+/// destination, and forgets it when the connection closes.
+#[sock_ops]
+pub fn passthrough_sock_ops(ctx: SockOpsContext) -> u32 {
+    redirect::sock_ops(&ctx);
+    1
 }
 
 #[cfg(not(test))]

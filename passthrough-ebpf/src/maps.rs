@@ -9,11 +9,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use passthrough_common::{
-    CidrV4Data, CidrV6Data, Config, DomainPortKey, ExactV4Key, ExactV6Key, Reason, RuleRef,
-    Workload, capacity,
+    CidrV4Data, CidrV6Data, Config, DomainPortKey, ExactV4Key, ExactV6Key, OrigDst, PeerKey,
+    Reason, RuleRef, Workload, capacity,
 };
 
 /// cgroup id -> [`Workload`] (policy slot, mode, flags). Written by the agent; one update flips
@@ -57,6 +57,17 @@ pub static MESH_V6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(capacity::MESH, 0);
 /// Index 0 -> [`Config`]: agent-wide settings. Written by the agent.
 #[map]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+/// Socket cookie -> original destination of a connect handed to the peek proxy, so that
+/// `getpeername()` answers what the application asked for. Written by the connect programs,
+/// removed by `sock_ops` when the socket closes; LRU in case a close is never seen.
+#[map]
+pub static REDIRECTS: LruHashMap<u64, OrigDst> = LruHashMap::pinned(capacity::REDIRECTS, 0);
+
+/// Client address and port -> original destination, for the proxy to look up when it
+/// accepts. Written by `sock_ops` once the client's port is known, removed by the proxy.
+#[map]
+pub static PROXY_PEERS: LruHashMap<PeerKey, OrigDst> = LruHashMap::pinned(capacity::PROXY_PEERS, 0);
 
 /// [`Reason`] -> connects decided for that reason, per CPU. Written by the programs only.
 #[map]

@@ -606,6 +606,8 @@ pub struct ProbeOptions {
     pub read: usize,
     /// Sent after connecting; the server echoes it back after its greeting.
     pub send: Option<String>,
+    /// Bytes sent after connecting (after `send`), for binary protocols.
+    pub send_bytes: Option<Vec<u8>>,
     /// Connect to an IPv4 destination from an AF_INET6 socket, as `::ffff:a.b.c.d`.
     pub v4mapped: bool,
     /// A UDP connect() instead: nothing is sent, only the verdict on connect() counts.
@@ -618,6 +620,7 @@ impl Default for ProbeOptions {
             timeout: Duration::from_secs(3),
             read: 256,
             send: None,
+            send_bytes: None,
             v4mapped: false,
             udp: false,
         }
@@ -627,8 +630,13 @@ impl Default for ProbeOptions {
 /// What one `probe connect` got.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProbeResult {
-    /// connect() succeeded; `received` is what the server sent (empty for UDP).
-    Connected { received: String, peer: String },
+    /// connect() succeeded; `received` is what the server sent (empty for UDP), as text and
+    /// as bytes.
+    Connected {
+        received: String,
+        raw: Vec<u8>,
+        peer: String,
+    },
     /// A syscall failed: `stage` is `socket`, `connect`, `getpeername`, `send` or `recv`.
     Refused { errno: i32, stage: String },
 }
@@ -648,6 +656,14 @@ impl ProbeResult {
         match self {
             Self::Connected { received, .. } => received,
             Self::Refused { .. } => "",
+        }
+    }
+
+    /// What the server sent, byte for byte; empty unless connected.
+    pub fn received_bytes(&self) -> &[u8] {
+        match self {
+            Self::Connected { raw, .. } => raw,
+            Self::Refused { .. } => &[],
         }
     }
 
@@ -675,10 +691,18 @@ impl ProbeResult {
                 .ok_or_else(|| format!("probe output {line:?} lacks {k}"))
         };
         match v.get("ok").and_then(serde_json::Value::as_bool) {
-            Some(true) => Ok(Self::Connected {
-                received: field("received")?,
-                peer: field("peer")?,
-            }),
+            Some(true) => {
+                let received = field("received")?;
+                let raw = match v.get("receivedHex").and_then(serde_json::Value::as_str) {
+                    Some(h) => from_hex(h).ok_or_else(|| format!("bad receivedHex in {line:?}"))?,
+                    None => received.clone().into_bytes(),
+                };
+                Ok(Self::Connected {
+                    received,
+                    raw,
+                    peer: field("peer")?,
+                })
+            }
             Some(false) => Ok(Self::Refused {
                 errno: v
                     .get("errno")
@@ -690,6 +714,62 @@ impl ProbeResult {
             None => Err(format!("probe output {line:?} lacks ok")),
         }
     }
+}
+
+/// A TLS 1.3-style ClientHello record sequence with an optional SNI and `padding` bytes of
+/// padding extension, split into records of at most 1024 bytes (as a client may).
+pub fn client_hello(sni: Option<&str>, padding: usize) -> Vec<u8> {
+    let mut ext = Vec::new();
+    if let Some(name) = sni {
+        let n = name.as_bytes();
+        let list_len = 3 + n.len();
+        ext.extend_from_slice(&[0x00, 0x00]);
+        ext.extend_from_slice(&((list_len + 2) as u16).to_be_bytes());
+        ext.extend_from_slice(&(list_len as u16).to_be_bytes());
+        ext.push(0);
+        ext.extend_from_slice(&(n.len() as u16).to_be_bytes());
+        ext.extend_from_slice(n);
+    }
+    // supported_versions: TLS 1.3
+    ext.extend_from_slice(&[0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]);
+    if padding > 0 {
+        ext.extend_from_slice(&[0x00, 0x15]);
+        ext.extend_from_slice(&(padding as u16).to_be_bytes());
+        ext.extend(std::iter::repeat_n(0u8, padding));
+    }
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[0x11; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0x00, 0x02, 0x13, 0x01]);
+    body.extend_from_slice(&[0x01, 0x00]);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![0x01];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut out = Vec::new();
+    for chunk in hs.chunks(1024) {
+        out.extend_from_slice(&[0x16, 0x03, 0x01]);
+        out.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+/// Lower-case hex of bytes, as `probe` passes binary data.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of a hex string, `None` if it is not one.
+pub fn from_hex(h: &str) -> Option<Vec<u8>> {
+    if h.len() % 2 != 0 {
+        return None;
+    }
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Listeners in the internet namespace (`probe serve`); killed on drop.
@@ -839,20 +919,53 @@ impl Topology {
     /// Test hosts listening on `addrs` (each must be a [`TEST_HOSTS`] address). Every
     /// connection gets `hello from <addr:port>\n`, then an echo of what the client sent.
     pub fn serve(&self, addrs: &[SocketAddr]) -> ServerGuard {
-        self.spawn_server(addrs, false)
+        self.spawn_server(addrs, None)
     }
 
     /// Test hosts that accept and close at once, for benchmarks: no greeting, a deep
     /// accept queue, no thread per connection.
     pub fn sink(&self, addrs: &[SocketAddr]) -> ServerGuard {
-        self.spawn_server(addrs, true)
+        self.spawn_server(addrs, Some("--sink"))
     }
 
-    fn spawn_server(&self, addrs: &[SocketAddr], sink: bool) -> ServerGuard {
+    /// Test hosts that echo every byte until the client half-closes, for bulk transfers.
+    pub fn echo(&self, addrs: &[SocketAddr]) -> ServerGuard {
+        self.spawn_server(addrs, Some("--echo"))
+    }
+
+    /// `probe bulk` from `cgroup`: sends `head` then `bytes` bytes to an echo host and reads
+    /// the echo. Returns its JSON report.
+    pub fn bulk(
+        &self,
+        cgroup: &TestCgroup,
+        dest: SocketAddr,
+        head: &str,
+        bytes: u64,
+    ) -> serde_json::Value {
+        let out = Command::new(probe_bin())
+            .arg("bulk")
+            .arg("--cgroup")
+            .arg(cgroup.path())
+            .arg("--netns")
+            .arg(self.client_netns_path())
+            .args(["--send", head, "--bytes", &bytes.to_string()])
+            .arg(dest.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running probe bulk");
+        assert!(
+            out.status.success(),
+            "probe bulk: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("probe bulk prints JSON")
+    }
+
+    fn spawn_server(&self, addrs: &[SocketAddr], mode: Option<&str>) -> ServerGuard {
         let mut cmd = Command::new(probe_bin());
         cmd.arg("serve");
-        if sink {
-            cmd.arg("--sink");
+        if let Some(m) = mode {
+            cmd.arg(m);
         }
         cmd.arg("--netns")
             .arg(self.internet_netns_path())
@@ -866,6 +979,87 @@ impl Topology {
             child: Some(child),
             live: Arc::clone(&self.servers),
         }
+    }
+
+    /// Runs a real client (curl, openssl) to completion from `cgroup`, in the client
+    /// namespace, with `stdin` as its input. Returns its exit status and output.
+    pub fn run_client(
+        &self,
+        cgroup: &TestCgroup,
+        program: &str,
+        args: &[&str],
+        stdin: &[u8],
+    ) -> std::process::Output {
+        let mut cmd = Command::new(probe_bin());
+        cmd.arg("exec")
+            .arg("--cgroup")
+            .arg(cgroup.path())
+            .arg("--netns")
+            .arg(self.client_netns_path())
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        die_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {program}: {e}"));
+        let mut input = child.stdin.take().expect("piped stdin");
+        let data = stdin.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = io::Write::write_all(&mut input, &data);
+        });
+        let out = child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("waiting for {program}: {e}"));
+        let _ = writer.join();
+        out
+    }
+
+    /// A real server (openssl s_server, nghttpd) in the internet namespace, killed with the
+    /// guard. Returns once `ready` accepts connections (from inside that namespace).
+    pub fn spawn_host(&self, program: &str, args: &[&str], ready: SocketAddr) -> ServerGuard {
+        assert!(
+            TEST_HOSTS.contains(&ready.ip()),
+            "{ready} is not a test host address"
+        );
+        let mut cmd = Command::new(probe_bin());
+        cmd.arg("exec")
+            .arg("--netns")
+            .arg(self.internet_netns_path())
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {program}: {e}"));
+        self.servers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(child.id());
+        let guard = ServerGuard {
+            child: Some(child),
+            live: Arc::clone(&self.servers),
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let up = run_in_netns(self.internet_netns_path(), || {
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect_timeout(&ready, Duration::from_millis(200)).is_ok()
+                {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        });
+        assert!(up, "{program} did not start listening on {ready}");
+        guard
     }
 
     /// One connect from the client namespace, from `cgroup` if given (else from the test's
@@ -889,6 +1083,9 @@ impl Topology {
             .arg(opts.read.to_string());
         if let Some(text) = &opts.send {
             cmd.arg("--send").arg(text);
+        }
+        if let Some(bytes) = &opts.send_bytes {
+            cmd.arg("--send-hex").arg(to_hex(bytes));
         }
         if opts.v4mapped {
             cmd.arg("--v4mapped");
@@ -957,6 +1154,7 @@ mod tests {
             ProbeResult::parse(r#"{"ok":true,"received":"hi\n","peer":"[2001:db8::1]:80"}"#),
             Ok(ProbeResult::Connected {
                 received: "hi\n".into(),
+                raw: b"hi\n".to_vec(),
                 peer: "[2001:db8::1]:80".into()
             })
         );

@@ -132,6 +132,7 @@ fn udp_connect_succeeds() {
             got,
             ProbeResult::Connected {
                 received: String::new(),
+                raw: Vec::new(),
                 peer: dest.to_string()
             }
         );

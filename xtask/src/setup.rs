@@ -18,6 +18,8 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "curl",
     "openssl",
+    // nghttpd: the HTTP/2 prior-knowledge (h2c) test server.
+    "nghttp2-server",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -48,6 +48,87 @@ pub struct AgentConfig {
     /// Log every kernel decision through aya-log (costly; for debugging only).
     #[serde(default)]
     pub debug: bool,
+    /// The peek proxy for Domain entries. Without it, a connect only a Domain entry could
+    /// allow is denied (`domain_no_proxy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyConfig>,
+}
+
+/// `proxy`: where the peek proxy listens and its bounds.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProxyConfig {
+    /// Listener addresses: `127.0.0.1:PORT` and/or `[::1]:PORT`. The kernel redirects a
+    /// workload's connect to the loopback address of its own network namespace, so these
+    /// are the only addresses a listener can have.
+    pub listen: Vec<SocketAddr>,
+    /// Most bytes read from a client while looking for the name.
+    #[serde(default = "default_peek_bytes")]
+    pub peek_bytes: usize,
+    /// Longest wait for the client to send the name, e.g. `5s` or `500ms`.
+    #[serde(default = "default_peek_timeout", with = "duration_text")]
+    pub peek_timeout: std::time::Duration,
+    /// Most connections through the proxy at once; more are refused and counted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl ProxyConfig {
+    /// Port of the IPv4 (127.0.0.1) and IPv6 (::1) listeners, 0 for none.
+    pub fn ports(&self) -> (u16, u16) {
+        let port = |v4: bool| {
+            self.listen
+                .iter()
+                .find(|a| a.is_ipv4() == v4)
+                .map_or(0, SocketAddr::port)
+        };
+        (port(true), port(false))
+    }
+}
+
+fn default_peek_bytes() -> usize {
+    16 * 1024
+}
+
+fn default_peek_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+/// Durations written as `5s`, `500ms` or `2m`.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn parse(s: &str) -> Option<Duration> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit())?;
+        let (n, unit) = s.split_at(split);
+        let n: u64 = n.parse().ok()?;
+        match unit {
+            "ms" => Some(Duration::from_millis(n)),
+            "s" => Some(Duration::from_secs(n)),
+            "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+            _ => None,
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).ok_or_else(|| {
+            D::Error::custom(format!(
+                "{s:?} is not a duration: write a whole number with ms, s or m, e.g. 5s"
+            ))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
 }
 
 /// `defaultMode`.
@@ -180,6 +261,9 @@ impl AgentConfig {
                 format!("must be an absolute path under a bpf filesystem, e.g. {DEFAULT_BPFFS}"),
             ));
         }
+        if let Some(p) = &self.proxy {
+            self.check_proxy(p)?;
+        }
         let mut seen = BTreeSet::new();
         for (i, w) in self.workloads.iter().enumerate() {
             let field = format!("workloads[{i}].cgroup");
@@ -201,6 +285,57 @@ impl AgentConfig {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl AgentConfig {
+    fn check_proxy(&self, p: &ProxyConfig) -> Result<(), (String, String)> {
+        if p.listen.is_empty() {
+            return Err((
+                "proxy.listen".into(),
+                "list 127.0.0.1:PORT and/or [::1]:PORT, or remove `proxy`".into(),
+            ));
+        }
+        let (mut v4, mut v6) = (false, false);
+        for (i, a) in p.listen.iter().enumerate() {
+            let field = format!("proxy.listen[{i}]");
+            let seen = if a.is_ipv4() { &mut v4 } else { &mut v6 };
+            if *seen {
+                return Err((field, "one listener per address family".into()));
+            }
+            *seen = true;
+            if a.ip() != std::net::Ipv4Addr::LOCALHOST && a.ip() != std::net::Ipv6Addr::LOCALHOST
+            {
+                return Err((
+                    field,
+                    format!(
+                        "{a}: the kernel redirects to the workload's own loopback address, so listen on 127.0.0.1:PORT or [::1]:PORT"
+                    ),
+                ));
+            }
+            if a.port() == 0 {
+                return Err((field, format!("{a}: give a fixed port, e.g. 15001")));
+            }
+        }
+        if p.peek_bytes < 512 || p.peek_bytes > 1024 * 1024 {
+            return Err((
+                "proxy.peekBytes".into(),
+                format!(
+                    "{} is out of range: between 512 and 1048576 (a ClientHello can exceed 1500 bytes)",
+                    p.peek_bytes
+                ),
+            ));
+        }
+        if p.peek_timeout.is_zero() {
+            return Err(("proxy.peekTimeout".into(), "must be above zero, e.g. 5s".into()));
+        }
+        if p.max_connections == 0 {
+            return Err((
+                "proxy.maxConnections".into(),
+                "must be at least 1, e.g. 4096".into(),
+            ));
         }
         Ok(())
     }
@@ -255,6 +390,31 @@ meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
         assert_eq!(e.field, "workloads[1].cgroup");
         let e = load("workloads: []\npolicies: []\n").expect_err("no policies");
         assert_eq!(e.field, "policies");
+    }
+
+    #[test]
+    fn proxy_section_defaults_and_checks() {
+        let c = load("policies: [p]\nproxy: {listen: [127.0.0.1:15001, \"[::1]:15002\"]}\n")
+            .expect("proxy");
+        let p = c.proxy.expect("proxy");
+        assert_eq!(p.ports(), (15001, 15002));
+        assert_eq!(p.peek_bytes, 16 * 1024);
+        assert_eq!(p.peek_timeout, std::time::Duration::from_secs(5));
+        let e = load("policies: [p]\nproxy: {listen: [10.0.0.1:15001]}\n").expect_err("addr");
+        assert_eq!(e.field, "proxy.listen[0]");
+        assert!(e.message.contains("127.0.0.1:PORT"), "{}", e.message);
+        let e = load("policies: [p]\nproxy: {listen: [127.0.0.1:1], peekTimeout: 5}\n")
+            .expect_err("duration");
+        assert_eq!(e.field, "proxy.peekTimeout");
+        let c = load("policies: [p]\nproxy: {listen: [127.0.0.1:1], peekTimeout: 250ms}\n")
+            .expect("ms");
+        assert_eq!(
+            c.proxy.expect("proxy").peek_timeout,
+            std::time::Duration::from_millis(250)
+        );
+        let e = load("policies: [p]\nproxy: {listen: [127.0.0.1:1, 127.0.0.1:2]}\n")
+            .expect_err("two v4");
+        assert_eq!(e.field, "proxy.listen[1]");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSockAddr,
+        CgroupAttachMode, CgroupSockAddr, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
@@ -58,7 +58,22 @@ pub struct Loader {
     instance: String,
 }
 
-const PROGRAMS: [&str; 2] = [program_names::CONNECT4, program_names::CONNECT6];
+/// The cgroup sock_addr programs; each workload cgroup also gets [`program_names::SOCK_OPS`].
+const SOCK_ADDR_PROGRAMS: [&str; 4] = [
+    program_names::CONNECT4,
+    program_names::CONNECT6,
+    program_names::GETPEERNAME4,
+    program_names::GETPEERNAME6,
+];
+
+/// Every program attached to a workload cgroup.
+const PROGRAMS: [&str; 5] = [
+    program_names::CONNECT4,
+    program_names::CONNECT6,
+    program_names::GETPEERNAME4,
+    program_names::GETPEERNAME6,
+    program_names::SOCK_OPS,
+];
 
 impl Loader {
     /// Loads the object, reusing the maps pinned under `bpffs` if an earlier run left them.
@@ -71,14 +86,13 @@ impl Loader {
             .default_map_pin_directory(&maps)
             .load(OBJECT)
             .map_err(LoadError::Object)?;
-        for name in PROGRAMS {
-            let p: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or_else(|| prog_err(name, "missing from the object"))?
-                .try_into()
-                .map_err(|e| prog_err(name, e))?;
+        for name in SOCK_ADDR_PROGRAMS {
+            let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             p.load().map_err(|e| prog_err(name, verifier_message(&e)))?;
         }
+        let name = program_names::SOCK_OPS;
+        let p: &mut SockOps = program(&mut ebpf, name)?;
+        p.load().map_err(|e| prog_err(name, verifier_message(&e)))?;
         let instance = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos().to_string())
@@ -94,7 +108,7 @@ impl Loader {
         &mut self.ebpf
     }
 
-    /// Attaches both programs to a workload cgroup (unless this run already did), pins the
+    /// Attaches every program to a workload cgroup (unless this run already did), pins the
     /// links, then removes links of earlier runs on that cgroup.
     pub fn attach(&mut self, cgroup: &Path, cgroup_id: u64) -> Result<(), LoadError> {
         let dir = links_dir(&self.bpffs, cgroup_id);
@@ -105,23 +119,30 @@ impl Loader {
                 continue;
             }
             let file = fs::File::open(cgroup).map_err(|e| fs_err(cgroup, e))?;
-            let p: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| prog_err(name, "missing from the object"))?
-                .try_into()
-                .map_err(|e| prog_err(name, e))?;
-            // A bpf_link takes no attach flags: links on a cgroup always coexist with each
-            // other (and with programs attached in multi mode), which is what lets a new run
-            // attach before the old one detaches.
-            let id = p.attach(&file, CgroupAttachMode::Single).map_err(|e| {
+            let attach_err = |e: aya::programs::ProgramError| {
                 prog_err(
                     name,
                     format!("attach to {}: {}", cgroup.display(), error_chain(&e)),
                 )
-            })?;
-            let link = p.take_link(id).map_err(|e| prog_err(name, e))?;
-            let link = FdLink::try_from(link).map_err(|e| prog_err(name, e))?;
+            };
+            // A bpf_link takes no attach flags: links on a cgroup always coexist with each
+            // other (and with programs attached in multi mode), which is what lets a new run
+            // attach before the old one detaches.
+            let link = if name == program_names::SOCK_OPS {
+                let p: &mut SockOps = program(&mut self.ebpf, name)?;
+                let id = p
+                    .attach(&file, CgroupAttachMode::Single)
+                    .map_err(attach_err)?;
+                let link = p.take_link(id).map_err(|e| prog_err(name, e))?;
+                FdLink::try_from(link).map_err(|e| prog_err(name, e))?
+            } else {
+                let p: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+                let id = p
+                    .attach(&file, CgroupAttachMode::Single)
+                    .map_err(attach_err)?;
+                let link = p.take_link(id).map_err(|e| prog_err(name, e))?;
+                FdLink::try_from(link).map_err(|e| prog_err(name, e))?
+            };
             link.pin(&pin)
                 .map_err(|e| prog_err(name, format!("pin {}: {e}", pin.display())))?;
         }
@@ -134,6 +155,17 @@ impl Loader {
         }
         Ok(())
     }
+}
+
+/// A program of the object as its type.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| prog_err(name, "missing from the object"))?
+        .try_into()
+        .map_err(|e| prog_err(name, e))
 }
 
 /// The cgroup ids that have pinned links under `bpffs`.

@@ -1,10 +1,16 @@
 //! `probe`: the processes of the kernel tests, driven by the harness in `passthrough_tests`.
 //!
 //! - `probe connect [--cgroup DIR] [--netns PATH] [--timeout-ms N] [--read N] [--send TEXT]
-//!   [--v4mapped] [--udp] ADDR:PORT` prints one JSON line with the outcome of one connect().
-//! - `probe serve [--netns PATH] [--sink] ADDR:PORT...` greets every connection (or, with
-//!   `--sink`, closes it at once), prints `ready`.
+//!   [--send-hex HEX] [--v4mapped] [--udp] ADDR:PORT` prints one JSON line with the outcome
+//!   of one connect().
+//! - `probe serve [--netns PATH] [--sink|--echo] ADDR:PORT...` greets every connection (or,
+//!   with `--sink`, closes it at once; with `--echo`, echoes everything), prints `ready`.
 //! - `probe sleep [--cgroup DIR]` stands in for a long-running workload.
+//! - `probe bulk [--cgroup DIR] [--netns PATH] [--send HEAD] --bytes N ADDR:PORT` sends HEAD
+//!   then N pseudo-random bytes to an echo host while reading the echo, and prints one JSON
+//!   line with the byte counts and checksums of both directions.
+//! - `probe exec [--cgroup DIR] [--netns PATH] -- PROGRAM ARGS...` runs a real client (curl,
+//!   openssl) or server from the cgroup, in the namespace.
 //!
 //! Exit status 2 means a usage or setup error; a refused connect is a result, not an error.
 
@@ -30,6 +36,8 @@ fn main() -> ExitCode {
         Some("connect") => connect_cmd(&args[1..]),
         Some("serve") => serve_cmd(&args[1..]),
         Some("sleep") => sleep_cmd(&args[1..]),
+        Some("exec") => exec_cmd(&args[1..]),
+        Some("bulk") => bulk_cmd(&args[1..]),
         _ => Err(usage()),
     };
     match result {
@@ -43,8 +51,8 @@ fn main() -> ExitCode {
 
 fn usage() -> String {
     "usage: probe connect [--cgroup DIR] [--netns PATH] [--timeout-ms N] [--read N] \
-     [--send TEXT] [--v4mapped] [--udp] ADDR:PORT | probe serve [--netns PATH] [--sink] ADDR:PORT... | \
-     probe sleep [--cgroup DIR]"
+     [--send TEXT] [--send-hex HEX] [--v4mapped] [--udp] ADDR:PORT | probe serve [--netns PATH] [--sink|--echo] ADDR:PORT... | \
+     probe sleep [--cgroup DIR] | probe exec [--cgroup DIR] [--netns PATH] -- PROGRAM ARGS..."
         .to_string()
 }
 
@@ -55,9 +63,12 @@ struct Opts {
     timeout_ms: Option<u64>,
     read: Option<usize>,
     send: Option<String>,
+    send_hex: Option<Vec<u8>>,
     v4mapped: bool,
     udp: bool,
     sink: bool,
+    echo: bool,
+    bytes: Option<u64>,
     positional: Vec<String>,
 }
 
@@ -81,9 +92,19 @@ fn parse(args: &[String], allowed: &[&str]) -> Result<Opts, String> {
             }
             "--read" => o.read = Some(value()?.parse().map_err(|e| format!("--read: {e}"))?),
             "--send" => o.send = Some(value()?),
+            "--send-hex" => {
+                let h = value()?;
+                let bytes: Option<Vec<u8>> = (0..h.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+                    .collect();
+                o.send_hex = Some(bytes.ok_or("--send-hex: not hex")?);
+            }
             "--v4mapped" => o.v4mapped = true,
             "--udp" => o.udp = true,
             "--sink" => o.sink = true,
+            "--echo" => o.echo = true,
+            "--bytes" => o.bytes = Some(value()?.parse().map_err(|e| format!("--bytes: {e}"))?),
             _ => o.positional.push(a.clone()),
         }
     }
@@ -143,6 +164,7 @@ fn connect_cmd(args: &[String]) -> Result<(), String> {
             "--timeout-ms",
             "--read",
             "--send",
+            "--send-hex",
             "--v4mapped",
             "--udp",
         ],
@@ -159,17 +181,14 @@ fn connect_cmd(args: &[String]) -> Result<(), String> {
     }
     enter(&o)?;
     let timeout = Duration::from_millis(o.timeout_ms.unwrap_or(3000));
-    let outcome = attempt(
-        dest,
-        o.udp,
-        timeout,
-        o.send.as_deref(),
-        o.read.unwrap_or(256),
-    );
+    let mut send = o.send.unwrap_or_default().into_bytes();
+    send.extend(o.send_hex.unwrap_or_default());
+    let outcome = attempt(dest, o.udp, timeout, &send, o.read.unwrap_or(256));
     let line = match outcome {
         Ok((received, peer)) => json!({
             "ok": true,
             "received": String::from_utf8_lossy(&received),
+            "receivedHex": received.iter().map(|b| format!("{b:02x}")).collect::<String>(),
             "peer": peer.to_string(),
         }),
         Err((stage, e)) => json!({
@@ -193,7 +212,7 @@ fn attempt(
     dest: SocketAddr,
     udp: bool,
     timeout: Duration,
-    send: Option<&str>,
+    send: &[u8],
     read: usize,
 ) -> Result<(Vec<u8>, SocketAddr), Failure> {
     let family = if dest.is_ipv4() {
@@ -217,8 +236,8 @@ fn attempt(
     let peer = peer_of(&fd).map_err(at("getpeername"))?;
     set_blocking(&fd).map_err(at("connect"))?;
     let mut stream = TcpStream::from(fd);
-    if let Some(text) = send {
-        stream.write_all(text.as_bytes()).map_err(at("send"))?;
+    if !send.is_empty() {
+        stream.write_all(send).map_err(at("send"))?;
     }
     // Half-closing tells the server that nothing more is coming, so it answers at once.
     stream
@@ -425,11 +444,18 @@ fn peer_of(fd: &OwnedFd) -> io::Result<SocketAddr> {
 // serve
 
 fn serve_cmd(args: &[String]) -> Result<(), String> {
-    let o = parse(args, &["--netns", "--sink"])?;
+    let o = parse(args, &["--netns", "--sink", "--echo"])?;
     if o.positional.is_empty() {
         return Err(usage());
     }
     let sink = o.sink;
+    let mode = if sink {
+        Mode::Sink
+    } else if o.echo {
+        Mode::Echo
+    } else {
+        Mode::Greet
+    };
     if sink {
         // Off the benchmark client's CPU (it pins itself to CPU 0), so accepting never
         // preempts the connects being timed.
@@ -455,7 +481,7 @@ fn serve_cmd(args: &[String]) -> Result<(), String> {
     }
     let handles: Vec<_> = listeners
         .into_iter()
-        .map(|l| std::thread::spawn(move || accept_loop(&l, sink)))
+        .map(|l| std::thread::spawn(move || accept_loop(&l, mode)))
         .collect();
     println!("ready");
     io::stdout().flush().map_err(|e| format!("stdout: {e}"))?;
@@ -510,14 +536,28 @@ fn listen(addr: SocketAddr, sink: bool) -> io::Result<TcpListener> {
     Ok(TcpListener::from(fd))
 }
 
-/// Serves each connection on its own thread, or with `sink` closes it at once.
-fn accept_loop(l: &TcpListener, sink: bool) {
+/// What a test host does with a connection.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Greets, then echoes up to 64 KiB.
+    Greet,
+    /// Closes at once (benchmarks).
+    Sink,
+    /// Echoes everything until the client half-closes (bulk transfers).
+    Echo,
+}
+
+/// Serves each connection on its own thread, or as a sink closes it at once.
+fn accept_loop(l: &TcpListener, mode: Mode) {
     loop {
         match l.accept() {
-            Ok(_) if sink => {}
+            Ok(_) if matches!(mode, Mode::Sink) => {}
             Ok((s, _)) => {
                 std::thread::spawn(move || {
-                    let _ = greet(s);
+                    let _ = match mode {
+                        Mode::Echo => echo(s),
+                        _ => greet(s),
+                    };
                 });
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -527,6 +567,14 @@ fn accept_loop(l: &TcpListener, sink: bool) {
             }
         }
     }
+}
+
+/// Sends back every byte, then half-closes after the client did.
+fn echo(s: TcpStream) -> io::Result<()> {
+    let mut r = s.try_clone()?;
+    let mut w = s;
+    io::copy(&mut r, &mut w)?;
+    w.shutdown(std::net::Shutdown::Write)
 }
 
 /// Greets, then echoes what the client sent before half-closing. Reading to EOF before
@@ -544,6 +592,115 @@ fn greet(mut s: TcpStream) -> io::Result<()> {
         s.write_all(&got)?;
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// bulk
+
+/// Order-sensitive checksum of a byte stream, cheap enough for gigabytes in a debug build.
+#[derive(Default)]
+struct Checksum {
+    a: u64,
+    b: u64,
+    len: u64,
+}
+
+impl Checksum {
+    fn update(&mut self, data: &[u8]) {
+        for &byte in data {
+            self.a = self.a.wrapping_add(u64::from(byte));
+            self.b = self.b.wrapping_add(self.a);
+        }
+        self.len += data.len() as u64;
+    }
+
+    fn value(&self) -> String {
+        format!("{:016x}{:016x}", self.a, self.b)
+    }
+}
+
+fn bulk_cmd(args: &[String]) -> Result<(), String> {
+    let o = parse(args, &["--cgroup", "--netns", "--send", "--bytes"])?;
+    let [dest] = o.positional.as_slice() else {
+        return Err(usage());
+    };
+    let dest = parse_addr(dest)?;
+    let total = o.bytes.ok_or("--bytes is required")?;
+    enter(&o)?;
+    let stream = TcpStream::connect_timeout(&dest, Duration::from_secs(5))
+        .map_err(|e| format!("connect {dest}: {e}"))?;
+    let mut reader = stream.try_clone().map_err(|e| e.to_string())?;
+    let head = o.send.unwrap_or_default().into_bytes();
+    let sender = std::thread::spawn(move || -> io::Result<Checksum> {
+        let mut w = stream;
+        let mut sum = Checksum::default();
+        w.write_all(&head)?;
+        sum.update(&head);
+        let mut block = vec![0u8; 1 << 20];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut left = total;
+        while left > 0 {
+            for chunk in block.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let bytes = x.to_le_bytes();
+                chunk.copy_from_slice(&bytes[..chunk.len()]);
+            }
+            let n = left.min(block.len() as u64) as usize;
+            w.write_all(&block[..n])?;
+            sum.update(&block[..n]);
+            left -= n as u64;
+        }
+        w.shutdown(std::net::Shutdown::Write)?;
+        Ok(sum)
+    });
+    let mut got = Checksum::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let started = Instant::now();
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("recv: {e}")),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let sent = sender
+        .join()
+        .map_err(|_| "sender panicked".to_string())?
+        .map_err(|e| format!("send: {e}"))?;
+    println!(
+        "{}",
+        json!({
+            "sent": sent.len,
+            "sentChecksum": sent.value(),
+            "received": got.len,
+            "receivedChecksum": got.value(),
+            "seconds": secs,
+        })
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// exec
+
+fn exec_cmd(args: &[String]) -> Result<(), String> {
+    let split = args
+        .iter()
+        .position(|a| a == "--")
+        .ok_or_else(usage)?;
+    let o = parse(&args[..split], &["--cgroup", "--netns"])?;
+    let [program, rest @ ..] = &args[split + 1..] else {
+        return Err(usage());
+    };
+    // The cgroup first, then the namespace: the process is never in the test namespace
+    // outside its cgroup.
+    enter(&o)?;
+    let e = std::os::unix::process::CommandExt::exec(std::process::Command::new(program).args(rest));
+    Err(format!("exec {program}: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------
