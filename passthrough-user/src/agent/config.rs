@@ -306,8 +306,7 @@ impl AgentConfig {
                 return Err((field, "one listener per address family".into()));
             }
             *seen = true;
-            if a.ip() != std::net::Ipv4Addr::LOCALHOST && a.ip() != std::net::Ipv6Addr::LOCALHOST
-            {
+            if a.ip() != std::net::Ipv4Addr::LOCALHOST && a.ip() != std::net::Ipv6Addr::LOCALHOST {
                 return Err((
                     field,
                     format!(
@@ -329,7 +328,10 @@ impl AgentConfig {
             ));
         }
         if p.peek_timeout.is_zero() {
-            return Err(("proxy.peekTimeout".into(), "must be above zero, e.g. 5s".into()));
+            return Err((
+                "proxy.peekTimeout".into(),
+                "must be above zero, e.g. 5s".into(),
+            ));
         }
         if p.max_connections == 0 {
             return Err((

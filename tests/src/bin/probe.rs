@@ -688,10 +688,7 @@ fn bulk_cmd(args: &[String]) -> Result<(), String> {
 // exec
 
 fn exec_cmd(args: &[String]) -> Result<(), String> {
-    let split = args
-        .iter()
-        .position(|a| a == "--")
-        .ok_or_else(usage)?;
+    let split = args.iter().position(|a| a == "--").ok_or_else(usage)?;
     let o = parse(&args[..split], &["--cgroup", "--netns"])?;
     let [program, rest @ ..] = &args[split + 1..] else {
         return Err(usage());
@@ -699,7 +696,8 @@ fn exec_cmd(args: &[String]) -> Result<(), String> {
     // The cgroup first, then the namespace: the process is never in the test namespace
     // outside its cgroup.
     enter(&o)?;
-    let e = std::os::unix::process::CommandExt::exec(std::process::Command::new(program).args(rest));
+    let e =
+        std::os::unix::process::CommandExt::exec(std::process::Command::new(program).args(rest));
     Err(format!("exec {program}: {e}"))
 }
 
