@@ -68,7 +68,7 @@ pub fn redirect(
         port,
         _pad: [0; 6],
     };
-    if REDIRECTS.insert(&cookie, &orig, 0).is_err() {
+    if REDIRECTS.insert(cookie, orig, 0).is_err() {
         return Reason::DomainNoProxy;
     }
     sa.user_port = u32::from(proxy_port.to_be());
@@ -113,7 +113,7 @@ pub fn sock_ops(ctx: &SockOpsContext) {
                 return;
             };
             if let Some(key) = local_end(ctx) {
-                let _ = PROXY_PEERS.insert(&key, orig, 0);
+                let _ = PROXY_PEERS.insert(key, orig, 0);
             }
             // Ask for state changes of this socket only, to see it close.
             let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);

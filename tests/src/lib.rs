@@ -763,7 +763,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 
 /// The bytes of a hex string, `None` if it is not one.
 pub fn from_hex(h: &str) -> Option<Vec<u8>> {
-    if h.len() % 2 != 0 {
+    if !h.len().is_multiple_of(2) {
         return None;
     }
     (0..h.len())
@@ -942,13 +942,24 @@ impl Topology {
         head: &str,
         bytes: u64,
     ) -> serde_json::Value {
+        self.bulk_bytes(cgroup, dest, head.as_bytes(), bytes)
+    }
+
+    /// [`Topology::bulk`] with a binary head (a TLS ClientHello).
+    pub fn bulk_bytes(
+        &self,
+        cgroup: &TestCgroup,
+        dest: SocketAddr,
+        head: &[u8],
+        bytes: u64,
+    ) -> serde_json::Value {
         let out = Command::new(probe_bin())
             .arg("bulk")
             .arg("--cgroup")
             .arg(cgroup.path())
             .arg("--netns")
             .arg(self.client_netns_path())
-            .args(["--send", head, "--bytes", &bytes.to_string()])
+            .args(["--send-hex", &to_hex(head), "--bytes", &bytes.to_string()])
             .arg(dest.to_string())
             .stdin(Stdio::null())
             .output()

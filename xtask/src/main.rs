@@ -40,8 +40,9 @@ enum Task {
     Demo,
     /// Run a benchmark (needs root); results go to bench/results/.
     Bench {
-        /// Which benchmark: connect.
-        #[arg(value_parser = ["connect"])]
+        /// Which benchmark: connect (connect() latency, apply time) or proxy (the peek
+        /// proxy's setup latency and throughput, against HAProxy).
+        #[arg(value_parser = ["connect", "proxy"])]
         which: String,
         /// Smaller sizes and fewer samples, for a quick look.
         #[arg(long)]
@@ -130,6 +131,10 @@ fn bench(which: &str, quick: bool) -> Result<()> {
         bail!("the benchmarks load eBPF programs and create namespaces: run them as root");
     }
     setup::ensure()?;
+    if which == "proxy" {
+        // The comparison point; only this benchmark needs it.
+        setup::ensure_packages(&["haproxy"])?;
+    }
     run(cargo().args([
         "build",
         "--release",

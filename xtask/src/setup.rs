@@ -54,7 +54,12 @@ fn installed(package: &str) -> bool {
 }
 
 fn packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    ensure_packages(PACKAGES)
+}
+
+/// Installs the Debian packages of `list` that are missing.
+pub fn ensure_packages(list: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = list.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         eprintln!("xtask: Debian packages present");
         return Ok(());

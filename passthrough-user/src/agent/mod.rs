@@ -16,6 +16,7 @@ pub mod run;
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
+    sync::{Arc, RwLock},
     time::SystemTime,
 };
 
@@ -27,10 +28,14 @@ use self::{
     loader::Loader,
     maps::{EntryCounts, Maps, MapsError},
 };
-use crate::policy::{
-    compile::{CompiledPolicy, EffectiveMode, compile},
-    merge::{PolicyRef, SelectOptions, merged_for},
-    set::{PolicySet, Problem},
+use crate::{
+    policy::{
+        compile::{CompiledPolicy, EffectiveMode, compile},
+        decide::Exemptions,
+        merge::{PolicyRef, SelectOptions, merged_for},
+        set::{PolicySet, Problem},
+    },
+    proxy::server::{SharedView, Stats as ProxyStats, StatsSnapshot, View, WorkloadView},
 };
 
 /// Slot 0 holds no entries: workloads whose mode needs none, or whose Matched list compiles
@@ -93,6 +98,9 @@ pub struct Agent {
     workloads: Vec<WorkloadState>,
     generation: u64,
     last_reload: Option<ReloadReport>,
+    /// What the peek proxy decides with, replaced after every reconcile.
+    pub(crate) proxy_view: SharedView,
+    pub(crate) proxy_stats: Arc<ProxyStats>,
 }
 
 /// Errors that stop the agent from starting.
@@ -119,8 +127,11 @@ impl Agent {
         let agent_cgroup = cgroup::own_cgroup(&cgroup_root)
             .and_then(|p| cgroup::cgroup_id(&p))
             .map_err(|e| AgentError::Other(format!("cannot find the agent's own cgroup: {e}")))?;
+        let (proxy_port_v4, proxy_port_v6) = config.proxy.as_ref().map_or((0, 0), |p| p.ports());
         maps.set_config(Config {
             agent_cgroup,
+            proxy_port_v4,
+            proxy_port_v6,
             debug: u8::from(config.debug),
             ..Config::default()
         })?;
@@ -158,6 +169,8 @@ impl Agent {
             workloads,
             generation: 0,
             last_reload: None,
+            proxy_view: Arc::new(RwLock::new(Arc::new(View::default()))),
+            proxy_stats: Arc::new(ProxyStats::default()),
         })
     }
 
@@ -169,8 +182,11 @@ impl Agent {
     /// admin address need a restart.
     pub fn reload_config(&mut self) -> Result<(), AgentError> {
         let new = AgentConfig::load(&self.config_path)?;
-        if new.bpffs != self.config.bpffs || new.admin != self.config.admin {
-            tracing::warn!("bpffs and admin changes take effect after a restart");
+        if new.bpffs != self.config.bpffs
+            || new.admin != self.config.admin
+            || new.proxy != self.config.proxy
+        {
+            tracing::warn!("bpffs, admin and proxy changes take effect after a restart");
         }
         self.maps.set_mesh_cidrs(&new.mesh_cidrs)?;
         let mut old: BTreeMap<PathBuf, WorkloadState> = self
@@ -221,6 +237,7 @@ impl Agent {
             );
             // Cgroups that appeared still get the programs, with whatever state they have.
             self.attach_all();
+            self.publish_proxy_view();
             return self.last_reload.insert(ReloadReport {
                 at,
                 result: "refused",
@@ -250,6 +267,7 @@ impl Agent {
         }
         self.attach_all();
         self.sweep();
+        self.publish_proxy_view();
         if changed {
             self.generation += 1;
             tracing::info!(generation = self.generation, "policy applied");
@@ -265,6 +283,33 @@ impl Agent {
             },
             problems,
         })
+    }
+
+    /// Gives the peek proxy the policies now in the kernel, in one swap.
+    fn publish_proxy_view(&self) {
+        let view = View {
+            workloads: self
+                .workloads
+                .iter()
+                .filter_map(|w| {
+                    let a = w.applied.as_ref()?;
+                    Some((
+                        a.cgroup_id,
+                        WorkloadView {
+                            name: w.config.cgroup.display().to_string(),
+                            policy: Arc::new(a.compiled.clone()),
+                        },
+                    ))
+                })
+                .collect(),
+            exemptions: Exemptions {
+                mesh_cidrs: self.config.mesh_cidrs.clone(),
+            },
+        };
+        *self
+            .proxy_view
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(view);
     }
 
     /// Reconciles one workload; `Ok(true)` when its kernel state changed.
@@ -521,6 +566,11 @@ impl Agent {
                 })
                 .collect(),
             counters,
+            proxy: self
+                .config
+                .proxy
+                .as_ref()
+                .map(|_| self.proxy_stats.snapshot()),
         }
     }
 }
@@ -540,6 +590,9 @@ pub struct Status {
     pub workloads: Vec<WorkloadStatus>,
     /// Connects decided in the kernel, by reason, since the maps were created.
     pub counters: BTreeMap<String, u64>,
+    /// The peek proxy's decisions and refusals since the agent started, when it runs.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<StatsSnapshot>,
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]

@@ -12,8 +12,11 @@ use std::{
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{Agent, AgentError, admin};
-use crate::policy::load::policy_files_in;
+use super::{Agent, AgentError, admin, config::ProxyConfig};
+use crate::{
+    policy::load::policy_files_in,
+    proxy::server::{Bounds, Proxy},
+};
 
 /// How often files and cgroups are checked for changes. Policy changes apply within this
 /// plus the time to compile and write them: well under a second.
@@ -55,6 +58,9 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
         start_kernel_log(&mut agent);
     }
     let admin_addr = agent.config().admin.listen;
+    if let Some(p) = agent.config().proxy.clone() {
+        start_proxy(&mut agent, p).await?;
+    }
     agent.reconcile();
     let (policies, cgroups) = agent.watched_paths();
     let mut last = fingerprint(&policies, &cgroups);
@@ -96,6 +102,39 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
         }
     }
     tracing::info!("stopping; the kernel keeps enforcing the pinned state");
+    Ok(())
+}
+
+/// Binds the peek proxy's listeners and serves them. Binding happens before `/ready`, so a
+/// ready agent never redirects to a port nobody listens on.
+async fn start_proxy(agent: &mut Agent, cfg: ProxyConfig) -> Result<(), AgentError> {
+    let name = passthrough_common::map_names::PROXY_PEERS;
+    let map =
+        agent.loader.ebpf_mut().take_map(name).ok_or_else(|| {
+            AgentError::Other(format!("map {name} is missing from the BPF object"))
+        })?;
+    let peers = aya::maps::HashMap::try_from(map)
+        .map_err(|e| AgentError::Other(format!("map {name}: {e}")))?;
+    let bounds = Bounds {
+        peek_bytes: cfg.peek_bytes,
+        peek_timeout: cfg.peek_timeout,
+        max_connections: cfg.max_connections,
+    };
+    let proxy = Arc::new(Proxy::new(
+        agent.proxy_view.clone(),
+        peers,
+        bounds,
+        agent.proxy_stats.clone(),
+    ));
+    for (i, addr) in cfg.listen.iter().enumerate() {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            AgentError::Other(format!(
+                "proxy.listen[{i}] {addr}: {e}; pick a free port or stop what uses it"
+            ))
+        })?;
+        tracing::info!(%addr, "peek proxy listening");
+        tokio::spawn(proxy.clone().serve(listener));
+    }
     Ok(())
 }
 

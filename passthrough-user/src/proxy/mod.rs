@@ -2,5 +2,9 @@
 //! HTTP/1 Host, HTTP/2 `:authority`) before a byte reaches the destination.
 //!
 //! - [`peek`]: pure parsers that read that name from the client's first bytes.
+//! - [`hpack`]: the HPACK (RFC 7541) decoder that reads an HTTP/2 request's header block.
+//! - [`server`]: the proxy itself: accept, peek, decide, splice or refuse.
 
+pub mod hpack;
 pub mod peek;
+pub mod server;

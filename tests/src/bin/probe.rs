@@ -6,9 +6,9 @@
 //! - `probe serve [--netns PATH] [--sink|--echo] ADDR:PORT...` greets every connection (or,
 //!   with `--sink`, closes it at once; with `--echo`, echoes everything), prints `ready`.
 //! - `probe sleep [--cgroup DIR]` stands in for a long-running workload.
-//! - `probe bulk [--cgroup DIR] [--netns PATH] [--send HEAD] --bytes N ADDR:PORT` sends HEAD
-//!   then N pseudo-random bytes to an echo host while reading the echo, and prints one JSON
-//!   line with the byte counts and checksums of both directions.
+//! - `probe bulk [--cgroup DIR] [--netns PATH] [--send HEAD] [--send-hex HEX] --bytes N
+//!   ADDR:PORT` sends HEAD then N pseudo-random bytes to an echo host while reading the echo,
+//!   and prints one JSON line with the byte counts and checksums of both directions.
 //! - `probe exec [--cgroup DIR] [--netns PATH] -- PROGRAM ARGS...` runs a real client (curl,
 //!   openssl) or server from the cgroup, in the namespace.
 //!
@@ -620,7 +620,10 @@ impl Checksum {
 }
 
 fn bulk_cmd(args: &[String]) -> Result<(), String> {
-    let o = parse(args, &["--cgroup", "--netns", "--send", "--bytes"])?;
+    let o = parse(
+        args,
+        &["--cgroup", "--netns", "--send", "--send-hex", "--bytes"],
+    )?;
     let [dest] = o.positional.as_slice() else {
         return Err(usage());
     };
@@ -630,7 +633,8 @@ fn bulk_cmd(args: &[String]) -> Result<(), String> {
     let stream = TcpStream::connect_timeout(&dest, Duration::from_secs(5))
         .map_err(|e| format!("connect {dest}: {e}"))?;
     let mut reader = stream.try_clone().map_err(|e| e.to_string())?;
-    let head = o.send.unwrap_or_default().into_bytes();
+    let mut head = o.send.unwrap_or_default().into_bytes();
+    head.extend(o.send_hex.unwrap_or_default());
     let sender = std::thread::spawn(move || -> io::Result<Checksum> {
         let mut w = stream;
         let mut sum = Checksum::default();

@@ -1,4 +1,4 @@
-//! `cargo xtask bench connect`: connect() latency from a workload cgroup to a test host, with
+//! `bench connect`: connect() latency from a workload cgroup to a test host, with
 //! no program, with passthrough, and with the same entries as an nftables ruleset matched on
 //! the workload's cgroup, for 10, 10 000 and 1 000 000 IP and CIDR entries, allowed and
 //! denied, IPv4 and IPv6. Also the time to compile and apply the entries and the kernel memory
@@ -13,7 +13,7 @@ use std::{
     io::Write as _,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     os::fd::{AsFd as _, AsRawFd as _},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, ExitCode},
     time::{Duration, Instant},
 };
@@ -27,26 +27,6 @@ const DENIED_V6: &str = "[2001:db8:2::20]:80";
 /// Entries per policy file, to stay under the 4 MiB policy file limit.
 const PER_FILE: usize = 40_000;
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    match args.get(1).map(String::as_str) {
-        Some("client") => client(&args[2..]),
-        Some("connect") => {
-            let quick = args.iter().any(|a| a == "--quick");
-            let out = args
-                .iter()
-                .position(|a| a == "--out")
-                .and_then(|i| args.get(i + 1))
-                .map_or_else(|| PathBuf::from("bench/results"), PathBuf::from);
-            connect_bench(quick, &out)
-        }
-        _ => {
-            eprintln!("usage: bench connect [--quick] [--out DIR]");
-            ExitCode::from(2)
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // the measuring client
 
@@ -58,7 +38,7 @@ const BATCH: usize = 20;
 /// and, unless BASELINE is `-`, from the BASELINE cgroup (which has no program), so both see
 /// the same machine state. Prints the outcome in CGROUP, then `w BATCH NS` and `b BATCH NS`
 /// lines.
-fn client(args: &[String]) -> ExitCode {
+pub fn client(args: &[String]) -> ExitCode {
     let [cgroup, baseline, netns, dest, count] = args else {
         eprintln!("usage: bench client CGROUP BASELINE NETNS DEST COUNT");
         return ExitCode::from(2);
@@ -520,7 +500,7 @@ fn nft(topo: &Topology, args: &[&str], stdin: Option<&str>) -> Result<(), String
     }
 }
 
-fn connect_bench(quick: bool, out_dir: &Path) -> ExitCode {
+pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("the benchmark loads eBPF programs and creates namespaces: run it as root");

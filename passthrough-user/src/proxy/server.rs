@@ -1,0 +1,375 @@
+//! The peek proxy's connections: find where the client was going, read the name it asks
+//! for, decide with the workload's policy, then splice to the original destination or
+//! refuse. Nothing reaches the destination before the decision.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use passthrough_common::{OrigDst, PeerKey, unmapped_v4, v4_mapped};
+use serde::Serialize;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+
+use super::peek::{Progress, peek};
+use crate::policy::{
+    compile::CompiledPolicy,
+    decide::{Action, Exemptions, Peeked, Verdict, decide},
+};
+
+/// Bounds on what one client may cost the proxy.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    pub peek_bytes: usize,
+    pub peek_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// How long an allowed connection may take to reach its destination.
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Copy buffer per direction of a spliced connection.
+const SPLICE_BUFFER: usize = 64 * 1024;
+/// After a refusal, how long the client's unread bytes are drained so that closing does not
+/// reset the connection and destroy the response before the client reads it.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// What the proxy decides with: each workload's compiled policy, by cgroup id. The agent
+/// replaces it whole after every reconcile.
+#[derive(Default)]
+pub struct View {
+    pub workloads: HashMap<u64, WorkloadView>,
+    pub exemptions: Exemptions,
+}
+
+pub struct WorkloadView {
+    /// The workload as operators name it (its cgroup path in the config).
+    pub name: String,
+    pub policy: Arc<CompiledPolicy>,
+}
+
+pub type SharedView = Arc<RwLock<Arc<View>>>;
+
+/// Counters of the proxy, for `/status` and `/metrics`.
+#[derive(Default)]
+pub struct Stats {
+    /// (workload, verdict, deciding entry or reason) -> connections.
+    decisions: Mutex<BTreeMap<DecisionKey, u64>>,
+    /// Refusals before any decision, by cause (a bound hit, malformed input, ...).
+    refused: Mutex<BTreeMap<&'static str, u64>>,
+    active: AtomicU64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionKey {
+    pub workload: String,
+    pub verdict: &'static str,
+    /// `policy/appendMatch[i]` that allowed it, or why it was denied.
+    pub rule: String,
+}
+
+/// A snapshot of [`Stats`].
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsSnapshot {
+    pub active: u64,
+    pub decisions: Vec<(DecisionKey, u64)>,
+    pub refused: BTreeMap<&'static str, u64>,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            active: self.active.load(Ordering::Relaxed),
+            decisions: lock(&self.decisions)
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            refused: lock(&self.refused).clone(),
+        }
+    }
+
+    fn refuse(&self, cause: &'static str) {
+        *lock(&self.refused).entry(cause).or_default() += 1;
+    }
+
+    fn decided(&self, key: DecisionKey) {
+        *lock(&self.decisions).entry(key).or_default() += 1;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The proxy: shared by every listener and connection.
+pub struct Proxy {
+    view: SharedView,
+    /// The kernel's record of redirected connections not accepted yet (`PROXY_PEERS`).
+    peers: Mutex<BpfHashMap<MapData, PeerKey, OrigDst>>,
+    bounds: Bounds,
+    slots: Arc<Semaphore>,
+    pub stats: Arc<Stats>,
+}
+
+impl Proxy {
+    pub fn new(
+        view: SharedView,
+        peers: BpfHashMap<MapData, PeerKey, OrigDst>,
+        bounds: Bounds,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            view,
+            peers: Mutex::new(peers),
+            slots: Arc::new(Semaphore::new(bounds.max_connections)),
+            bounds,
+            stats,
+        }
+    }
+
+    /// Accepts connections forever.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("proxy accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                self.stats.refuse("max_connections");
+                drop(stream);
+                continue;
+            };
+            let proxy = self.clone();
+            tokio::spawn(async move {
+                proxy.stats.active.fetch_add(1, Ordering::Relaxed);
+                proxy.handle(stream, peer).await;
+                proxy.stats.active.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+            });
+        }
+    }
+
+    /// The original destination of a redirected connection, removed from the kernel's
+    /// table. `None` for a connection the kernel did not redirect.
+    fn original(&self, peer: SocketAddr) -> Option<OrigDst> {
+        let addr = match peer.ip() {
+            IpAddr::V4(a) => v4_mapped(a.octets()),
+            IpAddr::V6(a) => a.octets(),
+        };
+        let key = PeerKey {
+            addr,
+            port: peer.port(),
+            _pad: [0; 6],
+        };
+        let mut peers = lock(&self.peers);
+        let orig = peers.get(&key, 0).ok()?;
+        let _ = peers.remove(&key);
+        Some(orig)
+    }
+
+    async fn handle(&self, mut client: TcpStream, peer: SocketAddr) {
+        let Some(orig) = self.original(peer) else {
+            // Something connected to the proxy port directly: there is nothing to decide.
+            self.stats.refuse("not_redirected");
+            return;
+        };
+        let dest = SocketAddr::new(
+            unmapped_v4(&orig.addr).map_or(IpAddr::from(orig.addr), IpAddr::from),
+            orig.port,
+        );
+        let view = self
+            .view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(workload) = view.workloads.get(&orig.workload) else {
+            // The workload left the config between the connect and the accept.
+            self.stats.refuse("unknown_workload");
+            return;
+        };
+        let mut buf = Vec::with_capacity(self.bounds.peek_bytes);
+        let peeked = match self.read_name(&mut client, &mut buf).await {
+            Ok(p) => p,
+            Err(cause) => {
+                tracing::info!(workload = %workload.name, %dest, cause, "proxy refused: no name");
+                self.stats.refuse(cause);
+                return;
+            }
+        };
+        let verdict = decide(&workload.policy, &view.exemptions, dest, Some(&peeked));
+        let rule = describe(&workload.policy, &verdict);
+        self.stats.decided(DecisionKey {
+            workload: workload.name.clone(),
+            verdict: verdict_label(&verdict),
+            rule: rule.clone(),
+        });
+        let name = peeked_name(&peeked);
+        if verdict.action != Action::Allow {
+            tracing::info!(workload = %workload.name, %dest, name, rule, "proxy denied");
+            refuse(&mut client, &peeked).await;
+            return;
+        }
+        tracing::debug!(workload = %workload.name, %dest, name, rule, "proxy allowed");
+        if let Err(e) = splice(client, dest, &buf).await {
+            tracing::debug!(%dest, "proxied connection ended: {e}");
+        }
+    }
+
+    /// Reads until the bytes name a host (or cannot), within the size and time bounds.
+    async fn read_name(
+        &self,
+        client: &mut TcpStream,
+        buf: &mut Vec<u8>,
+    ) -> Result<Peeked, &'static str> {
+        let deadline = Instant::now() + self.bounds.peek_timeout;
+        let mut chunk = vec![0u8; 4096];
+        loop {
+            match peek(buf) {
+                Ok(Progress::Done(p)) => return Ok(p),
+                Ok(Progress::NeedMore) => {}
+                Err(e) => return Err(e.kind()),
+            }
+            if buf.len() >= self.bounds.peek_bytes {
+                return Err("peek_bytes");
+            }
+            let room = (self.bounds.peek_bytes - buf.len()).min(chunk.len());
+            let read = tokio::time::timeout_at(deadline.into(), client.read(&mut chunk[..room]));
+            match read.await {
+                Err(_) => return Err("peek_timeout"),
+                Ok(Err(_)) => return Err("client_error"),
+                Ok(Ok(0)) => return Err("client_closed"),
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+fn verdict_label(v: &Verdict) -> &'static str {
+    match (v.action, v.would_deny) {
+        (Action::Allow, Some(_)) => "would_deny",
+        (Action::Allow, None) => "allow",
+        _ => "deny",
+    }
+}
+
+/// The deciding entry as `policy/appendMatch[i]`, or the reason when no entry decided.
+fn describe(c: &CompiledPolicy, v: &Verdict) -> String {
+    match v.rule.and_then(|r| c.rules.get(r as usize)) {
+        Some(e) if v.action == Action::Allow && v.would_deny.is_none() => {
+            format!("{}/appendMatch[{}]", e.policy.name, e.index)
+        }
+        _ => v.would_deny.unwrap_or(v.reason).name().to_string(),
+    }
+}
+
+fn peeked_name(p: &Peeked) -> &str {
+    match p {
+        Peeked::Tls(n) | Peeked::Http1(n) | Peeked::Http2(n) => n.as_deref().unwrap_or("-"),
+        Peeked::Unknown => "-",
+    }
+}
+
+/// Tells the client no, in its own protocol where it has one, then closes without a reset.
+async fn refuse(client: &mut TcpStream, peeked: &Peeked) {
+    let reply: Vec<u8> = match peeked {
+        // A fatal access_denied alert, in a TLS 1.2 record (what a 1.3 server sends before
+        // its ServerHello too).
+        Peeked::Tls(_) => vec![0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31],
+        Peeked::Http1(host) => {
+            let body = format!(
+                "passthrough: egress to {} is not allowed by MeshPassthrough\n",
+                host.as_deref()
+                    .unwrap_or("this destination (no Host header)")
+            );
+            format!(
+                "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        }
+        Peeked::Http2(host) => h2_goaway(&format!(
+            "egress to {} is not allowed by MeshPassthrough",
+            host.as_deref().unwrap_or("this destination")
+        )),
+        Peeked::Unknown => Vec::new(),
+    };
+    if !reply.is_empty() {
+        let _ = client.write_all(&reply).await;
+    }
+    let _ = client.shutdown().await;
+    // Drain what the client already sent, so the close is a FIN and not a reset that could
+    // destroy the reply before the client reads it.
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = client.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// An HTTP/2 server preface (empty SETTINGS) and a GOAWAY with REFUSED_STREAM and `debug`.
+fn h2_goaway(debug: &str) -> Vec<u8> {
+    let mut out = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    let payload_len = 8 + debug.len();
+    out.extend_from_slice(&(payload_len as u32).to_be_bytes()[1..]);
+    out.extend_from_slice(&[0x7, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&0x7u32.to_be_bytes());
+    out.extend_from_slice(debug.as_bytes());
+    out
+}
+
+/// Connects to the original destination, replays what the client sent, then copies both
+/// ways until both sides have closed (each direction's end of stream is passed on).
+async fn splice(mut client: TcpStream, dest: SocketAddr, peeked: &[u8]) -> io::Result<()> {
+    let mut upstream = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(dest))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = upstream.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+    upstream.write_all(peeked).await?;
+    tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut upstream,
+        SPLICE_BUFFER,
+        SPLICE_BUFFER,
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goaway_is_a_settings_frame_then_a_goaway_frame() {
+        let f = h2_goaway("no");
+        assert_eq!(&f[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        assert_eq!(&f[9..12], &[0, 0, 10]);
+        assert_eq!(f[12], 7);
+        assert_eq!(&f[18..22], &[0, 0, 0, 0]);
+        assert_eq!(&f[22..26], &[0, 0, 0, 7]);
+        assert_eq!(&f[26..], b"no");
+    }
+}

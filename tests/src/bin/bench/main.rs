@@ -1,0 +1,35 @@
+//! `cargo xtask bench <which>`: kernel-level benchmarks of passthrough, each against what an
+//! operator would use instead, in the test topology. Results go to `bench/results/`.
+//!
+//! - `bench connect [--quick] [--out DIR]`: `connect()` latency and policy apply time
+//!   (see `connect.rs`).
+//! - `bench proxy [--quick] [--out DIR]`: the peek proxy's setup latency and throughput
+//!   (see `proxy.rs`).
+//!
+//! The measuring clients are this binary re-executed (`client`, `proxy-client`), so that they
+//! sit in a workload cgroup and the client network namespace.
+
+mod connect;
+mod proxy;
+
+use std::{path::PathBuf, process::ExitCode};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(|| PathBuf::from("bench/results"), PathBuf::from);
+    match args.get(1).map(String::as_str) {
+        Some("client") => connect::client(&args[2..]),
+        Some("proxy-client") => proxy::client(&args[2..]),
+        Some("connect") => connect::run(quick, &out),
+        Some("proxy") => proxy::run(quick, &out),
+        _ => {
+            eprintln!("usage: bench connect|proxy [--quick] [--out DIR]");
+            ExitCode::from(2)
+        }
+    }
+}
