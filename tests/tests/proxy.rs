@@ -45,7 +45,7 @@ fn http_host_decides_and_the_application_sees_the_original_peer() {
     let hosts = [sa("203.0.113.10:80"), sa("[2001:db8:1::10]:80")];
     let _servers = topo.serve(&hosts);
     let w = TestCgroup::new();
-    let _agent = start(&topo, &w);
+    let agent = start(&topo, &w);
     for dest in hosts {
         for host in [
             "allowed.example",
@@ -76,6 +76,23 @@ fn http_host_decides_and_the_application_sees_the_original_peer() {
             assert!(!r.received().contains("hello from"), "{r:?}");
         }
     }
+    // Every decision is counted by workload, verdict and deciding entry: per address family,
+    // four names allowed by entry 0, two by entry 1, three refused.
+    let metrics = agent.metrics();
+    let count = |verdict: &str, rule: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("passthrough_proxy_decisions_total{")
+                    && l.contains(&format!("verdict=\"{verdict}\""))
+                    && l.contains(&format!("rule=\"{rule}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(count("allow", "domains/appendMatch[0]"), 8, "{metrics}");
+    assert_eq!(count("allow", "domains/appendMatch[1]"), 4, "{metrics}");
+    assert_eq!(count("deny", "domain_no_match"), 6, "{metrics}");
 }
 
 #[test]

@@ -130,6 +130,18 @@ struct ReloadLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProxyDecisionLabels {
+    workload: String,
+    verdict: String,
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProxyRefusedLabels {
+    cause: String,
+}
+
 /// Prometheus text for a status snapshot.
 pub fn metrics(status: &Status) -> String {
     let mut registry = Registry::with_prefix("passthrough");
@@ -177,6 +189,43 @@ pub fn metrics(status: &Status) -> String {
             .set(1);
     }
     registry.register("last_reload", "Result of the last policy reload", reload);
+    if let Some(p) = &status.proxy {
+        let decisions = Family::<ProxyDecisionLabels, Counter>::default();
+        for (k, n) in &p.decisions {
+            decisions
+                .get_or_create(&ProxyDecisionLabels {
+                    workload: k.workload.clone(),
+                    verdict: k.verdict.into(),
+                    rule: k.rule.clone(),
+                })
+                .inc_by(*n);
+        }
+        registry.register(
+            "proxy_decisions",
+            "Connections the peek proxy decided from the name the client sent, by workload, verdict and deciding entry (or reason)",
+            decisions,
+        );
+        let refused = Family::<ProxyRefusedLabels, Counter>::default();
+        for (cause, n) in &p.refused {
+            refused
+                .get_or_create(&ProxyRefusedLabels {
+                    cause: (*cause).into(),
+                })
+                .inc_by(*n);
+        }
+        registry.register(
+            "proxy_refused",
+            "Connections the peek proxy closed before any decision: a bound hit (peek_bytes, peek_timeout, max_connections), malformed input, or the client leaving",
+            refused,
+        );
+        let active = Gauge::<i64>::default();
+        active.set(i64::try_from(p.active).unwrap_or(i64::MAX));
+        registry.register(
+            "proxy_active_connections",
+            "Connections the peek proxy holds now",
+            active,
+        );
+    }
     let mut out = String::new();
     if let Err(e) = encode(&mut out, &registry) {
         out = format!("# encoding failed: {e}\n");

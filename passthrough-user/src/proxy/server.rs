@@ -38,7 +38,7 @@ pub struct Bounds {
 
 /// How long an allowed connection may take to reach its destination.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Copy buffer per direction of a spliced connection.
+/// Copy buffer per direction when `splice(2)` is not available.
 const SPLICE_BUFFER: usize = 64 * 1024;
 /// After a refusal, how long the client's unread bytes are drained so that closing does not
 /// reset the connection and destroy the response before the client reads it.
@@ -339,8 +339,9 @@ fn h2_goaway(debug: &str) -> Vec<u8> {
     out
 }
 
-/// Connects to the original destination, replays what the client sent, then copies both
-/// ways until both sides have closed (each direction's end of stream is passed on).
+/// Connects to the original destination, replays what the client sent, then forwards both
+/// ways until both sides have closed (each direction's end of stream is passed on), with
+/// `splice(2)` where the kernel allows it and by copying otherwise.
 async fn splice(mut client: TcpStream, dest: SocketAddr, peeked: &[u8]) -> io::Result<()> {
     let mut upstream = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(dest))
         .await
@@ -348,14 +349,20 @@ async fn splice(mut client: TcpStream, dest: SocketAddr, peeked: &[u8]) -> io::R
     let _ = upstream.set_nodelay(true);
     let _ = client.set_nodelay(true);
     upstream.write_all(peeked).await?;
-    tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut upstream,
-        SPLICE_BUFFER,
-        SPLICE_BUFFER,
-    )
-    .await?;
-    Ok(())
+    match super::splice::splice_both(&client, &upstream).await {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            // No splice between these descriptors: copy through user space.
+            tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut upstream,
+                SPLICE_BUFFER,
+                SPLICE_BUFFER,
+            )
+            .await?;
+            Ok(())
+        }
+        r => r.map(|_| ()),
+    }
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ const PROXY: &str = "proxy: {listen: [127.0.0.1:15001, \"[::1]:15001\"]}\n";
 
 /// The same allow-list for HAProxy, listening in the client namespace.
 const HAPROXY_CONFIG: &str = "global
-  maxconn 20000
+  maxconn 4096
 defaults
   mode tcp
   timeout connect 5s
