@@ -14,8 +14,8 @@ use passthrough::{
     agent::loader,
     cli::agent::admin_get,
     policy::{
-        compile::compile,
-        decide::{Action, Exemptions, Verdict, decide},
+        compile::{CompiledPolicy, compile},
+        decide::{Action, Exemptions, Peeked, Verdict, decide},
         merge::{MergedEntry, SelectOptions, merged_for},
         set::PolicySet,
         workload::Workload,
@@ -312,6 +312,29 @@ impl AgentRun {
         tags: &[(&str, &str)],
         dest: SocketAddr,
     ) -> (Verdict, Option<MergedEntry>) {
+        let (v, c) = self.judge(tags, dest, None);
+        let v = v.without_proxy();
+        (v, rule_of(&c, &v))
+    }
+
+    /// The oracle with the peek proxy: the verdict for a connection whose client sent
+    /// `peeked` (the kernel's hand-off, then the proxy's decision).
+    pub fn oracle_peeked(
+        &self,
+        tags: &[(&str, &str)],
+        dest: SocketAddr,
+        peeked: &Peeked,
+    ) -> (Verdict, Option<MergedEntry>) {
+        let (v, c) = self.judge(tags, dest, Some(peeked));
+        (v, rule_of(&c, &v))
+    }
+
+    fn judge(
+        &self,
+        tags: &[(&str, &str)],
+        dest: SocketAddr,
+        peeked: Option<&Peeked>,
+    ) -> (Verdict, CompiledPolicy) {
         let set = PolicySet::load(&[self.policies_dir()]);
         assert!(set.problems.is_empty(), "test policies must be valid");
         let w = Workload {
@@ -326,9 +349,7 @@ impl AgentRun {
         let ex = Exemptions {
             mesh_cidrs: self.mesh_cidrs.clone(),
         };
-        let v = decide(&compiled, &ex, dest, None).without_proxy();
-        let rule = v.rule.and_then(|r| compiled.rules.get(r as usize).cloned());
-        (v, rule)
+        (decide(&compiled, &ex, dest, peeked), compiled)
     }
 
     /// What the oracle says the kernel must do.
@@ -339,6 +360,10 @@ impl AgentRun {
             Action::Proxy => unreachable!("without_proxy never hands off"),
         }
     }
+}
+
+fn rule_of(c: &CompiledPolicy, v: &Verdict) -> Option<MergedEntry> {
+    v.rule.and_then(|r| c.rules.get(r as usize).cloned())
 }
 
 impl Drop for AgentRun {

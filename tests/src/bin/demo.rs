@@ -5,10 +5,11 @@
 
 use std::{net::SocketAddr, process::ExitCode};
 
-use passthrough::policy::decide::Action;
+use passthrough::policy::decide::{Action, Peeked};
 use passthrough_tests::{
     ProbeOptions, TestCgroup, Topology,
     agent::{AgentRun, sa},
+    client_hello,
 };
 
 const DEMO_APP: (&str, &str) = ("kuma.io/service", "demo-app_kuma-demo_svc_5000");
@@ -53,6 +54,14 @@ spec:
     passthroughMode: None
 "#;
 
+/// What the client sends first: nothing, a TLS ClientHello with an SNI, or an HTTP/1 request
+/// with a Host.
+enum Name {
+    None,
+    Sni(&'static str),
+    Host(&'static str),
+}
+
 fn main() -> ExitCode {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -61,21 +70,117 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let attempts: Vec<(&str, (&str, &str), SocketAddr, bool)> = vec![
-        ("demo-app", DEMO_APP, sa("198.51.100.10:8888"), false),
-        ("demo-app", DEMO_APP, sa("198.51.100.10:8889"), false),
-        ("demo-app", DEMO_APP, sa("198.51.100.11:8888"), false),
-        ("demo-app", DEMO_APP, sa("203.0.113.10:10000"), false),
-        ("demo-app", DEMO_APP, sa("203.0.113.200:10000"), false),
-        ("demo-app", DEMO_APP, sa("203.0.113.10:10001"), false),
-        ("demo-app", DEMO_APP, sa("198.51.100.10:8888"), true),
-        ("demo-app", DEMO_APP, sa("198.51.100.11:8888"), true),
-        ("demo-app", DEMO_APP, sa("[2001:db8:1::10]:443"), false),
-        ("demo-app", DEMO_APP, sa("[2001:db8:1::11]:443"), false),
-        ("demo-app", DEMO_APP, sa("203.0.113.20:53"), false),
-        ("batch", BATCH, sa("198.51.100.10:8888"), false),
-        ("batch", BATCH, sa("203.0.113.10:10000"), false),
-        ("batch", BATCH, sa("[2001:db8:1::10]:443"), false),
+    use Name::{Host, None as Nameless, Sni};
+    let attempts: Vec<(&str, (&str, &str), SocketAddr, bool, Name)> = vec![
+        (
+            "demo-app",
+            DEMO_APP,
+            sa("198.51.100.10:8888"),
+            false,
+            Nameless,
+        ),
+        (
+            "demo-app",
+            DEMO_APP,
+            sa("198.51.100.10:8889"),
+            false,
+            Nameless,
+        ),
+        (
+            "demo-app",
+            DEMO_APP,
+            sa("198.51.100.11:8888"),
+            false,
+            Nameless,
+        ),
+        (
+            "demo-app",
+            DEMO_APP,
+            sa("203.0.113.10:10000"),
+            false,
+            Nameless,
+        ),
+        (
+            "demo-app",
+            DEMO_APP,
+            sa("203.0.113.200:10000"),
+            false,
+            Nameless,
+        ),
+        (
+            "demo-app",
+            DEMO_APP,
+            sa("203.0.113.10:10001"),
+            false,
+            Nameless,
+        ),
+        (
+            "demo-app",
+            DEMO_APP,
+            sa("198.51.100.10:8888"),
+            true,
+            Nameless,
+        ),
+        (
+            "demo-app",
+            DEMO_APP,
+            sa("198.51.100.11:8888"),
+            true,
+            Nameless,
+        ),
+        (
+            "demo-app",
+            DEMO_APP,
+            sa("[2001:db8:1::10]:443"),
+            false,
+            Nameless,
+        ),
+        (
+            "demo-app",
+            DEMO_APP,
+            sa("198.51.100.11:443"),
+            false,
+            Sni("en.wikipedia.org"),
+        ),
+        (
+            "demo-app",
+            DEMO_APP,
+            sa("198.51.100.11:443"),
+            false,
+            Sni("example.com"),
+        ),
+        (
+            "demo-app",
+            DEMO_APP,
+            sa("[2001:db8:1::11]:443"),
+            false,
+            Sni("httpbin.org"),
+        ),
+        (
+            "demo-app",
+            DEMO_APP,
+            sa("203.0.113.20:80"),
+            false,
+            Host("httpbin.dev"),
+        ),
+        (
+            "demo-app",
+            DEMO_APP,
+            sa("203.0.113.20:80"),
+            false,
+            Host("example.com"),
+        ),
+        ("demo-app", DEMO_APP, sa("203.0.113.20:53"), false, Nameless),
+        ("batch", BATCH, sa("198.51.100.10:8888"), false, Nameless),
+        ("batch", BATCH, sa("203.0.113.10:10000"), false, Nameless),
+        ("batch", BATCH, sa("[2001:db8:1::10]:443"), false, Nameless),
+        (
+            "batch",
+            BATCH,
+            sa("198.51.100.11:443"),
+            false,
+            Sni("en.wikipedia.org"),
+        ),
     ];
     let mut listen: Vec<SocketAddr> = attempts.iter().map(|a| a.2).collect();
     listen.sort();
@@ -95,35 +200,63 @@ fn main() -> ExitCode {
         &topo,
         &[(&demo_app, &[DEMO_APP][..]), (&batch, &[BATCH][..])],
         &[("demo.yaml", POLICIES)],
-        "",
+        "proxy: {listen: [127.0.0.1:15001, \"[::1]:15001\"]}\n",
     );
     println!("agent ready; connecting from each workload:\n");
     println!(
-        "{:<9} {:<28} {:<7} {:<16} DECIDED BY",
-        "WORKLOAD", "DESTINATION", "KERNEL", "REASON"
+        "{:<9} {:<28} {:<20} {:<10} {:<16} DECIDED BY",
+        "WORKLOAD", "DESTINATION", "NAME SENT", "RESULT", "REASON"
     );
     let mut disagreements = 0;
-    for (name, tag, dest, v4mapped) in &attempts {
+    for (name, tag, dest, v4mapped, sent) in &attempts {
+        let (send, send_bytes, peeked) = match sent {
+            Nameless => (None, None, None),
+            Sni(n) => (
+                None,
+                Some(client_hello(Some(n), 0)),
+                Some(Peeked::Tls(Some(n.to_string()))),
+            ),
+            Host(n) => (
+                Some(format!("GET / HTTP/1.1\r\nHost: {n}\r\n\r\n")),
+                None,
+                Some(Peeked::Http1(Some(n.to_string()))),
+            ),
+        };
         let got = topo.connect(
             Some(if *name == "batch" { &batch } else { &demo_app }),
             *dest,
             &ProbeOptions {
                 v4mapped: *v4mapped,
+                send,
+                send_bytes,
+                read: 1024,
                 ..ProbeOptions::default()
             },
         );
-        let (verdict, rule) = agent.oracle(&[*tag], *dest);
-        let kernel = if got.is_eperm() {
+        let (verdict, rule) = match &peeked {
+            Some(p) => agent.oracle_peeked(&[*tag], *dest, p),
+            None => agent.oracle(&[*tag], *dest),
+        };
+        let result = if got.is_eperm() {
             "EPERM"
         } else if got.received().starts_with("hello from") {
             "allowed"
+        } else if got.received().starts_with("HTTP/1.1 403") {
+            "HTTP 403"
+        } else if got.received_bytes().starts_with(&[0x15, 0x03]) {
+            "TLS alert"
         } else {
             "error"
         };
-        let agrees = matches!(
-            (verdict.action, kernel),
-            (Action::Allow, "allowed") | (Action::Deny, "EPERM")
-        );
+        // What the verdict means for the client: a kernel denial fails connect(); the
+        // proxy's refusal is an answer in the client's protocol.
+        let expected = match (verdict.action, verdict.reason.name(), sent) {
+            (Action::Allow, _, _) => "allowed",
+            (_, "domain_no_match", Sni(_)) => "TLS alert",
+            (_, "domain_no_match", Host(_)) => "HTTP 403",
+            _ => "EPERM",
+        };
+        let agrees = result == expected;
         if !agrees {
             disagreements += 1;
         }
@@ -135,15 +268,20 @@ fn main() -> ExitCode {
         let by = match (verdict.reason.name(), rule) {
             ("mode_none", _) => "passthroughMode None (disable-passthrough)".to_string(),
             ("no_match", _) => "no appendMatch entry covers it".to_string(),
-            ("domain_no_proxy", _) => format!(
-                "only Domain entries cover port {} (they need the peek proxy)",
+            ("domain_no_match", _) => format!(
+                "peek proxy: no Domain entry of port {} admits this name",
                 dest.port()
             ),
             (_, Some(r)) => r.to_string(),
             (other, None) => other.to_string(),
         };
+        let name_sent = match sent {
+            Nameless => "-".to_string(),
+            Sni(n) => format!("SNI {n}"),
+            Host(n) => format!("Host {n}"),
+        };
         println!(
-            "{name:<9} {shown:<28} {kernel:<7} {:<16} {by}{}",
+            "{name:<9} {shown:<28} {name_sent:<20} {result:<10} {:<16} {by}{}",
             verdict.reason.name(),
             if agrees {
                 ""
@@ -159,6 +297,18 @@ fn main() -> ExitCode {
             if v.as_u64().unwrap_or(0) > 0 {
                 println!("  {k:<16} {v}");
             }
+        }
+    }
+    if let Some(d) = status["proxy"]["decisions"].as_array() {
+        println!("\npeek proxy decisions (/status):");
+        for entry in d {
+            let (k, n) = (&entry[0], &entry[1]);
+            println!(
+                "  {:<8} {:<36} {}",
+                k["verdict"].as_str().unwrap_or("?"),
+                k["rule"].as_str().unwrap_or("?"),
+                n
+            );
         }
     }
     println!("\ncleaning up (agent, pins, cgroups, namespaces)");
