@@ -54,6 +54,10 @@ spec:
     passthroughMode: None
 "#;
 
+/// One connection of the demo: workload name and tag, destination, whether it is dialled as
+/// `::ffff:a.b.c.d`, and what the client sends first.
+type Attempt = (&'static str, (&'static str, &'static str), SocketAddr, bool, Name);
+
 /// What the client sends first: nothing, a TLS ClientHello with an SNI, or an HTTP/1 request
 /// with a Host.
 enum Name {
@@ -71,7 +75,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     use Name::{Host, None as Nameless, Sni};
-    let attempts: Vec<(&str, (&str, &str), SocketAddr, bool, Name)> = vec![
+    let attempts: Vec<Attempt> = vec![
         (
             "demo-app",
             DEMO_APP,
