@@ -608,6 +608,8 @@ pub struct ProbeOptions {
     pub send: Option<String>,
     /// Bytes sent after connecting (after `send`), for binary protocols.
     pub send_bytes: Option<Vec<u8>>,
+    /// How long to keep the write side open after sending, before half-closing.
+    pub hold: Duration,
     /// Connect to an IPv4 destination from an AF_INET6 socket, as `::ffff:a.b.c.d`.
     pub v4mapped: bool,
     /// A UDP connect() instead: nothing is sent, only the verdict on connect() counts.
@@ -621,6 +623,7 @@ impl Default for ProbeOptions {
             read: 256,
             send: None,
             send_bytes: None,
+            hold: Duration::ZERO,
             v4mapped: false,
             udp: false,
         }
@@ -1097,6 +1100,9 @@ impl Topology {
         }
         if let Some(bytes) = &opts.send_bytes {
             cmd.arg("--send-hex").arg(to_hex(bytes));
+        }
+        if !opts.hold.is_zero() {
+            cmd.arg("--hold-ms").arg(opts.hold.as_millis().to_string());
         }
         if opts.v4mapped {
             cmd.arg("--v4mapped");

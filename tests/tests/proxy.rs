@@ -378,3 +378,74 @@ fn the_hello_builder_makes_records_a_reader_can_walk() {
     assert_eq!(i, h.len());
     assert!(records >= 3);
 }
+
+#[test]
+fn the_bounds_refuse_cleanly_and_are_counted() {
+    let topo = Topology::new();
+    let dest = sa("203.0.113.10:80");
+    let _servers = topo.serve(&[dest]);
+    let w = TestCgroup::new();
+    let agent = AgentRun::start(
+        &topo,
+        &[(&w, &[][..])],
+        &[("domains.yaml", DOMAINS)],
+        "proxy: {listen: [127.0.0.1:15001], peekTimeout: 1s, peekBytes: 4096, maxConnections: 1}\n",
+    );
+    let quiet = ProbeOptions {
+        timeout: Duration::from_secs(3),
+        ..ProbeOptions::default()
+    };
+    // One client holds the only slot while it sends nothing (until peekTimeout).
+    let holding = ProbeOptions {
+        hold: Duration::from_secs(2),
+        ..quiet.clone()
+    };
+    std::thread::scope(|s| {
+        let holder = s.spawn(|| topo.connect(Some(&w), dest, &holding));
+        std::thread::sleep(Duration::from_millis(300));
+        let r = topo.connect(Some(&w), dest, &http_get("allowed.example"));
+        assert_eq!(
+            r.received(),
+            "",
+            "over maxConnections: closed at once: {r:?}"
+        );
+        assert_eq!(holder.join().expect("holder").received(), "");
+    });
+    // A header block larger than peekBytes, and a ClientHello cut short.
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: allowed.example\r\nX-Big: {}\r\n",
+        "a".repeat(8000)
+    );
+    let r = topo.connect(
+        Some(&w),
+        dest,
+        &ProbeOptions {
+            send: Some(huge),
+            ..quiet.clone()
+        },
+    );
+    assert_eq!(r.received(), "", "{r:?}");
+    let hello = client_hello(Some("tls.example"), 0);
+    let r = topo.connect(
+        Some(&w),
+        sa("203.0.113.10:443"),
+        &ProbeOptions {
+            send_bytes: Some(hello[..40].to_vec()),
+            ..quiet
+        },
+    );
+    assert_eq!(r.received(), "", "{r:?}");
+    let status = agent.status();
+    let refused = &status["proxy"]["refused"];
+    for (cause, n) in [
+        ("max_connections", 1),
+        ("peek_timeout", 1),
+        ("peek_bytes", 1),
+        ("client_closed", 1),
+    ] {
+        assert_eq!(refused[cause], n, "{cause}: {refused}");
+    }
+    // The proxy is still serving.
+    let r = topo.connect(Some(&w), dest, &http_get("allowed.example"));
+    assert!(r.received().starts_with("hello from"), "{r:?}");
+}

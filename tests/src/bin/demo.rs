@@ -56,7 +56,13 @@ spec:
 
 /// One connection of the demo: workload name and tag, destination, whether it is dialled as
 /// `::ffff:a.b.c.d`, and what the client sends first.
-type Attempt = (&'static str, (&'static str, &'static str), SocketAddr, bool, Name);
+type Attempt = (
+    &'static str,
+    (&'static str, &'static str),
+    SocketAddr,
+    bool,
+    Name,
+);
 
 /// What the client sends first: nothing, a TLS ClientHello with an SNI, or an HTTP/1 request
 /// with a Host.

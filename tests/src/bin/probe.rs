@@ -1,8 +1,8 @@
 //! `probe`: the processes of the kernel tests, driven by the harness in `passthrough_tests`.
 //!
 //! - `probe connect [--cgroup DIR] [--netns PATH] [--timeout-ms N] [--read N] [--send TEXT]
-//!   [--send-hex HEX] [--v4mapped] [--udp] ADDR:PORT` prints one JSON line with the outcome
-//!   of one connect().
+//!   [--send-hex HEX] [--hold-ms N] [--v4mapped] [--udp] ADDR:PORT` prints one JSON line with
+//!   the outcome of one connect().
 //! - `probe serve [--netns PATH] [--sink|--echo] ADDR:PORT...` greets every connection (or,
 //!   with `--sink`, closes it at once; with `--echo`, echoes everything), prints `ready`.
 //! - `probe sleep [--cgroup DIR]` stands in for a long-running workload.
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
 
 fn usage() -> String {
     "usage: probe connect [--cgroup DIR] [--netns PATH] [--timeout-ms N] [--read N] \
-     [--send TEXT] [--send-hex HEX] [--v4mapped] [--udp] ADDR:PORT | probe serve [--netns PATH] [--sink|--echo] ADDR:PORT... | \
+     [--send TEXT] [--send-hex HEX] [--hold-ms N] [--v4mapped] [--udp] ADDR:PORT | probe serve [--netns PATH] [--sink|--echo] ADDR:PORT... | \
      probe sleep [--cgroup DIR] | probe exec [--cgroup DIR] [--netns PATH] -- PROGRAM ARGS..."
         .to_string()
 }
@@ -64,6 +64,7 @@ struct Opts {
     read: Option<usize>,
     send: Option<String>,
     send_hex: Option<Vec<u8>>,
+    hold_ms: Option<u64>,
     v4mapped: bool,
     udp: bool,
     sink: bool,
@@ -92,6 +93,9 @@ fn parse(args: &[String], allowed: &[&str]) -> Result<Opts, String> {
             }
             "--read" => o.read = Some(value()?.parse().map_err(|e| format!("--read: {e}"))?),
             "--send" => o.send = Some(value()?),
+            "--hold-ms" => {
+                o.hold_ms = Some(value()?.parse().map_err(|e| format!("--hold-ms: {e}"))?)
+            }
             "--send-hex" => {
                 let h = value()?;
                 let bytes: Option<Vec<u8>> = (0..h.len())
@@ -165,6 +169,7 @@ fn connect_cmd(args: &[String]) -> Result<(), String> {
             "--read",
             "--send",
             "--send-hex",
+            "--hold-ms",
             "--v4mapped",
             "--udp",
         ],
@@ -183,7 +188,8 @@ fn connect_cmd(args: &[String]) -> Result<(), String> {
     let timeout = Duration::from_millis(o.timeout_ms.unwrap_or(3000));
     let mut send = o.send.unwrap_or_default().into_bytes();
     send.extend(o.send_hex.unwrap_or_default());
-    let outcome = attempt(dest, o.udp, timeout, &send, o.read.unwrap_or(256));
+    let hold = Duration::from_millis(o.hold_ms.unwrap_or(0));
+    let outcome = attempt(dest, o.udp, timeout, &send, hold, o.read.unwrap_or(256));
     let line = match outcome {
         Ok((received, peer)) => json!({
             "ok": true,
@@ -213,6 +219,7 @@ fn attempt(
     udp: bool,
     timeout: Duration,
     send: &[u8],
+    hold: Duration,
     read: usize,
 ) -> Result<(Vec<u8>, SocketAddr), Failure> {
     let family = if dest.is_ipv4() {
@@ -239,6 +246,8 @@ fn attempt(
     if !send.is_empty() {
         stream.write_all(send).map_err(at("send"))?;
     }
+    // Keeping the write side open a while stands for a client that is slow to speak.
+    std::thread::sleep(hold);
     // Half-closing tells the server that nothing more is coming, so it answers at once.
     stream
         .shutdown(std::net::Shutdown::Write)
