@@ -24,6 +24,9 @@ spec:
       - {type: Domain, value: tls.example, port: 443, protocol: tls}
       - {type: Domain, value: "*.wild.example", port: 443, protocol: tls}
       - {type: Domain, value: h2.example, port: 8080, protocol: http2}
+      - {type: Domain, value: grpc.example, port: 8081, protocol: grpc}
+      - {type: Domain, value: both.example, port: 8443, protocol: tls}
+      - {type: Domain, value: both.example, port: 8443, protocol: http}
       - {type: IP, value: 203.0.113.20, port: 80, protocol: tcp}
 "#;
 
@@ -148,7 +151,7 @@ fn an_ip_miss_falls_through_to_the_domain_entries_of_the_port() {
         "{r:?}"
     );
     // A port with no entry at all is still denied in the kernel.
-    let r = topo.connect(Some(&w), sa("203.0.113.10:8443"), &ProbeOptions::default());
+    let r = topo.connect(Some(&w), sa("203.0.113.10:9000"), &ProbeOptions::default());
     assert!(r.is_eperm(), "{r:?}");
 }
 
@@ -245,6 +248,35 @@ fn tls_sni_decides_for_curl() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        // openssl s_client as well: the SNI decides, the server answers through the proxy.
+        let connect = format!("{addr}:443");
+        let s_client = |sni: &str| {
+            topo.run_client(
+                &w,
+                "openssl",
+                &[
+                    "s_client",
+                    "-connect",
+                    &connect,
+                    "-servername",
+                    sni,
+                    "-quiet",
+                    "-ign_eof",
+                ],
+                b"GET / HTTP/1.0\r\n\r\n",
+            )
+        };
+        let out = s_client("tls.example");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("s_server"),
+            "s_client tls.example at {addr}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = s_client("evil.example");
+        assert!(
+            !out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("s_server"),
+            "s_client evil.example at {addr} must be refused"
+        );
         for name in ["evil.example", "wild.example"] {
             let out = curl(name, addr);
             assert!(!out.status.success(), "{name} at {addr} must be refused");
@@ -312,11 +344,18 @@ fn http2_prior_knowledge_authority_decides() {
         &["--no-tls", "-a", "203.0.113.10", "-d", &root, "8080"],
         host,
     );
+    // The grpc entry is on its own port: one port carries at most one of http/http2/grpc.
+    let _grpc = topo.spawn_host(
+        "nghttpd",
+        &["--no-tls", "-a", "203.0.113.10", "-d", &root, "8081"],
+        sa("203.0.113.10:8081"),
+    );
     let w = TestCgroup::new();
     let _agent = start(&topo, &w);
     let curl = |name: &str| {
-        let resolve = format!("{name}:8080:203.0.113.10");
-        let url = format!("http://{name}:8080/index.html");
+        let port = if name.starts_with("grpc") { 8081 } else { 8080 };
+        let resolve = format!("{name}:{port}:203.0.113.10");
+        let url = format!("http://{name}:{port}/index.html");
         topo.run_client(
             &w,
             "curl",
@@ -337,6 +376,13 @@ fn http2_prior_knowledge_authority_decides() {
         out.status.success() && String::from_utf8_lossy(&out.stdout) == "h2 hello\n",
         "{} {}",
         String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A grpc entry admits the same HTTP/2 request by its :authority.
+    let out = curl("grpc.example");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout) == "h2 hello\n",
+        "grpc.example: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let out = curl("evil.example");
@@ -448,4 +494,39 @@ fn the_bounds_refuse_cleanly_and_are_counted() {
     // The proxy is still serving.
     let r = topo.connect(Some(&w), dest, &http_get("allowed.example"));
     assert!(r.received().starts_with("hello from"), "{r:?}");
+}
+
+#[test]
+fn one_port_with_tls_and_http_entries_decides_by_what_the_client_sends() {
+    let topo = Topology::new();
+    let dest = sa("203.0.113.10:8443");
+    let _servers = topo.serve(&[dest]);
+    let w = TestCgroup::new();
+    let _agent = start(&topo, &w);
+    let tls = |sni: &str| ProbeOptions {
+        send_bytes: Some(client_hello(Some(sni), 0)),
+        read: 4096,
+        ..ProbeOptions::default()
+    };
+    let r = topo.connect(Some(&w), dest, &http_get("both.example"));
+    assert!(
+        r.received().starts_with("hello from"),
+        "HTTP both.example: {r:?}"
+    );
+    let r = topo.connect(Some(&w), dest, &tls("both.example"));
+    assert!(
+        r.received().starts_with("hello from"),
+        "TLS both.example: {r:?}"
+    );
+    let r = topo.connect(Some(&w), dest, &http_get("other.example"));
+    assert!(r.received().starts_with("HTTP/1.1 403"), "{r:?}");
+    let r = topo.connect(Some(&w), dest, &tls("other.example"));
+    assert_eq!(
+        r.received_bytes(),
+        [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31]
+    );
+    // A name of one protocol does not open the other: the tls entry for tls.example is on
+    // port 443 only, and an HTTP request naming a tls-only host is refused.
+    let r = topo.connect(Some(&w), sa("203.0.113.10:443"), &http_get("tls.example"));
+    assert!(r.received().starts_with("HTTP/1.1 403"), "{r:?}");
 }
