@@ -27,6 +27,8 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const REDIRECTS: &str = "REDIRECTS";
     pub const PROXY_PEERS: &str = "PROXY_PEERS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const EVENTS_DROPPED: &str = "EVENTS_DROPPED";
 }
 
 /// Names of the programs in the object.
@@ -59,6 +61,8 @@ pub mod capacity {
     pub const REDIRECTS: u32 = 65_536;
     /// Redirected connections the proxy has not accepted yet.
     pub const PROXY_PEERS: u32 = 65_536;
+    /// Bytes of the deny-event ring buffer: 16 384 events of 64 bytes (plus headers).
+    pub const EVENTS_BYTES: u32 = 1 << 21;
 }
 
 /// The merged `passthroughMode` of a workload, as the kernel reads it.
@@ -215,6 +219,31 @@ pub struct PeerKey {
 }
 const _: () = assert!(size_of::<PeerKey>() == 24);
 
+/// A denied connect, or one allowed only because of audit mode, as the kernel reports it
+/// through the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_boot_ns` at the decision.
+    pub boot_ns: u64,
+    /// cgroup id of the workload (its key in `WORKLOADS`).
+    pub workload: u64,
+    /// `bpf_get_current_pid_tgid`: the thread group id (pid) in the upper 32 bits.
+    pub pid_tgid: u64,
+    /// The calling thread's command name, NUL-padded.
+    pub comm: [u8; 16],
+    /// Destination as IPv6 bytes; an IPv4 destination is IPv4-mapped.
+    pub addr: [u8; 16],
+    /// Destination port in host byte order.
+    pub port: u16,
+    /// The [`Reason`] the connect was (or, in audit mode, would have been) denied for.
+    pub reason: u8,
+    /// Non-zero: audit mode let the connect through.
+    pub audit: u8,
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(size_of::<Event>() == 64);
+
 /// `addr` as IPv6 bytes, IPv4-mapped (`::ffff:a.b.c.d`).
 pub const fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
     [
@@ -364,6 +393,7 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for OrigDst {}
     unsafe impl aya::Pod for PeerKey {}
+    unsafe impl aya::Pod for Event {}
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use passthrough_common::{
 };
 
 use crate::{
+    events::report,
     maps::{
         CIDR_V4, CIDR_V6, CONFIG, COUNTERS, DOMAIN_PORTS, EXACT_V4, EXACT_V6, MESH_V4, MESH_V6,
         WORKLOADS,
@@ -45,18 +46,11 @@ pub fn connect4(ctx: &SockAddrContext) -> Result<i32, ContextError> {
     // `user_ip4` and `user_port` are in network byte order.
     let addr = sa.user_ip4.to_ne_bytes();
     let port = u16::from_be(sa.user_port as u16);
-    let mut reason = judge_v4(addr, port);
-    if let Judged::ToProxy(workload) = reason {
-        reason = Judged::Final(redirect(
-            sa,
-            Socket::V4,
-            workload,
-            v4_mapped(addr),
-            port,
-            true,
-        ));
+    let mut j = judge_v4(addr, port);
+    if j.reason == Reason::ToProxy {
+        j.reason = redirect(sa, Socket::V4, j.workload, v4_mapped(addr), port, true);
     }
-    let reason = reason.reason();
+    let reason = settle(&j, v4_mapped(addr), port);
     if debug_enabled() {
         debug!(ctx, "connect4 {:i}:{} {}", addr, port, reason.name());
     }
@@ -77,36 +71,50 @@ pub fn connect6(ctx: &SockAddrContext) -> Result<i32, ContextError> {
     }
     let port = u16::from_be(sa.user_port as u16);
     let mapped = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
-    let mut reason = if mapped {
+    let mut j = if mapped {
         judge_v4([addr[12], addr[13], addr[14], addr[15]], port)
     } else {
         judge_v6(addr, port)
     };
-    if let Judged::ToProxy(workload) = reason {
-        reason = Judged::Final(redirect(sa, Socket::V6, workload, addr, port, mapped));
+    if j.reason == Reason::ToProxy {
+        j.reason = redirect(sa, Socket::V6, j.workload, addr, port, mapped);
     }
-    let reason = reason.reason();
+    let reason = settle(&j, addr, port);
     if debug_enabled() {
         debug!(ctx, "connect6 [{:i}]:{} {}", addr, port, reason.name());
     }
     Ok(verdict(reason))
 }
 
-/// A judgement: final, or for the peek proxy (with the workload's cgroup id).
-#[derive(Clone, Copy)]
-enum Judged {
-    Final(Reason),
-    ToProxy(u64),
+/// What the policy says about a connect, before audit mode: the reason, the workload's
+/// cgroup id (0 outside every workload) and whether the workload is audited.
+struct Judged {
+    reason: Reason,
+    workload: u64,
+    audit: bool,
 }
 
 impl Judged {
+    /// A verdict that does not depend on a workload's policy.
     #[inline(always)]
-    fn reason(self) -> Reason {
-        match self {
-            Judged::Final(r) => r,
-            Judged::ToProxy(_) => Reason::ToProxy,
+    const fn fixed(reason: Reason) -> Self {
+        Self {
+            reason,
+            workload: 0,
+            audit: false,
         }
     }
+}
+
+/// The final reason: a denial is reported as an event and, for an audited workload, let
+/// through as `Audit`.
+#[inline(always)]
+fn settle(j: &Judged, addr: [u8; 16], port: u16) -> Reason {
+    if j.reason.allows() {
+        return j.reason;
+    }
+    report(j.workload, j.reason, j.audit, addr, port);
+    if j.audit { Reason::Audit } else { j.reason }
 }
 
 /// `debug: true` in the agent config: log each decision through aya-log.
@@ -150,36 +158,21 @@ fn workload() -> Result<(u64, Workload), Reason> {
     found.ok_or(Reason::Unmanaged)
 }
 
-/// [`by_mode`], with a hand-off to the proxy kept apart from final decisions.
-#[inline(always)]
-fn judged(id: u64, w: &Workload, matched: impl FnOnce(u32) -> Reason) -> Judged {
-    match by_mode(w, matched) {
-        Reason::ToProxy => Judged::ToProxy(id),
-        r => Judged::Final(r),
-    }
-}
-
-/// Applies audit mode to a decision.
-#[inline(always)]
-fn audited(w: &Workload, reason: Reason) -> Reason {
-    if !reason.allows() && w.flags & workload_flags::AUDIT != 0 {
-        Reason::Audit
-    } else {
-        reason
-    }
-}
-
 /// Steps 2 and the final denial, shared by both families: the mode decides unless it is
 /// `Matched`, in which case `matched` does.
 #[inline(always)]
-fn by_mode(w: &Workload, matched: impl FnOnce(u32) -> Reason) -> Reason {
+fn by_mode(id: u64, w: &Workload, matched: impl FnOnce(u32) -> Reason) -> Judged {
     let reason = match w.mode {
         mode::UNFILTERED => Reason::Unfiltered,
         mode::ALL => Reason::ModeAll,
         mode::NONE => Reason::ModeNone,
         _ => matched(w.slot),
     };
-    audited(w, reason)
+    Judged {
+        reason,
+        workload: id,
+        audit: w.flags & workload_flags::AUDIT != 0,
+    }
 }
 
 /// Step 4: a Domain entry for this port or for any port hands the connect to the peek
@@ -205,16 +198,16 @@ fn domain_or_deny(slot: u32, port: u16) -> Reason {
 fn judge_v4(addr: [u8; 4], port: u16) -> Judged {
     let (id, w) = match workload() {
         Ok(w) => w,
-        Err(reason) => return Judged::Final(reason),
+        Err(reason) => return Judged::fixed(reason),
     };
     // Step 1: loopback, the unspecified address (the local host), the mesh.
     if addr[0] == 127 || addr == [0; 4] {
-        return Judged::Final(Reason::Loopback);
+        return Judged::fixed(Reason::Loopback);
     }
     if MESH_V4.get(Key::new(32, addr)).is_some() {
-        return Judged::Final(Reason::MeshCidr);
+        return Judged::fixed(Reason::MeshCidr);
     }
-    judged(id, &w, |slot| {
+    by_mode(id, &w, |slot| {
         for p in [port, PORT_ANY] {
             let key = ExactV4Key {
                 slot,
@@ -239,15 +232,15 @@ fn judge_v4(addr: [u8; 4], port: u16) -> Judged {
 fn judge_v6(addr: [u8; 16], port: u16) -> Judged {
     let (id, w) = match workload() {
         Ok(w) => w,
-        Err(reason) => return Judged::Final(reason),
+        Err(reason) => return Judged::fixed(reason),
     };
     if addr == PROXY_V6 || addr == [0; 16] {
-        return Judged::Final(Reason::Loopback);
+        return Judged::fixed(Reason::Loopback);
     }
     if MESH_V6.get(Key::new(128, addr)).is_some() {
-        return Judged::Final(Reason::MeshCidr);
+        return Judged::fixed(Reason::MeshCidr);
     }
-    judged(id, &w, |slot| {
+    by_mode(id, &w, |slot| {
         for p in [port, PORT_ANY] {
             let key = ExactV6Key {
                 slot,

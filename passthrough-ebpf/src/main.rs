@@ -6,6 +6,7 @@
 #![no_main]
 
 mod connect;
+mod events;
 mod maps;
 mod redirect;
 

@@ -9,7 +9,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use passthrough_common::{
     CidrV4Data, CidrV6Data, Config, DomainPortKey, ExactV4Key, ExactV6Key, OrigDst, PeerKey,
@@ -72,3 +72,11 @@ pub static PROXY_PEERS: LruHashMap<PeerKey, OrigDst> = LruHashMap::pinned(capaci
 /// [`Reason`] -> connects decided for that reason, per CPU. Written by the programs only.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
+
+/// Denied connects (and audited ones) for the agent's event log. Written by the programs.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::pinned(capacity::EVENTS_BYTES, 0);
+
+/// Index 0: events the programs could not write because `EVENTS` was full, per CPU.
+#[map]
+pub static EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);

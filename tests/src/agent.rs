@@ -232,6 +232,18 @@ impl AgentRun {
         self.admin("/metrics").expect("admin answers").1
     }
 
+    /// The agent's recent events (`GET /events`).
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let (code, body) = self.admin("/events").expect("admin answers");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("events json")
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
+    }
+
     /// Replaces a policy file atomically, as a config management tool would.
     pub fn write_policy(&self, name: &str, text: &str) {
         let tmp = self.dir.path().join(format!(".{name}.tmp"));

@@ -1076,6 +1076,43 @@ impl Topology {
         guard
     }
 
+    /// `probe flood`: `n` connects from `cgroup` as fast as one process can make them.
+    pub fn flood(&self, cgroup: &TestCgroup, dest: SocketAddr, n: u64) -> serde_json::Value {
+        let out = Command::new(probe_bin())
+            .arg("flood")
+            .arg("--cgroup")
+            .arg(cgroup.path())
+            .arg("--netns")
+            .arg(self.client_netns_path())
+            .args(["--bytes", &n.to_string()])
+            .arg(dest.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running probe flood");
+        assert!(
+            out.status.success(),
+            "probe flood: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("probe flood prints JSON")
+    }
+
+    /// [`Topology::connect`], also returning the probe's process id.
+    pub fn connect_pid(
+        &self,
+        cgroup: Option<&TestCgroup>,
+        dest: SocketAddr,
+        opts: &ProbeOptions,
+    ) -> (ProbeResult, u32) {
+        let (line, result) = self.connect_line(cgroup, dest, opts);
+        let pid = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v["pid"].as_u64())
+            .and_then(|p| u32::try_from(p).ok())
+            .expect("probe reports its pid");
+        (result, pid)
+    }
+
     /// One connect from the client namespace, from `cgroup` if given (else from the test's
     /// own cgroup). The probe joins the cgroup before it enters the namespace.
     pub fn connect(
@@ -1084,6 +1121,16 @@ impl Topology {
         dest: SocketAddr,
         opts: &ProbeOptions,
     ) -> ProbeResult {
+        self.connect_line(cgroup, dest, opts).1
+    }
+
+    /// The probe's JSON line and its parsed result.
+    fn connect_line(
+        &self,
+        cgroup: Option<&TestCgroup>,
+        dest: SocketAddr,
+        opts: &ProbeOptions,
+    ) -> (String, ProbeResult) {
         let mut cmd = Command::new(probe_bin());
         cmd.arg("connect");
         if let Some(cg) = cgroup {
@@ -1120,7 +1167,9 @@ impl Topology {
             out.status,
             stderr.trim()
         );
-        ProbeResult::parse(stdout.trim()).unwrap_or_else(|e| panic!("{e}; stderr: {stderr}"))
+        let line = stdout.trim().to_string();
+        let result = ProbeResult::parse(&line).unwrap_or_else(|e| panic!("{e}; stderr: {stderr}"));
+        (line, result)
     }
 }
 

@@ -11,9 +11,14 @@ use prometheus_client::{
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
+    sync::broadcast,
 };
 
-use super::{Agent, Status, run::lock};
+use super::{
+    Agent, Status,
+    events::{EventLog, EventRecord},
+    run::lock,
+};
 
 pub async fn serve(listener: TcpListener, agent: Arc<Mutex<Agent>>) {
     loop {
@@ -52,11 +57,28 @@ async fn handle(mut stream: TcpStream, agent: &Mutex<Agent>) -> std::io::Result<
         }
     };
     let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if method != "GET" {
         return respond(&mut stream, 405, "text/plain", "only GET is served\n").await;
     }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match path {
+        "/events" => {
+            let log = lock(agent).events.clone();
+            let param = |key: &str| {
+                query.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k == key).then(|| percent_decode(v))
+                })
+            };
+            let workload = param("workload");
+            if param("follow").is_some() {
+                return follow(&mut stream, &log, workload.as_deref()).await;
+            }
+            let body = serde_json::to_string_pretty(&log.recent(workload.as_deref()))
+                .unwrap_or_else(|e| e.to_string());
+            respond(&mut stream, 200, "application/json", &body).await
+        }
         "/ready" => {
             let (ready, reasons) = {
                 let a = lock(agent);
@@ -90,11 +112,69 @@ async fn handle(mut stream: TcpStream, agent: &Mutex<Agent>) -> std::io::Result<
                 &mut stream,
                 404,
                 "text/plain",
-                "try /ready, /status or /metrics\n",
+                "try /ready, /status, /metrics or /events[?workload=W][&follow]\n",
             )
             .await
         }
     }
+}
+
+/// `/events?follow`: the recent events, then each new one as it comes, one JSON object per
+/// line, until the client goes away. A client that reads too slowly loses events (counted as
+/// `followerDropped`), never the agent's memory.
+async fn follow(
+    stream: &mut TcpStream,
+    log: &EventLog,
+    workload: Option<&str>,
+) -> std::io::Result<()> {
+    let mut rx = log.follow();
+    stream
+        .write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n",
+        )
+        .await?;
+    for r in log.recent(workload) {
+        stream.write_all(json_line(&r).as_bytes()).await?;
+    }
+    loop {
+        match rx.recv().await {
+            Ok(r) if workload.is_none_or(|w| r.workload == w) => {
+                stream.write_all(json_line(&r).as_bytes()).await?;
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => log.lagged(n),
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+fn json_line(r: &EventRecord) -> String {
+    let mut line = serde_json::to_string(r).unwrap_or_default();
+    line.push('\n');
+    line
+}
+
+/// Decodes `%XX` escapes and `+` in a query value.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => match s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16)) {
+                Some(Ok(b)) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn respond(
@@ -140,6 +220,16 @@ struct ProxyDecisionLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProxyRefusedLabels {
     cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DroppedLabels {
+    at: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkloadLabels {
+    workload: String,
 }
 
 /// Prometheus text for a status snapshot.
@@ -189,6 +279,42 @@ pub fn metrics(status: &Status) -> String {
             .set(1);
     }
     registry.register("last_reload", "Result of the last policy reload", reload);
+    let audit = Family::<WorkloadLabels, Gauge>::default();
+    for w in &status.workloads {
+        audit
+            .get_or_create(&WorkloadLabels {
+                workload: w.cgroup.display().to_string(),
+            })
+            .set(i64::from(w.audit));
+    }
+    registry.register(
+        "workload_audit",
+        "1 when the workload is in audit mode: denials are reported, not enforced",
+        audit,
+    );
+    let received = Counter::<u64>::default();
+    received.inc_by(status.events.received);
+    registry.register(
+        "events",
+        "Deny, would-deny and proxy events received from the kernel and the proxy",
+        received,
+    );
+    let dropped = Family::<DroppedLabels, Counter>::default();
+    dropped
+        .get_or_create(&DroppedLabels {
+            at: "kernel".into(),
+        })
+        .inc_by(status.events.kernel_dropped);
+    dropped
+        .get_or_create(&DroppedLabels {
+            at: "follower".into(),
+        })
+        .inc_by(status.events.follower_dropped);
+    registry.register(
+        "events_dropped",
+        "Events lost: the kernel ring buffer was full, or a follower read too slowly",
+        dropped,
+    );
     if let Some(p) = &status.proxy {
         let decisions = Family::<ProxyDecisionLabels, Counter>::default();
         for (k, n) in &p.decisions {
@@ -231,4 +357,18 @@ pub fn metrics(status: &Status) -> String {
         out = format!("# encoding failed: {e}\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(
+            percent_decode("%2Fsys%2Ffs%2Fcgroup%2Fapp.service"),
+            "/sys/fs/cgroup/app.service"
+        );
+        assert_eq!(percent_decode("a+b%zz%4"), "a b%zz%4");
+    }
 }

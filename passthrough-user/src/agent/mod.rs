@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod cgroup;
 pub mod config;
+pub mod events;
 pub mod loader;
 pub mod maps;
 pub mod run;
@@ -25,6 +26,7 @@ use serde::Serialize;
 
 use self::{
     config::{AgentConfig, DefaultMode, WorkloadConfig},
+    events::{EventCounts, EventLog},
     loader::Loader,
     maps::{EntryCounts, Maps, MapsError},
 };
@@ -101,6 +103,8 @@ pub struct Agent {
     /// What the peek proxy decides with, replaced after every reconcile.
     pub(crate) proxy_view: SharedView,
     pub(crate) proxy_stats: Arc<ProxyStats>,
+    /// Deny, audit and proxy events.
+    pub(crate) events: Arc<EventLog>,
 }
 
 /// Errors that stop the agent from starting.
@@ -171,6 +175,7 @@ impl Agent {
             last_reload: None,
             proxy_view: Arc::new(RwLock::new(Arc::new(View::default()))),
             proxy_stats: Arc::new(ProxyStats::default()),
+            events: Arc::new(EventLog::default()),
         })
     }
 
@@ -297,6 +302,12 @@ impl Agent {
                         a.cgroup_id,
                         WorkloadView {
                             name: w.config.cgroup.display().to_string(),
+                            tags: w
+                                .config
+                                .tags
+                                .iter()
+                                .map(|(k, v)| (k.clone(), v.clone()))
+                                .collect(),
                             policy: Arc::new(a.compiled.clone()),
                         },
                     ))
@@ -571,6 +582,7 @@ impl Agent {
                 .proxy
                 .as_ref()
                 .map(|_| self.proxy_stats.snapshot()),
+            events: self.events.counts(),
         }
     }
 }
@@ -593,6 +605,9 @@ pub struct Status {
     /// The peek proxy's decisions and refusals since the agent started, when it runs.
     #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<StatsSnapshot>,
+    /// Deny, audit and proxy events received and lost.
+    #[serde(default)]
+    pub events: EventCounts,
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -622,10 +637,16 @@ pub struct WorkloadStatus {
 
 /// RFC 3339 UTC time without a date crate.
 pub fn humantime_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    humantime_at(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    )
+}
+
+/// RFC 3339 UTC time of a Unix time in seconds.
+pub fn humantime_at(secs: u64) -> String {
     let days = secs / 86_400;
     let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
     // Civil-from-days (proleptic Gregorian), after Howard Hinnant's algorithm.

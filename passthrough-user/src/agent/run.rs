@@ -12,7 +12,7 @@ use std::{
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{Agent, AgentError, admin, config::ProxyConfig};
+use super::{Agent, AgentError, admin, config::ProxyConfig, events};
 use crate::{
     policy::load::policy_files_in,
     proxy::server::{Bounds, Proxy},
@@ -58,6 +58,7 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
         start_kernel_log(&mut agent);
     }
     let admin_addr = agent.config().admin.listen;
+    start_events(&mut agent)?;
     if let Some(p) = agent.config().proxy.clone() {
         start_proxy(&mut agent, p).await?;
     }
@@ -105,6 +106,29 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Reads the kernel's deny events into the agent's event log.
+fn start_events(agent: &mut Agent) -> Result<(), AgentError> {
+    let take =
+        |agent: &mut Agent, name: &'static str| {
+            agent.loader.ebpf_mut().take_map(name).ok_or_else(|| {
+                AgentError::Other(format!("map {name} is missing from the BPF object"))
+            })
+        };
+    let names = passthrough_common::map_names::EVENTS;
+    let ring = aya::maps::RingBuf::try_from(take(agent, names)?)
+        .map_err(|e| AgentError::Other(format!("map {names}: {e}")))?;
+    let names = passthrough_common::map_names::EVENTS_DROPPED;
+    let dropped = aya::maps::PerCpuArray::try_from(take(agent, names)?)
+        .map_err(|e| AgentError::Other(format!("map {names}: {e}")))?;
+    tokio::spawn(events::read_kernel(
+        ring,
+        dropped,
+        agent.events.clone(),
+        agent.proxy_view.clone(),
+    ));
+    Ok(())
+}
+
 /// Binds the peek proxy's listeners and serves them. Binding happens before `/ready`, so a
 /// ready agent never redirects to a port nobody listens on.
 async fn start_proxy(agent: &mut Agent, cfg: ProxyConfig) -> Result<(), AgentError> {
@@ -125,6 +149,7 @@ async fn start_proxy(agent: &mut Agent, cfg: ProxyConfig) -> Result<(), AgentErr
         peers,
         bounds,
         agent.proxy_stats.clone(),
+        agent.events.clone(),
     ));
     for (i, addr) in cfg.listen.iter().enumerate() {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {

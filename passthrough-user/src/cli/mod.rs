@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod compile;
+pub mod events;
 pub mod explain;
 pub mod selector;
 pub mod validate;
@@ -66,6 +67,15 @@ pub enum Command {
 
     /// Detach every program and remove every pin the agent created (stop the agent first).
     Uninstall(agent::UninstallArgs),
+
+    /// Show the events a running agent observed: denied connects, connects let through by
+    /// audit mode (`would-deny`), and the peek proxy's decisions.
+    ///
+    /// Repeated identical events are shown once with a count. With --follow, new events are
+    /// printed as they happen; with -o json, one JSON object per line.
+    ///
+    /// Example: passthrough events --follow --workload /sys/fs/cgroup/system.slice/app.service
+    Events(events::Args),
 }
 
 /// Runs a parsed command line.
@@ -77,6 +87,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Run(args) => agent::run(&args, cli.output),
         Command::Status(args) => agent::status(&args, cli.output),
         Command::Uninstall(args) => agent::uninstall(&args, cli.output),
+        Command::Events(args) => events::run(&args, cli.output),
     }
 }
 

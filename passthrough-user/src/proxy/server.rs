@@ -10,7 +10,7 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
@@ -23,9 +23,12 @@ use tokio::{
 };
 
 use super::peek::{Progress, peek};
-use crate::policy::{
-    compile::CompiledPolicy,
-    decide::{Action, Exemptions, Peeked, Verdict, decide},
+use crate::{
+    agent::events::{EventLog, EventRecord, rfc3339},
+    policy::{
+        compile::CompiledPolicy,
+        decide::{Action, Exemptions, Peeked, Verdict, decide},
+    },
 };
 
 /// Bounds on what one client may cost the proxy.
@@ -55,6 +58,8 @@ pub struct View {
 pub struct WorkloadView {
     /// The workload as operators name it (its cgroup path in the config).
     pub name: String,
+    /// Its tags, for events and `recommend`.
+    pub tags: Vec<(String, String)>,
     pub policy: Arc<CompiledPolicy>,
 }
 
@@ -121,6 +126,7 @@ pub struct Proxy {
     bounds: Bounds,
     slots: Arc<Semaphore>,
     pub stats: Arc<Stats>,
+    events: Arc<EventLog>,
 }
 
 impl Proxy {
@@ -129,6 +135,7 @@ impl Proxy {
         peers: BpfHashMap<MapData, PeerKey, OrigDst>,
         bounds: Bounds,
         stats: Arc<Stats>,
+        events: Arc<EventLog>,
     ) -> Self {
         Self {
             view,
@@ -136,6 +143,7 @@ impl Proxy {
             slots: Arc::new(Semaphore::new(bounds.max_connections)),
             bounds,
             stats,
+            events,
         }
     }
 
@@ -221,6 +229,27 @@ impl Proxy {
             rule: rule.clone(),
         });
         let name = peeked_name(&peeked);
+        self.events.push(EventRecord {
+            time: rfc3339(SystemTime::now()),
+            source: "proxy".into(),
+            workload: workload.name.clone(),
+            tags: workload.tags.clone(),
+            pid: None,
+            command: None,
+            destination: dest,
+            name: (name != "-").then(|| name.to_string()),
+            protocol: peeked_protocol(&peeked).map(str::to_string),
+            verdict: verdict_label(&verdict).replace('_', "-"),
+            reason: verdict.would_deny.unwrap_or(verdict.reason).name().into(),
+            rule: match verdict
+                .rule
+                .and_then(|r| workload.policy.rules.get(r as usize))
+            {
+                Some(e) => format!("{}/appendMatch[{}]", e.policy.name, e.index),
+                None => format!("no entry matched (mode {:?})", workload.policy.mode),
+            },
+            count: 1,
+        });
         if verdict.action != Action::Allow {
             tracing::info!(workload = %workload.name, %dest, name, rule, "proxy denied");
             refuse(&mut client, &peeked).await;
@@ -276,6 +305,15 @@ fn describe(c: &CompiledPolicy, v: &Verdict) -> String {
             format!("{}/appendMatch[{}]", e.policy.name, e.index)
         }
         _ => v.would_deny.unwrap_or(v.reason).name().to_string(),
+    }
+}
+
+fn peeked_protocol(p: &Peeked) -> Option<&'static str> {
+    match p {
+        Peeked::Tls(_) => Some("tls"),
+        Peeked::Http1(_) => Some("http"),
+        Peeked::Http2(_) => Some("http2"),
+        Peeked::Unknown => None,
     }
 }
 

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Some("sleep") => sleep_cmd(&args[1..]),
         Some("exec") => exec_cmd(&args[1..]),
         Some("bulk") => bulk_cmd(&args[1..]),
+        Some("flood") => flood_cmd(&args[1..]),
         _ => Err(usage()),
     };
     match result {
@@ -192,12 +193,14 @@ fn connect_cmd(args: &[String]) -> Result<(), String> {
     let outcome = attempt(dest, o.udp, timeout, &send, hold, o.read.unwrap_or(256));
     let line = match outcome {
         Ok((received, peer)) => json!({
+            "pid": std::process::id(),
             "ok": true,
             "received": String::from_utf8_lossy(&received),
             "receivedHex": received.iter().map(|b| format!("{b:02x}")).collect::<String>(),
             "peer": peer.to_string(),
         }),
         Err((stage, e)) => json!({
+            "pid": std::process::id(),
             "ok": false,
             "errno": e.raw_os_error().unwrap_or(0),
             "error": e.to_string(),
@@ -728,6 +731,43 @@ fn bulk_cmd(args: &[String]) -> Result<(), String> {
             "received": got.len,
             "receivedChecksum": got.value(),
             "seconds": secs,
+        })
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// flood
+
+/// `flood [--cgroup DIR] [--netns PATH] --bytes N ADDR:PORT`: N connects as fast as possible;
+/// prints how many ended in EPERM, connected, or otherwise, and how long they took.
+fn flood_cmd(args: &[String]) -> Result<(), String> {
+    let o = parse(args, &["--cgroup", "--netns", "--bytes"])?;
+    let [dest] = o.positional.as_slice() else {
+        return Err(usage());
+    };
+    let dest = parse_addr(dest)?;
+    let n = o
+        .bytes
+        .ok_or("--bytes N (the number of connects) is required")?;
+    enter(&o)?;
+    let (mut eperm, mut connected, mut other) = (0u64, 0u64, 0u64);
+    let started = Instant::now();
+    for _ in 0..n {
+        match TcpStream::connect_timeout(&dest, Duration::from_secs(2)) {
+            Ok(_) => connected += 1,
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
+            Err(_) => other += 1,
+        }
+    }
+    println!(
+        "{}",
+        json!({
+            "pid": std::process::id(),
+            "eperm": eperm,
+            "connected": connected,
+            "other": other,
+            "seconds": started.elapsed().as_secs_f64(),
         })
     );
     Ok(())

@@ -1,0 +1,318 @@
+//! The event log: denied connects and connects let through by audit mode (from the kernel's
+//! `EVENTS` ring buffer), and every peek proxy decision. Bounded everywhere: a fixed number
+//! of recent records, repeated identical events aggregated into one record with a count,
+//! and followers that fall behind lose events, counted, instead of holding memory.
+
+use std::{
+    collections::VecDeque,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use passthrough_common::{Event, Reason, unmapped_v4};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::broadcast,
+};
+
+use crate::proxy::server::SharedView;
+
+/// Records kept for `passthrough events` and `recommend`.
+pub const RECENT: usize = 4096;
+/// Identical events within this window of a record's first one only raise its count.
+pub const AGGREGATE_WINDOW: Duration = Duration::from_secs(10);
+/// Events a follower may lag behind before it loses some.
+const FOLLOW_BUFFER: usize = 1024;
+
+/// One event, or several identical ones (`count`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRecord {
+    /// When the first of them happened (RFC 3339, UTC).
+    pub time: String,
+    /// `kernel` (a connect decided in the kernel) or `proxy` (a peek proxy decision).
+    pub source: String,
+    /// The workload's cgroup, as in the config.
+    pub workload: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<(String, String)>,
+    /// Process id and command (kernel events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    pub destination: SocketAddr,
+    /// The name the client sent (proxy events): SNI, Host or `:authority`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The protocol the proxy recognised: `tls`, `http`, `http2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// `deny`, `would-deny` (audit mode let it through) or `allow` (proxy).
+    pub verdict: String,
+    /// Why, as in the kernel counters (`no_match`, `mode_none`, `domain_no_match`, ...).
+    pub reason: String,
+    /// The deciding entry (`policy/appendMatch[i]`), or "no entry matched (mode M)".
+    pub rule: String,
+    pub count: u64,
+}
+
+impl EventRecord {
+    /// Two events that are the same occurrence repeated.
+    fn same(&self, other: &EventRecord) -> bool {
+        self.source == other.source
+            && self.workload == other.workload
+            && self.pid == other.pid
+            && self.destination == other.destination
+            && self.name == other.name
+            && self.verdict == other.verdict
+            && self.reason == other.reason
+            && self.rule == other.rule
+    }
+}
+
+/// Counters of the event path, for `/status` and `/metrics`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventCounts {
+    /// Events received (each aggregated repeat counts).
+    pub received: u64,
+    /// Events the kernel could not queue because the ring buffer was full.
+    pub kernel_dropped: u64,
+    /// Events followers missed because they fell behind.
+    pub follower_dropped: u64,
+}
+
+pub struct EventLog {
+    recent: Mutex<VecDeque<(Instant, EventRecord)>>,
+    received: AtomicU64,
+    follower_dropped: AtomicU64,
+    kernel_dropped: Mutex<Option<PerCpuArray<MapData, u64>>>,
+    tx: broadcast::Sender<EventRecord>,
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        Self {
+            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+            received: AtomicU64::new(0),
+            follower_dropped: AtomicU64::new(0),
+            kernel_dropped: Mutex::new(None),
+            tx: broadcast::channel(FOLLOW_BUFFER).0,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl EventLog {
+    /// Records an event: aggregated into the latest identical record of the window, or
+    /// kept as a new one (the oldest goes when the log is full). Followers get every event.
+    pub fn push(&self, record: EventRecord) {
+        self.received.fetch_add(record.count, Ordering::Relaxed);
+        let now = Instant::now();
+        {
+            let mut recent = lock(&self.recent);
+            let hit = recent
+                .iter_mut()
+                .rev()
+                .take_while(|(at, _)| now.duration_since(*at) < AGGREGATE_WINDOW)
+                .find(|(_, r)| r.same(&record));
+            match hit {
+                Some((_, r)) => r.count += record.count,
+                None => {
+                    if recent.len() == RECENT {
+                        recent.pop_front();
+                    }
+                    recent.push_back((now, record.clone()));
+                }
+            }
+        }
+        // No follower is not an error.
+        let _ = self.tx.send(record);
+    }
+
+    /// The recent records, oldest first, of one workload if given (by cgroup path).
+    pub fn recent(&self, workload: Option<&str>) -> Vec<EventRecord> {
+        lock(&self.recent)
+            .iter()
+            .map(|(_, r)| r)
+            .filter(|r| workload.is_none_or(|w| r.workload == w))
+            .cloned()
+            .collect()
+    }
+
+    pub fn follow(&self) -> broadcast::Receiver<EventRecord> {
+        self.tx.subscribe()
+    }
+
+    /// A follower missed `n` events.
+    pub fn lagged(&self, n: u64) {
+        self.follower_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn counts(&self) -> EventCounts {
+        let kernel_dropped = lock(&self.kernel_dropped)
+            .as_ref()
+            .and_then(|m| m.get(&0, 0).ok())
+            .map_or(0, |per_cpu| per_cpu.iter().sum());
+        EventCounts {
+            received: self.received.load(Ordering::Relaxed),
+            kernel_dropped,
+            follower_dropped: self.follower_dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let base = super::humantime_at(d.as_secs());
+    format!("{}.{:03}Z", base.trim_end_matches('Z'), d.subsec_millis())
+}
+
+/// Wall-clock time of a `bpf_ktime_get_boot_ns` value.
+fn wall_time(boot_ns: u64) -> SystemTime {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let now_boot = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    let ago = now_boot.saturating_sub(Duration::from_nanos(boot_ns));
+    SystemTime::now() - ago
+}
+
+/// Reads the kernel's events until the ring buffer goes away.
+pub async fn read_kernel(
+    ring: RingBuf<MapData>,
+    dropped: PerCpuArray<MapData, u64>,
+    log: Arc<EventLog>,
+    view: SharedView,
+) {
+    *lock(&log.kernel_dropped) = Some(dropped);
+    // SAFETY: the AsyncFd owns the ring buffer and with it the fd, which therefore stays
+    // open, and is not closed behind tokio's back, for as long as it is registered.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!("deny events unavailable: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<Event>() {
+                continue;
+            }
+            // SAFETY: the programs write exactly one `Event` per entry; read it unaligned.
+            let e: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            log.push(kernel_record(&e, &view));
+        }
+        guard.clear_ready();
+    }
+}
+
+fn kernel_record(e: &Event, view: &SharedView) -> EventRecord {
+    let view = view
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let w = view.workloads.get(&e.workload);
+    let ip = unmapped_v4(&e.addr).map_or(IpAddr::from(e.addr), IpAddr::from);
+    let reason = Reason::ALL
+        .get(usize::from(e.reason))
+        .map_or("unknown", |r| r.name());
+    let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
+    let mode = w.map_or_else(|| "?".to_string(), |w| format!("{:?}", w.policy.mode));
+    EventRecord {
+        time: rfc3339(wall_time(e.boot_ns)),
+        source: "kernel".into(),
+        workload: w.map_or_else(|| format!("cgroup id {}", e.workload), |w| w.name.clone()),
+        tags: w.map(|w| w.tags.clone()).unwrap_or_default(),
+        pid: Some((e.pid_tgid >> 32) as u32),
+        command: Some(String::from_utf8_lossy(&e.comm[..comm_len]).into_owned()),
+        destination: SocketAddr::new(ip, e.port),
+        name: None,
+        protocol: None,
+        verdict: if e.audit != 0 { "would-deny" } else { "deny" }.into(),
+        reason: reason.into(),
+        rule: format!("no entry matched (mode {mode})"),
+        count: 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(dest: &str) -> EventRecord {
+        EventRecord {
+            time: "t".into(),
+            source: "kernel".into(),
+            workload: "/w".into(),
+            tags: vec![],
+            pid: Some(7),
+            command: Some("curl".into()),
+            destination: dest.parse().expect("addr"),
+            name: None,
+            protocol: None,
+            verdict: "deny".into(),
+            reason: "no_match".into(),
+            rule: "no entry matched (mode Matched)".into(),
+            count: 1,
+        }
+    }
+
+    #[test]
+    fn identical_events_aggregate_and_others_do_not() {
+        let log = EventLog::default();
+        for _ in 0..5 {
+            log.push(record("192.0.2.1:80"));
+        }
+        log.push(record("192.0.2.1:81"));
+        let recent = log.recent(None);
+        assert_eq!(recent.len(), 2);
+        assert_eq!(recent[0].count, 5);
+        assert_eq!(recent[1].count, 1);
+        assert_eq!(log.counts().received, 6);
+        assert!(log.recent(Some("/other")).is_empty());
+    }
+
+    #[test]
+    fn the_log_is_bounded() {
+        let log = EventLog::default();
+        for port in 0..(RECENT + 10) {
+            log.push(record(&format!("192.0.2.1:{}", port % 65_536)));
+        }
+        let recent = log.recent(None);
+        assert_eq!(recent.len(), RECENT);
+        assert_eq!(recent[0].destination.port(), 10);
+    }
+
+    #[test]
+    fn a_slow_follower_loses_events_it_is_told_about() {
+        let log = EventLog::default();
+        let mut rx = log.follow();
+        for port in 0..(FOLLOW_BUFFER + 5) {
+            log.push(record(&format!("192.0.2.1:{port}")));
+        }
+        match rx.try_recv() {
+            Err(broadcast::error::TryRecvError::Lagged(n)) => assert_eq!(n, 5),
+            other => panic!("expected a lag, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! `passthrough events`: the deny, audit and proxy events a running agent observed, and with
+//! `--follow` a live stream of them.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpStream},
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::Args as ClapArgs;
+
+use super::{Output, agent::admin_get, fail};
+use crate::agent::{config::DEFAULT_ADMIN, events::EventRecord};
+
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// Address of a running agent's admin endpoint.
+    #[arg(long, default_value = DEFAULT_ADMIN)]
+    pub admin: SocketAddr,
+    /// Keep printing events as they happen.
+    #[arg(long)]
+    pub follow: bool,
+    /// Only this workload: its cgroup path as in the agent's config.
+    #[arg(long, value_name = "W")]
+    pub workload: Option<String>,
+}
+
+pub fn run(args: &Args, output: Output) -> ExitCode {
+    let mut path = String::from("/events");
+    let mut sep = '?';
+    if let Some(w) = &args.workload {
+        path.push_str(&format!("{sep}workload={}", percent_encode(w)));
+        sep = '&';
+    }
+    if args.follow {
+        path.push_str(&format!("{sep}follow"));
+        return match stream(args.admin, &path, output) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(output, &no_agent(args.admin, &e)),
+        };
+    }
+    let body = match admin_get(args.admin, &path) {
+        Ok((200, body)) => body,
+        Ok((code, body)) => {
+            return fail(output, &format!("{} answered {code}: {body}", args.admin));
+        }
+        Err(e) => return fail(output, &no_agent(args.admin, &e)),
+    };
+    let records: Vec<EventRecord> = match serde_json::from_str(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return fail(
+                output,
+                &format!("unexpected answer from {}: {e}", args.admin),
+            );
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for r in &records {
+        let _ = writeln!(out, "{}", render(r, output));
+    }
+    ExitCode::SUCCESS
+}
+
+fn no_agent(admin: SocketAddr, e: &std::io::Error) -> String {
+    format!("no agent answers at {admin}: {e} (is `passthrough run` running? pass --admin ADDR)")
+}
+
+/// Reads the agent's event stream until it ends or stdout goes away.
+fn stream(admin: SocketAddr, path: &str, output: Output) -> std::io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(3))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut lines = BufReader::new(s).lines();
+    // The response head, up to the blank line.
+    for line in lines.by_ref() {
+        if line?.is_empty() {
+            break;
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        let line = line?;
+        let text = match serde_json::from_str::<EventRecord>(&line) {
+            Ok(r) => render(&r, output),
+            Err(_) => line,
+        };
+        if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// One event: a JSON line, or a line for people.
+fn render(r: &EventRecord, output: Output) -> String {
+    if output == Output::Json {
+        return serde_json::to_string(r).unwrap_or_default();
+    }
+    let who = match (&r.command, r.pid) {
+        (Some(c), Some(p)) => format!(" {c}[{p}]"),
+        _ => String::new(),
+    };
+    let name = r
+        .name
+        .as_ref()
+        .map(|n| format!(" name={n}"))
+        .unwrap_or_default();
+    let count = if r.count > 1 {
+        format!(" (x{})", r.count)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} {:<10} {}{} -> {}{} {} by {}{}",
+        r.time, r.verdict, r.workload, who, r.destination, name, r.reason, r.rule, count
+    )
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
