@@ -304,6 +304,17 @@ impl AgentRun {
         }
     }
 
+    /// Runs the `passthrough` CLI in the client namespace, where the admin endpoint is.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let args: Vec<String> = args.iter().map(ToString::to_string).collect();
+        run_in_netns(&self.client_netns, move || {
+            Command::new(agent_bin())
+                .args(&args)
+                .output()
+                .expect("running the passthrough CLI")
+        })
+    }
+
     pub fn uninstall(&self) {
         let out = Command::new(agent_bin())
             .args(["uninstall", "--config"])

@@ -188,3 +188,84 @@ fn a_flood_of_denials_never_blocks_and_every_event_is_received_or_counted_as_dro
         "{metrics}"
     );
 }
+
+#[test]
+fn recommend_from_audit_mode_allows_what_was_seen_and_nothing_else() {
+    let topo = Topology::new();
+    let seen_ip = sa("203.0.113.10:443");
+    let seen_v6 = sa("[2001:db8:1::10]:80");
+    let named = sa("203.0.113.20:80");
+    let unseen = sa("203.0.113.10:80");
+    let _servers = topo.serve(&[seen_ip, seen_v6, named, unseen, sa("203.0.113.10:8443")]);
+    let w = TestCgroup::new();
+    // Audit mode from the policy's label; a Domain entry on port 80 sends HTTP to the proxy,
+    // so the names clients use are observed too.
+    let audit = r#"
+type: MeshPassthrough
+name: rollout
+labels: {passthrough.io/audit: "true"}
+spec:
+  default:
+    passthroughMode: Matched
+    appendMatch:
+      - {type: Domain, value: placeholder.invalid, port: 80, protocol: http}
+"#;
+    let tags = [("kuma.io/service", "web_default_svc_80")];
+    let agent = AgentRun::start(
+        &topo,
+        &[(&w, &tags[..])],
+        &[("rollout.yaml", audit)],
+        "proxy: {listen: [127.0.0.1:15001, \"[::1]:15001\"]}\n",
+    );
+    let get = |host: &str| ProbeOptions {
+        send: Some(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")),
+        ..ProbeOptions::default()
+    };
+    // Observed, and let through because the policy is audited.
+    for (dest, opts) in [
+        (seen_ip, ProbeOptions::default()),
+        (seen_v6, get("v6.example")),
+        (named, get("api.example")),
+    ] {
+        let r = topo.connect(Some(&w), dest, &opts);
+        assert!(r.received().starts_with("hello from"), "audited: {r:?}");
+    }
+    events_until(&agent, 3);
+    let out = agent.cli(&["recommend", "--admin", passthrough_tests::agent::ADMIN]);
+    let policy = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "recommend: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        policy.contains("kuma.io/service\": \"web_default_svc_80\""),
+        "{policy}"
+    );
+    // Enforce it: the recommended policy replaces the audited one.
+    agent.write_policy("rollout.yaml", &policy);
+    agent.wait_until(Duration::from_secs(5), || {
+        agent.status()["workloads"][0]["audit"] == false
+    });
+    for (dest, opts) in [
+        (seen_ip, ProbeOptions::default()),
+        (seen_v6, get("v6.example")),
+        (named, get("api.example")),
+    ] {
+        let r = topo.connect(Some(&w), dest, &opts);
+        assert!(
+            r.received().starts_with("hello from"),
+            "observed, so allowed: {dest} {r:?}\n{policy}"
+        );
+    }
+    let r = topo.connect(Some(&w), unseen, &ProbeOptions::default());
+    assert_eq!(
+        r.received(),
+        "",
+        "not observed: port 80 now has Domain entries, so the proxy holds it and, with no allowed name, refuses it: {r:?}"
+    );
+    let r = topo.connect(Some(&w), sa("203.0.113.10:8443"), &ProbeOptions::default());
+    assert!(r.is_eperm(), "not observed, so denied: {r:?}\n{policy}");
+    let r = topo.connect(Some(&w), named, &get("other.example"));
+    assert!(r.received().starts_with("HTTP/1.1 403"), "{r:?}");
+}

@@ -99,7 +99,7 @@ fn default_max_connections() -> usize {
 }
 
 /// Durations written as `5s`, `500ms` or `2m`.
-mod duration_text {
+pub mod duration_text {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer, de::Error};

@@ -38,8 +38,10 @@ pub struct EventRecord {
     pub time: String,
     /// `kernel` (a connect decided in the kernel) or `proxy` (a peek proxy decision).
     pub source: String,
-    /// The workload's cgroup, as in the config.
+    /// The workload's cgroup, as in the config, its mesh and its tags.
     pub workload: String,
+    #[serde(default)]
+    pub mesh: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<(String, String)>,
     /// Process id and command (kernel events).
@@ -242,6 +244,7 @@ fn kernel_record(e: &Event, view: &SharedView) -> EventRecord {
         time: rfc3339(wall_time(e.boot_ns)),
         source: "kernel".into(),
         workload: w.map_or_else(|| format!("cgroup id {}", e.workload), |w| w.name.clone()),
+        mesh: w.map_or_else(String::new, |w| w.mesh.clone()),
         tags: w.map(|w| w.tags.clone()).unwrap_or_default(),
         pid: Some((e.pid_tgid >> 32) as u32),
         command: Some(String::from_utf8_lossy(&e.comm[..comm_len]).into_owned()),
@@ -264,6 +267,7 @@ mod tests {
             time: "t".into(),
             source: "kernel".into(),
             workload: "/w".into(),
+            mesh: "default".into(),
             tags: vec![],
             pid: Some(7),
             command: Some("curl".into()),

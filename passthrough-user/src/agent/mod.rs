@@ -302,6 +302,7 @@ impl Agent {
                         a.cgroup_id,
                         WorkloadView {
                             name: w.config.cgroup.display().to_string(),
+                            mesh: w.config.mesh.clone(),
                             tags: w
                                 .config
                                 .tags

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod compile;
 pub mod events;
 pub mod explain;
+pub mod recommend;
 pub mod selector;
 pub mod validate;
 
@@ -76,6 +77,16 @@ pub enum Command {
     ///
     /// Example: passthrough events --follow --workload /sys/fs/cgroup/system.slice/app.service
     Events(events::Args),
+
+    /// Write a MeshPassthrough policy (Kubernetes YAML) that allows exactly the connections
+    /// a running agent observed: in audit mode, or denied.
+    ///
+    /// Domain entries for names the peek proxy saw, IP entries for the rest, one policy per
+    /// workload selected by its tags, each entry commented with the connections it covers.
+    /// Exit code 1 when there is nothing to recommend.
+    ///
+    /// Example: passthrough recommend --since 60m > allow.yaml
+    Recommend(recommend::Args),
 }
 
 /// Runs a parsed command line.
@@ -88,6 +99,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => agent::status(&args, cli.output),
         Command::Uninstall(args) => agent::uninstall(&args, cli.output),
         Command::Events(args) => events::run(&args, cli.output),
+        Command::Recommend(args) => recommend::run(&args, cli.output),
     }
 }
 

@@ -58,7 +58,8 @@ pub struct View {
 pub struct WorkloadView {
     /// The workload as operators name it (its cgroup path in the config).
     pub name: String,
-    /// Its tags, for events and `recommend`.
+    /// Its mesh and tags, for events and `recommend`.
+    pub mesh: String,
     pub tags: Vec<(String, String)>,
     pub policy: Arc<CompiledPolicy>,
 }
@@ -233,6 +234,7 @@ impl Proxy {
             time: rfc3339(SystemTime::now()),
             source: "proxy".into(),
             workload: workload.name.clone(),
+            mesh: workload.mesh.clone(),
             tags: workload.tags.clone(),
             pid: None,
             command: None,

@@ -1,0 +1,339 @@
+//! `passthrough recommend`: a MeshPassthrough policy that allows exactly the connections a
+//! running agent observed (audit mode's would-deny events, denials, and the peek proxy's
+//! decisions), one policy per workload, each entry commented with what it covers.
+
+use std::{
+    collections::BTreeMap, fmt::Write as _, net::SocketAddr, process::ExitCode, time::SystemTime,
+};
+
+use clap::Args as ClapArgs;
+
+use super::{Output, agent::admin_get, fail};
+use crate::{
+    agent::{
+        config::{DEFAULT_ADMIN, duration_text},
+        events::{EventRecord, rfc3339},
+    },
+    policy::decide::host_name,
+};
+
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// Address of a running agent's admin endpoint.
+    #[arg(long, default_value = DEFAULT_ADMIN)]
+    pub admin: SocketAddr,
+    /// Only events of the last DURATION (e.g. 30m, 2h... written as 90s, 30m).
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+    /// Only this workload: its cgroup path as in the agent's config.
+    #[arg(long, value_name = "W")]
+    pub workload: Option<String>,
+}
+
+pub fn run(args: &Args, output: Output) -> ExitCode {
+    let cutoff = match &args.since {
+        None => None,
+        Some(s) => match duration_text::parse(s) {
+            Some(d) => Some(rfc3339(SystemTime::now() - d)),
+            None => {
+                return fail(
+                    output,
+                    &format!("--since {s:?}: write a whole number with ms, s or m, e.g. 30m"),
+                );
+            }
+        },
+    };
+    let body = match admin_get(args.admin, "/events") {
+        Ok((200, body)) => body,
+        Ok((code, body)) => {
+            return fail(output, &format!("{} answered {code}: {body}", args.admin));
+        }
+        Err(e) => {
+            return fail(
+                output,
+                &format!(
+                    "no agent answers at {}: {e} (is `passthrough run` running? pass --admin ADDR)",
+                    args.admin
+                ),
+            );
+        }
+    };
+    let events: Vec<EventRecord> = match serde_json::from_str(&body) {
+        Ok(e) => e,
+        Err(e) => {
+            return fail(
+                output,
+                &format!("unexpected answer from {}: {e}", args.admin),
+            );
+        }
+    };
+    let selected: Vec<EventRecord> = events
+        .into_iter()
+        .filter(|e| cutoff.as_ref().is_none_or(|c| e.time >= *c))
+        .filter(|e| args.workload.as_ref().is_none_or(|w| &e.workload == w))
+        .collect();
+    if selected.is_empty() {
+        eprintln!(
+            "no events observed{}: nothing to recommend",
+            since_text(args)
+        );
+        return ExitCode::from(1);
+    }
+    print!("{}", recommend(&selected));
+    ExitCode::SUCCESS
+}
+
+fn since_text(args: &Args) -> String {
+    args.since
+        .as_ref()
+        .map(|s| format!(" in the last {s}"))
+        .unwrap_or_default()
+}
+
+/// One appendMatch entry, as it will be written.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Entry {
+    kind: &'static str,
+    value: String,
+    port: u16,
+    protocol: String,
+}
+
+#[derive(Default)]
+struct Seen {
+    count: u64,
+    verdicts: BTreeMap<String, u64>,
+    last: String,
+}
+
+/// The policies, as Kubernetes YAML documents, for the given events.
+pub fn recommend(events: &[EventRecord]) -> String {
+    let mut by_workload: BTreeMap<&str, Vec<&EventRecord>> = BTreeMap::new();
+    for e in events {
+        by_workload.entry(&e.workload).or_default().push(e);
+    }
+    let mut out = String::new();
+    for (i, (workload, events)) in by_workload.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        render(&mut out, workload, events);
+    }
+    out
+}
+
+fn entry_of(e: &EventRecord) -> Entry {
+    match (&e.name, &e.protocol) {
+        (Some(name), Some(protocol)) => Entry {
+            kind: "Domain",
+            value: host_name(name),
+            port: e.destination.port(),
+            protocol: protocol.clone(),
+        },
+        _ => Entry {
+            kind: "IP",
+            value: e.destination.ip().to_string(),
+            port: e.destination.port(),
+            protocol: "tcp".into(),
+        },
+    }
+}
+
+fn render(out: &mut String, workload: &str, events: &[&EventRecord]) {
+    let mut entries: BTreeMap<Entry, Seen> = BTreeMap::new();
+    for e in events {
+        let seen = entries.entry(entry_of(e)).or_default();
+        seen.count += e.count;
+        *seen.verdicts.entry(e.verdict.clone()).or_default() += e.count;
+        if e.time > seen.last {
+            seen.last = e.time.clone();
+        }
+    }
+    let first = events[0];
+    let mesh = if first.mesh.is_empty() {
+        "default"
+    } else {
+        &first.mesh
+    };
+    let total: u64 = events.iter().map(|e| e.count).sum();
+    let _ = writeln!(
+        out,
+        "# Recommended by `passthrough recommend` from {total} observed connections of\n# workload {workload}: allows exactly what it was seen to connect to."
+    );
+    let _ = writeln!(
+        out,
+        "apiVersion: kuma.io/v1alpha1\nkind: MeshPassthrough\nmetadata:\n  name: {}\n  namespace: kuma-system\n  labels:\n    kuma.io/mesh: {}\nspec:\n  targetRef:",
+        policy_name(workload, &first.tags),
+        quote(mesh)
+    );
+    if first.tags.is_empty() {
+        out.push_str("    # The workload has no tags to select it by: this policy applies to the whole mesh.\n    kind: Mesh\n");
+    } else {
+        out.push_str("    kind: MeshSubset\n    tags:\n");
+        for (k, v) in &first.tags {
+            let _ = writeln!(out, "      {}: {}", quote(k), quote(v));
+        }
+    }
+    out.push_str("  default:\n    passthroughMode: Matched\n    appendMatch:\n");
+    // Kuma allows one of http, http2 and grpc per port; a second one observed on a port
+    // is left out, and said so.
+    let mut l7_on_port: BTreeMap<u16, String> = BTreeMap::new();
+    for (entry, seen) in &entries {
+        let verdicts: Vec<String> = seen
+            .verdicts
+            .iter()
+            .map(|(v, n)| format!("{n} {v}"))
+            .collect();
+        let note = format!(
+            "{} connection{} ({}), last {}",
+            seen.count,
+            if seen.count == 1 { "" } else { "s" },
+            verdicts.join(", "),
+            seen.last
+        );
+        if matches!(entry.protocol.as_str(), "http" | "http2" | "grpc") {
+            let first_l7 = l7_on_port
+                .entry(entry.port)
+                .or_insert_with(|| entry.protocol.clone());
+            if *first_l7 != entry.protocol {
+                let _ = writeln!(
+                    out,
+                    "      # left out: {} {} on port {} over {} ({note}): Kuma allows one of http, http2, grpc per port",
+                    entry.kind, entry.value, entry.port, entry.protocol
+                );
+                continue;
+            }
+        }
+        let _ = writeln!(
+            out,
+            "      # {note}\n      - type: {}\n        value: {}\n        port: {}\n        protocol: {}",
+            entry.kind,
+            quote(&entry.value),
+            entry.port,
+            entry.protocol
+        );
+    }
+}
+
+/// A Kubernetes object name from the workload's service tag or its cgroup's last component.
+fn policy_name(workload: &str, tags: &[(String, String)]) -> String {
+    let base = tags
+        .iter()
+        .find(|(k, _)| k == "kuma.io/service")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| workload.rsplit('/').next().unwrap_or(workload));
+    let mut name: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.truncate(63 - "recommended-".len());
+    let name = name.trim_matches('-');
+    format!(
+        "recommended-{}",
+        if name.is_empty() { "workload" } else { name }
+    )
+}
+
+/// A YAML double-quoted scalar (JSON string syntax is valid YAML).
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{
+        load::{Document, parse_documents},
+        validate::validate,
+    };
+
+    fn event(dest: &str, name: Option<(&str, &str)>, verdict: &str, count: u64) -> EventRecord {
+        EventRecord {
+            time: "2026-11-22T10:00:00.000Z".into(),
+            source: if name.is_some() { "proxy" } else { "kernel" }.into(),
+            workload: "/sys/fs/cgroup/app.service".into(),
+            mesh: "default".into(),
+            tags: vec![("kuma.io/service".into(), "web_default_svc_80".into())],
+            pid: None,
+            command: None,
+            destination: dest.parse().expect("addr"),
+            name: name.map(|(n, _)| n.to_string()),
+            protocol: name.map(|(_, p)| p.to_string()),
+            verdict: verdict.into(),
+            reason: "no_match".into(),
+            rule: "no entry matched".into(),
+            count,
+        }
+    }
+
+    #[test]
+    fn observed_connections_become_valid_entries_with_their_counts() {
+        let text = recommend(&[
+            event("203.0.113.10:443", None, "would-deny", 3),
+            event("203.0.113.10:443", None, "deny", 2),
+            event("[2001:db8::1]:8080", None, "would-deny", 1),
+            event(
+                "198.51.100.7:443",
+                Some(("API.Example.com.", "tls")),
+                "would-deny",
+                4,
+            ),
+            event(
+                "198.51.100.7:80",
+                Some(("api.example.com:80", "http")),
+                "allow",
+                1,
+            ),
+            event(
+                "198.51.100.7:80",
+                Some(("h2.example.com", "http2")),
+                "deny",
+                1,
+            ),
+        ]);
+        assert!(
+            text.contains("name: recommended-web-default-svc-80"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# 5 connections (2 deny, 3 would-deny)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("value: \"api.example.com\"\n        port: 443\n        protocol: tls"),
+            "{text}"
+        );
+        assert!(text.contains("value: \"2001:db8::1\""), "{text}");
+        assert!(
+            text.contains("left out: Domain h2.example.com on port 80 over http2"),
+            "{text}"
+        );
+        let docs = parse_documents("recommended.yaml", &text).expect("YAML");
+        assert_eq!(docs.len(), 1);
+        for d in &docs {
+            let Document::Policy(p) = d else {
+                panic!("not a policy: {d:?}\n{text}");
+            };
+            let v = validate(p);
+            assert!(
+                v.is_empty(),
+                "recommend must write valid policies: {v:?}\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_are_kubernetes_names() {
+        assert_eq!(
+            policy_name("/sys/fs/cgroup/system.slice/App_1.service", &[]),
+            "recommended-app-1-service"
+        );
+        assert_eq!(policy_name("/", &[]), "recommended-workload");
+    }
+}
