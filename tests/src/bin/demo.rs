@@ -8,7 +8,7 @@ use std::{net::SocketAddr, process::ExitCode};
 use passthrough::policy::decide::{Action, Peeked};
 use passthrough_tests::{
     ProbeOptions, TestCgroup, Topology,
-    agent::{AgentRun, sa},
+    agent::{ADMIN, AgentRun, sa},
     client_hello,
 };
 
@@ -321,6 +321,10 @@ fn main() -> ExitCode {
             );
         }
     }
+    if let Err(e) = rollout(&topo, &agent, &batch) {
+        eprintln!("rollout: {e}");
+        disagreements += 1;
+    }
     println!("\ncleaning up (agent, pins, cgroups, namespaces)");
     drop(agent);
     if disagreements > 0 {
@@ -329,3 +333,85 @@ fn main() -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+/// Audit first, then enforce: `batch` (passthrough disabled) is put in audit mode by a
+/// labelled policy, its connections are observed, `passthrough recommend` writes the policy
+/// that allows them, and that policy is enforced.
+fn rollout(topo: &Topology, agent: &AgentRun, batch: &TestCgroup) -> Result<(), String> {
+    let workload = batch.path().display().to_string();
+    println!("\nrollout for batch: 1. audit mode (policy label passthrough.io/audit: \"true\")");
+    agent.write_policy("rollout.yaml", ROLLOUT_AUDIT);
+    agent.wait_until(std::time::Duration::from_secs(5), || {
+        agent.status()["workloads"][1]["audit"] == true
+    });
+    for dest in [sa("198.51.100.10:8888"), sa("203.0.113.10:10000")] {
+        let r = topo.connect(Some(batch), dest, &ProbeOptions::default());
+        println!(
+            "   batch -> {dest:<20} {}",
+            if r.received().starts_with("hello from") {
+                "allowed (audit: reported as would-deny)"
+            } else {
+                "not allowed"
+            }
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    println!("\n2. passthrough events --workload {workload}");
+    let out = agent.cli(&["events", "--admin", ADMIN, "--workload", &workload]);
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    println!("\n3. passthrough recommend --workload {workload}");
+    let out = agent.cli(&["recommend", "--admin", ADMIN, "--workload", &workload]);
+    let policy = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    print!("{policy}");
+    println!("\n4. enforce it (it replaces the audited policy)");
+    agent.write_policy("rollout.yaml", &policy);
+    agent.wait_until(std::time::Duration::from_secs(5), || {
+        agent.status()["workloads"][1]["audit"] == false
+    });
+    let mut ok = true;
+    for (dest, want) in [
+        (sa("198.51.100.10:8888"), true),
+        (sa("203.0.113.10:10000"), true),
+        (sa("203.0.113.10:10001"), false),
+    ] {
+        let r = topo.connect(Some(batch), dest, &ProbeOptions::default());
+        let allowed = r.received().starts_with("hello from");
+        ok &= allowed == want;
+        println!(
+            "   batch -> {dest:<20} {}",
+            if allowed {
+                "allowed"
+            } else if r.is_eperm() {
+                "EPERM"
+            } else {
+                "error"
+            }
+        );
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err("the enforced recommendation did not allow exactly what was observed".into())
+    }
+}
+
+/// Puts `batch` in audit mode without changing what its policy says.
+const ROLLOUT_AUDIT: &str = r#"
+apiVersion: kuma.io/v1alpha1
+kind: MeshPassthrough
+metadata:
+  name: batch-rollout
+  namespace: kuma-system
+  labels:
+    kuma.io/mesh: default
+    passthrough.io/audit: "true"
+spec:
+  targetRef:
+    kind: MeshSubset
+    tags: {kuma.io/service: batch_kuma-demo_svc_8080}
+  default:
+    passthroughMode: None
+"#;
