@@ -408,6 +408,24 @@ fn status_reports_each_workload_its_mode_entries_and_policies() {
     assert_eq!(status["ready"], true);
     let wl = &status["workloads"][0];
     assert_eq!(wl["enforced"], true);
+    // Map fill levels: two exact IPv4 entries (one per port), one of each other kind.
+    let metrics = agent.metrics();
+    for (map, n) in [
+        ("EXACT_V4", 2),
+        ("EXACT_V6", 1),
+        ("CIDR_V4", 1),
+        ("CIDR_V6", 1),
+        ("WORKLOADS", 1),
+    ] {
+        let line = format!("passthrough_map_entries{{map=\"{map}\"}} {n}");
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("passthrough_last_reload_timestamp_seconds ")),
+        "{metrics}"
+    );
     assert_eq!(wl["mode"], "Matched");
     assert_eq!(wl["cgroupId"], w.id());
     assert_eq!(wl["entries"]["cidrV4"], 1);

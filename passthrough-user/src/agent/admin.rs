@@ -223,6 +223,11 @@ struct ProxyRefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DroppedLabels {
     at: String,
 }
@@ -279,6 +284,33 @@ pub fn metrics(status: &Status) -> String {
             .set(1);
     }
     registry.register("last_reload", "Result of the last policy reload", reload);
+    if let Some(r) = &status.last_reload {
+        let at = Gauge::<i64>::default();
+        at.set(i64::try_from(r.unix).unwrap_or(i64::MAX));
+        registry.register(
+            "last_reload_timestamp_seconds",
+            "When the policies were last read (Unix time)",
+            at,
+        );
+        let invalid = Gauge::<i64>::default();
+        invalid.set(i64::try_from(r.problems.len()).unwrap_or(i64::MAX));
+        registry.register(
+            "policy_problems",
+            "Violations and conflicts found at the last reload (the set is refused while any remain)",
+            invalid,
+        );
+    }
+    let entries = Family::<MapLabels, Gauge>::default();
+    let capacity = Family::<MapLabels, Gauge>::default();
+    for m in &status.maps {
+        let labels = MapLabels { map: m.map.clone() };
+        entries
+            .get_or_create(&labels)
+            .set(i64::try_from(m.entries).unwrap_or(i64::MAX));
+        capacity.get_or_create(&labels).set(i64::from(m.capacity));
+    }
+    registry.register("map_entries", "Entries in each kernel rule map", entries);
+    registry.register("map_capacity", "Capacity of each kernel rule map", capacity);
     let audit = Family::<WorkloadLabels, Gauge>::default();
     for w in &status.workloads {
         audit

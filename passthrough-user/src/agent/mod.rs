@@ -83,6 +83,8 @@ impl WorkloadState {
 #[serde(rename_all = "camelCase")]
 pub struct ReloadReport {
     pub at: String,
+    /// The same instant in seconds since the Unix epoch, for `/metrics`.
+    pub unix: u64,
     /// `applied`, `unchanged`, or `refused` (invalid policies: nothing was changed).
     pub result: &'static str,
     pub problems: Vec<String>,
@@ -245,6 +247,7 @@ impl Agent {
             self.publish_proxy_view();
             return self.last_reload.insert(ReloadReport {
                 at,
+                unix: unix_now(),
                 result: "refused",
                 problems,
             });
@@ -279,6 +282,7 @@ impl Agent {
         }
         self.last_reload.insert(ReloadReport {
             at,
+            unix: unix_now(),
             result: if !problems.is_empty() {
                 "partial"
             } else if changed {
@@ -532,6 +536,46 @@ impl Agent {
         )
     }
 
+    /// Entries of every live slot, per map, against the map's capacity.
+    fn map_fill(&self) -> Vec<MapFill> {
+        use passthrough_common::{capacity, map_names};
+        let mut total = EntryCounts::default();
+        for s in &self.slots {
+            let c = EntryCounts::of(&s.tables);
+            total.exact_v4 += c.exact_v4;
+            total.exact_v6 += c.exact_v6;
+            total.cidr_v4 += c.cidr_v4;
+            total.cidr_v6 += c.cidr_v6;
+            total.domain_ports += c.domain_ports;
+        }
+        [
+            (map_names::EXACT_V4, total.exact_v4, capacity::EXACT_V4),
+            (map_names::EXACT_V6, total.exact_v6, capacity::EXACT_V6),
+            (map_names::CIDR_V4, total.cidr_v4, capacity::CIDR_V4),
+            (map_names::CIDR_V6, total.cidr_v6, capacity::CIDR_V6),
+            (
+                map_names::DOMAIN_PORTS,
+                total.domain_ports,
+                capacity::DOMAIN_PORTS,
+            ),
+            (
+                map_names::WORKLOADS,
+                self.workloads
+                    .iter()
+                    .filter(|w| w.applied.is_some())
+                    .count(),
+                capacity::WORKLOADS,
+            ),
+        ]
+        .into_iter()
+        .map(|(map, entries, capacity)| MapFill {
+            map: map.to_string(),
+            entries,
+            capacity,
+        })
+        .collect()
+    }
+
     pub fn status(&self) -> Status {
         let counters = self
             .maps
@@ -550,6 +594,7 @@ impl Agent {
             last_reload: self.last_reload.clone(),
             bpffs: self.config.bpffs.clone(),
             slots: self.slots.len(),
+            maps: self.map_fill(),
             workloads: self
                 .workloads
                 .iter()
@@ -588,6 +633,15 @@ impl Agent {
     }
 }
 
+/// How full one rule map is.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MapFill {
+    pub map: String,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
 /// `/status` and `passthrough status -o json`.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -600,6 +654,9 @@ pub struct Status {
     pub last_reload: Option<ReloadReport>,
     pub bpffs: PathBuf,
     pub slots: usize,
+    /// Entries in each rule map against its capacity.
+    #[serde(default)]
+    pub maps: Vec<MapFill>,
     pub workloads: Vec<WorkloadStatus>,
     /// Connects decided in the kernel, by reason, since the maps were created.
     pub counters: BTreeMap<String, u64>,
@@ -634,6 +691,13 @@ pub struct WorkloadStatus {
     pub generation: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// RFC 3339 UTC time without a date crate.
