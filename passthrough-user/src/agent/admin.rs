@@ -138,7 +138,7 @@ async fn follow(
     }
     loop {
         match rx.recv().await {
-            Ok(r) if workload.is_none_or(|w| r.workload == w) => {
+            Ok(r) if workload.is_none_or(|w| r.is_of(w)) => {
                 stream.write_all(json_line(&r).as_bytes()).await?;
             }
             Ok(_) => {}

@@ -40,6 +40,9 @@ pub struct EventRecord {
     pub source: String,
     /// The workload's cgroup, as in the config, its mesh and its tags.
     pub workload: String,
+    /// Its name where it has one: `namespace/name` (Kubernetes) or `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_name: Option<String>,
     #[serde(default)]
     pub mesh: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -66,6 +69,11 @@ pub struct EventRecord {
 }
 
 impl EventRecord {
+    /// Whether the event is of workload `w`: its cgroup path, or its name.
+    pub fn is_of(&self, w: &str) -> bool {
+        self.workload == w || self.workload_name.as_deref() == Some(w)
+    }
+
     /// Two events that are the same occurrence repeated.
     fn same(&self, other: &EventRecord) -> bool {
         self.source == other.source
@@ -142,12 +150,13 @@ impl EventLog {
         let _ = self.tx.send(record);
     }
 
-    /// The recent records, oldest first, of one workload if given (by cgroup path).
+    /// The recent records, oldest first, of one workload if given (by cgroup path, or by
+    /// name where it has one).
     pub fn recent(&self, workload: Option<&str>) -> Vec<EventRecord> {
         lock(&self.recent)
             .iter()
             .map(|(_, r)| r)
-            .filter(|r| workload.is_none_or(|w| r.workload == w))
+            .filter(|r| workload.is_none_or(|w| r.is_of(w)))
             .cloned()
             .collect()
     }
@@ -244,6 +253,7 @@ fn kernel_record(e: &Event, view: &SharedView) -> EventRecord {
         time: rfc3339(wall_time(e.boot_ns)),
         source: "kernel".into(),
         workload: w.map_or_else(|| format!("cgroup id {}", e.workload), |w| w.name.clone()),
+        workload_name: w.and_then(|w| w.label.clone()),
         mesh: w.map_or_else(String::new, |w| w.mesh.clone()),
         tags: w.map(|w| w.tags.clone()).unwrap_or_default(),
         pid: Some((e.pid_tgid >> 32) as u32),
@@ -267,6 +277,7 @@ mod tests {
             time: "t".into(),
             source: "kernel".into(),
             workload: "/w".into(),
+            workload_name: Some("shop/web".into()),
             mesh: "default".into(),
             tags: vec![],
             pid: Some(7),
@@ -294,6 +305,8 @@ mod tests {
         assert_eq!(recent[1].count, 1);
         assert_eq!(log.counts().received, 6);
         assert!(log.recent(Some("/other")).is_empty());
+        assert_eq!(log.recent(Some("shop/web")).len(), 2);
+        assert_eq!(log.recent(Some("/w")).len(), 2);
     }
 
     #[test]

@@ -306,6 +306,11 @@ impl Agent {
                         a.cgroup_id,
                         WorkloadView {
                             name: w.config.cgroup.display().to_string(),
+                            label: match (&w.config.namespace, &w.config.name) {
+                                (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
+                                (None, Some(n)) => Some(n.clone()),
+                                _ => None,
+                            },
                             mesh: w.config.mesh.clone(),
                             tags: w
                                 .config

@@ -21,7 +21,8 @@ pub struct Args {
     /// Keep printing events as they happen.
     #[arg(long)]
     pub follow: bool,
-    /// Only this workload: its cgroup path as in the agent's config.
+    /// Only this workload: its cgroup path as in the agent's config, or its name
+    /// (`namespace/name` on Kubernetes).
     #[arg(long, value_name = "W")]
     pub workload: Option<String>,
 }

@@ -25,7 +25,7 @@ pub struct Args {
     /// Only events of the last DURATION (e.g. 30m, 2h... written as 90s, 30m).
     #[arg(long, value_name = "DURATION")]
     pub since: Option<String>,
-    /// Only this workload: its cgroup path as in the agent's config.
+    /// Only this workload: its cgroup path as in the agent's config, or its name.
     #[arg(long, value_name = "W")]
     pub workload: Option<String>,
 }
@@ -70,7 +70,7 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
     let selected: Vec<EventRecord> = events
         .into_iter()
         .filter(|e| cutoff.as_ref().is_none_or(|c| e.time >= *c))
-        .filter(|e| args.workload.as_ref().is_none_or(|w| &e.workload == w))
+        .filter(|e| args.workload.as_ref().is_none_or(|w| e.is_of(w)))
         .collect();
     if selected.is_empty() {
         eprintln!(
@@ -258,6 +258,7 @@ mod tests {
             time: "2026-11-22T10:00:00.000Z".into(),
             source: if name.is_some() { "proxy" } else { "kernel" }.into(),
             workload: "/sys/fs/cgroup/app.service".into(),
+            workload_name: None,
             mesh: "default".into(),
             tags: vec![("kuma.io/service".into(), "web_default_svc_80".into())],
             pid: None,

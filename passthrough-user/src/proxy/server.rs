@@ -58,6 +58,8 @@ pub struct View {
 pub struct WorkloadView {
     /// The workload as operators name it (its cgroup path in the config).
     pub name: String,
+    /// Its name where it has one (`namespace/name`, or `name`), for events.
+    pub label: Option<String>,
     /// Its mesh and tags, for events and `recommend`.
     pub mesh: String,
     pub tags: Vec<(String, String)>,
@@ -234,6 +236,7 @@ impl Proxy {
             time: rfc3339(SystemTime::now()),
             source: "proxy".into(),
             workload: workload.name.clone(),
+            workload_name: workload.label.clone(),
             mesh: workload.mesh.clone(),
             tags: workload.tags.clone(),
             pid: None,
