@@ -3,9 +3,11 @@
 //! - [`policy`]: the pure policy engine (parse, validate, merge, compile, decide).
 //! - [`agent`]: loads the eBPF programs, writes the maps, serves the admin endpoint.
 //! - [`proxy`]: the peek proxy for Domain entries.
+//! - [`k8s`]: Kubernetes pods as workloads.
 //! - [`cli`]: the `passthrough` command's verbs.
 
 pub mod agent;
 pub mod cli;
+pub mod k8s;
 pub mod policy;
 pub mod proxy;

@@ -1,0 +1,1 @@
+//! A pod's cgroup (placeholder, being written).

@@ -1,0 +1,1 @@
+//! Pods as workloads (placeholder, being written).
