@@ -7,6 +7,7 @@
 //! network namespace or to a cgroup the harness did not create.
 
 pub mod agent;
+pub mod apiserver;
 
 use std::{
     ffi::CString,
