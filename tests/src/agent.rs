@@ -102,7 +102,12 @@ impl AgentRun {
             fs::write(dir.path().join("policies").join(name), text).expect("write policy");
         }
         let bpffs = BpffsDir::new();
-        let mut cfg = String::from("policies: [policies]\nworkloads:\n");
+        let mut cfg = String::from("policies: [policies]\n");
+        cfg.push_str(if workloads.is_empty() {
+            "workloads: []\n"
+        } else {
+            "workloads:\n"
+        });
         for (cg, tags) in workloads {
             cfg.push_str(&format!("  - cgroup: {}\n    tags: {{", cg.display()));
             let t: Vec<String> = tags

@@ -409,6 +409,21 @@ impl TestCgroup {
         Self { path }
     }
 
+    /// A cgroup several levels below this one (`a/b/c`), creating the levels between, as a
+    /// kubelet lays out pod cgroups. The guard removes the deepest; this cgroup's guard
+    /// removes the rest.
+    pub fn nested(&self, relative: &str) -> TestCgroup {
+        assert!(
+            relative
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".."),
+            "{relative:?} must be a relative path of plain components"
+        );
+        let path = self.path.join(relative);
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Self { path }
+    }
+
     /// The cgroup id the kernel's BPF helpers report: the directory's inode number.
     pub fn id(&self) -> u64 {
         fs::metadata(&self.path)

@@ -92,3 +92,176 @@ fn the_stand_in_serves_kube_rs_lists_watches_relists_and_deletions() {
     });
     assert!(api.requests() >= 3, "lists and watches were made");
 }
+
+const NODE: &str = "node-a";
+
+fn pod(name: &str, uid: &str, labels: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "uid": uid, "labels": labels},
+        "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "app"}]},
+        "status": {"phase": "Running"},
+    })
+}
+
+fn policy(name: &str, namespace: &str, spec: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "kuma.io/v1alpha1",
+        "kind": "MeshPassthrough",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"kuma.io/mesh": "default"}},
+        "spec": spec,
+    })
+}
+
+/// The directory the systemd cgroup driver gives a Burstable pod, below `root`.
+fn systemd_pod_cgroup(
+    root: &passthrough_tests::TestCgroup,
+    uid: &str,
+) -> passthrough_tests::TestCgroup {
+    root.nested(&format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+        uid.replace('-', "_")
+    ))
+}
+
+#[test]
+fn meshpassthrough_objects_and_pods_from_the_api_server_are_enforced() {
+    use passthrough_tests::{
+        ProbeOptions, TestCgroup,
+        agent::{AgentRun, sa},
+    };
+    let topo = Topology::new();
+    let allowed = sa("203.0.113.10:80");
+    let other = sa("203.0.113.20:80");
+    let _servers = topo.serve(&[allowed, other]);
+    let api = ApiServer::start(&topo.client_netns_path());
+    api.apply(
+        Resource::Namespaces,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": {"kuma.io/sidecar-injection": "enabled"}},
+        }),
+    );
+    api.apply(
+        Resource::Services,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
+        }),
+    );
+    let root = TestCgroup::new();
+    let uid = "0b7d2c1e-1111-4a2b-9c3d-000000000001";
+    let web = systemd_pod_cgroup(&root, uid);
+    api.apply(
+        Resource::Pods,
+        pod("web-1", uid, serde_json::json!({"app": "web"})),
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let kubeconfig = api.kubeconfig(dir.path());
+    let agent = AgentRun::start(
+        &topo,
+        &[],
+        &[],
+        &format!(
+            "kubernetes: {{nodeName: {NODE}, cgroupRoot: \"{}\", kubeconfig: \"{}\"}}\n",
+            root.path().display(),
+            kubeconfig.display()
+        ),
+    );
+    let connect = |cg: &TestCgroup, dest| topo.connect(Some(cg), dest, &ProbeOptions::default());
+    assert!(
+        connect(&web, allowed).is_connected(),
+        "no policy: unfiltered"
+    );
+    // A policy created: enforced within a second.
+    api.apply(
+        Resource::MeshPassthroughs,
+        policy(
+            "only-one",
+            "kuma-system",
+            serde_json::json!({
+                "targetRef": {"kind": "MeshSubset", "tags": {"kuma.io/service": "web_shop_svc_80"}},
+                "default": {"passthroughMode": "Matched", "appendMatch": [
+                    {"type": "IP", "value": "203.0.113.10", "port": 80, "protocol": "tcp"}]},
+            }),
+        ),
+    );
+    let took = agent.wait_until(Duration::from_secs(3), || connect(&web, other).is_eperm());
+    eprintln!("policy created -> enforced in {took:?}");
+    assert!(connect(&web, allowed).is_connected());
+    // Changed.
+    api.apply(
+        Resource::MeshPassthroughs,
+        policy(
+            "only-one",
+            "kuma-system",
+            serde_json::json!({
+                "targetRef": {"kind": "Mesh"},
+                "default": {"passthroughMode": "None"},
+            }),
+        ),
+    );
+    agent.wait_until(Duration::from_secs(3), || connect(&web, allowed).is_eperm());
+    // A workload-owner policy in another namespace does not touch this pod.
+    api.apply(
+        Resource::MeshPassthroughs,
+        policy(
+            "elsewhere",
+            "other",
+            serde_json::json!({
+                "targetRef": {"kind": "Mesh"},
+                "default": {"passthroughMode": "All"},
+            }),
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        connect(&web, allowed).is_eperm(),
+        "a policy of namespace other applies only there"
+    );
+    // A pod created later, its cgroup appearing after it was reported: enforced from its
+    // first connect.
+    let uid2 = "0b7d2c1e-2222-4a2b-9c3d-000000000002";
+    api.apply(
+        Resource::Pods,
+        pod("web-2", uid2, serde_json::json!({"app": "web"})),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let web2 = systemd_pod_cgroup(&root, uid2);
+    agent.wait_until(Duration::from_secs(3), || {
+        agent.status()["kubernetes"]["pods"] == 2 && agent.is_ready()
+    });
+    assert!(
+        connect(&web2, allowed).is_eperm(),
+        "the new pod is enforced"
+    );
+    // Deleted: the pod is unfiltered again.
+    api.delete(Resource::MeshPassthroughs, "kuma-system", "only-one");
+    agent.wait_until(Duration::from_secs(3), || {
+        connect(&web, allowed).is_connected()
+    });
+    // The API server going away changes no verdict.
+    api.apply(
+        Resource::MeshPassthroughs,
+        policy(
+            "none",
+            "kuma-system",
+            serde_json::json!({
+                "targetRef": {"kind": "Mesh"},
+                "default": {"passthroughMode": "None"},
+            }),
+        ),
+    );
+    agent.wait_until(Duration::from_secs(3), || connect(&web, allowed).is_eperm());
+    drop(api);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        connect(&web, allowed).is_eperm(),
+        "enforcement stays while the API server is gone"
+    );
+    assert!(connect(&web2, allowed).is_eperm());
+    drop(web2);
+    drop(web);
+}

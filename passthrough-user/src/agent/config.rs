@@ -23,6 +23,7 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9902";
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AgentConfig {
     /// Policy files or directories, watched for changes.
+    #[serde(default)]
     pub policies: Vec<PathBuf>,
     /// The workloads to enforce on.
     #[serde(default)]
@@ -52,6 +53,37 @@ pub struct AgentConfig {
     /// allow is denied (`domain_no_proxy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyConfig>,
+    /// Kubernetes as a second source: MeshPassthrough objects and this node's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesConfig>,
+}
+
+/// `kubernetes`: the API server is found from the in-cluster service account or
+/// `KUBECONFIG`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesConfig {
+    /// This node's name (the pods whose `spec.nodeName` it is are enforced); default: the
+    /// `NODE_NAME` environment variable, which the DaemonSet sets from the downward API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Where pod cgroups are looked up; default: the cgroup2 mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_root: Option<PathBuf>,
+    /// A kubeconfig file (an agent run as a node service); default: the in-cluster service
+    /// account, else `KUBECONFIG`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl KubernetesConfig {
+    /// The node name, from the config or `NODE_NAME`.
+    pub fn node(&self) -> Option<String> {
+        self.node_name
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok())
+            .filter(|n| !n.is_empty())
+    }
 }
 
 /// `proxy`: where the peek proxy listens and its bounds.
@@ -249,11 +281,30 @@ impl AgentConfig {
 
     /// Checks what serde cannot: paths, duplicates.
     pub fn check(&self) -> Result<(), (String, String)> {
-        if self.policies.is_empty() {
+        if self.policies.is_empty() && self.kubernetes.is_none() {
             return Err((
                 "policies".into(),
-                "list at least one policy file or directory".into(),
+                "list at least one policy file or directory (or configure `kubernetes`)".into(),
             ));
+        }
+        if let Some(k) = &self.kubernetes {
+            if k.node().is_none() {
+                return Err((
+                    "kubernetes.nodeName".into(),
+                    "set it, or set the NODE_NAME environment variable (the DaemonSet does, from spec.nodeName)".into(),
+                ));
+            }
+            if let Some(r) = &k.cgroup_root
+                && !r.is_absolute()
+            {
+                return Err((
+                    "kubernetes.cgroupRoot".into(),
+                    format!(
+                        "{} is not absolute: give a directory such as /sys/fs/cgroup",
+                        r.display()
+                    ),
+                ));
+            }
         }
         if !self.bpffs.is_absolute() {
             return Err((

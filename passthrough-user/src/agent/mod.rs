@@ -34,6 +34,7 @@ use crate::{
     policy::{
         compile::{CompiledPolicy, EffectiveMode, compile},
         decide::Exemptions,
+        load::Document,
         merge::{PolicyRef, SelectOptions, merged_for},
         set::{PolicySet, Problem},
     },
@@ -107,6 +108,35 @@ pub struct Agent {
     pub(crate) proxy_stats: Arc<ProxyStats>,
     /// Deny, audit and proxy events.
     pub(crate) events: Arc<EventLog>,
+    /// What the Kubernetes source contributes (empty without one).
+    kube: KubeState,
+}
+
+/// Policies and workloads from the Kubernetes API.
+#[derive(Clone, Debug, Default)]
+pub struct KubeState {
+    /// MeshPassthrough objects, as documents (invalid ones included, so they are refused
+    /// like an invalid file).
+    pub policies: Vec<Document>,
+    /// This node's pods in the mesh whose cgroup exists.
+    pub workloads: Vec<WorkloadConfig>,
+    /// Whether every collection has been listed once (until then the agent is not ready),
+    /// whether the watches are connected now, and the last error.
+    pub synced: bool,
+    pub connected: bool,
+    pub error: Option<String>,
+}
+
+/// The Kubernetes source in `/status`.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeStatus {
+    pub synced: bool,
+    pub connected: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub policies: usize,
+    pub pods: usize,
 }
 
 /// Errors that stop the agent from starting.
@@ -178,11 +208,17 @@ impl Agent {
             proxy_view: Arc::new(RwLock::new(Arc::new(View::default()))),
             proxy_stats: Arc::new(ProxyStats::default()),
             events: Arc::new(EventLog::default()),
+            kube: KubeState::default(),
         })
     }
 
     pub fn config(&self) -> &AgentConfig {
         &self.config
+    }
+
+    /// The detected cgroup v2 mount.
+    pub fn cgroup_root(&self) -> &Path {
+        &self.cgroup_root
     }
 
     /// Re-reads the config file (SIGHUP): workloads and mesh CIDRs change, bpffs and the
@@ -196,26 +232,48 @@ impl Agent {
             tracing::warn!("bpffs, admin and proxy changes take effect after a restart");
         }
         self.maps.set_mesh_cidrs(&new.mesh_cidrs)?;
+        self.config = new;
+        self.sync_workloads();
+        Ok(())
+    }
+
+    /// Replaces what the Kubernetes source contributes: its policies and its pods.
+    pub fn set_kubernetes(&mut self, state: KubeState) {
+        self.kube = state;
+        self.sync_workloads();
+    }
+
+    /// The workloads are those of the config file and those of Kubernetes (a cgroup listed
+    /// by both is the config's). Existing state is kept for a workload that stays; one that
+    /// left is forgotten (detached, its slot freed).
+    fn sync_workloads(&mut self) {
         let mut old: BTreeMap<PathBuf, WorkloadState> = self
             .workloads
             .drain(..)
             .map(|w| (w.config.cgroup.clone(), w))
             .collect();
-        for w in &new.workloads {
+        let mut seen = BTreeSet::new();
+        let wanted: Vec<WorkloadConfig> = self
+            .config
+            .workloads
+            .iter()
+            .chain(self.kube.workloads.iter())
+            .filter(|w| seen.insert(w.cgroup.clone()))
+            .cloned()
+            .collect();
+        for w in wanted {
             let mut state = old.remove(&w.cgroup).unwrap_or(WorkloadState {
                 config: w.clone(),
                 applied: None,
                 attached: None,
                 error: None,
             });
-            state.config = w.clone();
+            state.config = w;
             self.workloads.push(state);
         }
         for (_, gone) in old {
             self.forget(gone);
         }
-        self.config = new;
-        Ok(())
     }
 
     /// Stops enforcing on a workload that left the config.
@@ -232,7 +290,7 @@ impl Agent {
 
     /// Brings the kernel in line with the config and the policy files.
     pub fn reconcile(&mut self) -> &ReloadReport {
-        let set = PolicySet::load(&self.config.policies);
+        let set = PolicySet::load_with(&self.config.policies, self.kube.policies.clone());
         let at = humantime_now();
         if !set.problems.is_empty() {
             let problems: Vec<String> = set.problems.iter().flat_map(Problem::lines).collect();
@@ -507,14 +565,28 @@ impl Agent {
         }
     }
 
-    /// Ready once every workload has its policy applied and its programs attached.
+    /// Ready once every workload has its policy applied and its programs attached (and,
+    /// with Kubernetes, once its collections have been listed).
     pub fn ready(&self) -> bool {
+        if self.config.kubernetes.is_some() {
+            return self.kube.synced && self.workloads.iter().all(WorkloadState::enforced);
+        }
         !self.workloads.is_empty() && self.workloads.iter().all(WorkloadState::enforced)
     }
 
     /// Why the agent is not ready, for `/ready`.
     pub fn not_ready_reasons(&self) -> Vec<String> {
-        if self.workloads.is_empty() {
+        if self.config.kubernetes.is_some() && !self.kube.synced {
+            return vec![format!(
+                "the Kubernetes API has not been listed yet{}",
+                self.kube
+                    .error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )];
+        }
+        if self.workloads.is_empty() && self.config.kubernetes.is_none() {
             return vec!["no workloads are configured".into()];
         }
         self.workloads
@@ -634,6 +706,13 @@ impl Agent {
                 .as_ref()
                 .map(|_| self.proxy_stats.snapshot()),
             events: self.events.counts(),
+            kubernetes: self.config.kubernetes.as_ref().map(|_| KubeStatus {
+                synced: self.kube.synced,
+                connected: self.kube.connected,
+                error: self.kube.error.clone(),
+                policies: self.kube.policies.len(),
+                pods: self.kube.workloads.len(),
+            }),
         }
     }
 }
@@ -671,6 +750,9 @@ pub struct Status {
     /// Deny, audit and proxy events received and lost.
     #[serde(default)]
     pub events: EventCounts,
+    /// The Kubernetes source, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubeStatus>,
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]

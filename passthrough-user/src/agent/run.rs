@@ -78,8 +78,16 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
     let mut term = sig(SignalKind::terminate())?;
     let mut int = sig(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(POLL);
+    let mut kube = start_kubernetes(&lock(&agent));
     loop {
         tokio::select! {
+            Some(state) = recv(&mut kube) => {
+                let mut a = lock(&agent);
+                a.set_kubernetes(state);
+                a.reconcile();
+                let (policies, cgroups) = a.watched_paths();
+                last = fingerprint(&policies, &cgroups);
+            }
             _ = tick.tick() => {
                 let (policies, cgroups) = lock(&agent).watched_paths();
                 let now = fingerprint(&policies, &cgroups);
@@ -104,6 +112,35 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
     }
     tracing::info!("stopping; the kernel keeps enforcing the pinned state");
     Ok(())
+}
+
+/// Starts the Kubernetes source when the config has one; its updates arrive on the channel.
+fn start_kubernetes(agent: &Agent) -> Option<tokio::sync::mpsc::Receiver<super::KubeState>> {
+    let k = agent.config().kubernetes.as_ref()?;
+    let node = k.node()?;
+    let root = k
+        .cgroup_root
+        .clone()
+        .unwrap_or_else(|| agent.cgroup_root().to_path_buf());
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tracing::info!(%node, root = %root.display(), "watching Kubernetes for this node's pods and MeshPassthrough objects");
+    tokio::spawn(crate::k8s::source::run(
+        node,
+        root,
+        k.kubeconfig.clone(),
+        tx,
+    ));
+    Some(rx)
+}
+
+/// The next Kubernetes update, or never without a source.
+async fn recv(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<super::KubeState>>,
+) -> Option<super::KubeState> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Reads the kernel's deny events into the agent's event log.

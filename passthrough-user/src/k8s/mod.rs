@@ -1,8 +1,10 @@
-//! Kubernetes as a source of workloads and policies (issue 6, in progress).
+//! Kubernetes as a source of workloads and policies.
 //!
 //! - [`pods`]: which pods are in the mesh, and the identity (mesh, tags, name, labels) Kuma
 //!   gives them.
 //! - [`cgroups`]: a pod's cgroup v2 directory, for both kubelet cgroup drivers.
+//! - [`source`]: the watchers that turn the API's objects into policies and workloads.
 
 pub mod cgroups;
 pub mod pods;
+pub mod source;

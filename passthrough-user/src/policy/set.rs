@@ -120,38 +120,47 @@ pub struct PolicySet {
 impl PolicySet {
     /// Reads and validates every policy under `paths`.
     pub fn load(paths: &[PathBuf]) -> Self {
+        Self::load_with(paths, Vec::new())
+    }
+
+    /// Reads and validates every policy under `paths` and the `extra` documents (policies
+    /// from another source, such as the Kubernetes API), as one set.
+    pub fn load_with(paths: &[PathBuf], extra: Vec<Document>) -> Self {
         let mut set = PolicySet::default();
         for file in load_paths(paths) {
             set.files += 1;
             match file.outcome {
                 Err(e) => set.problems.push(Problem::Unreadable(e)),
-                Ok(docs) => {
-                    for doc in docs {
-                        match doc {
-                            Document::Invalid(e) => set.problems.push(Problem::Invalid {
-                                source: e.source,
-                                name: e.name.unwrap_or_default(),
-                                violations: vec![Violation::new(e.field, e.message)],
-                            }),
-                            Document::Policy(p) => {
-                                let violations = validate(&p);
-                                if violations.is_empty() {
-                                    set.policies.push(*p);
-                                } else {
-                                    set.problems.push(Problem::Invalid {
-                                        source: p.source.clone(),
-                                        name: p.name.clone(),
-                                        violations,
-                                    });
-                                }
-                            }
-                        }
+                Ok(docs) => set.add(docs),
+            }
+        }
+        set.add(extra);
+        set.reject_duplicates();
+        set
+    }
+
+    fn add(&mut self, docs: Vec<Document>) {
+        for doc in docs {
+            match doc {
+                Document::Invalid(e) => self.problems.push(Problem::Invalid {
+                    source: e.source,
+                    name: e.name.unwrap_or_default(),
+                    violations: vec![Violation::new(e.field, e.message)],
+                }),
+                Document::Policy(p) => {
+                    let violations = validate(&p);
+                    if violations.is_empty() {
+                        self.policies.push(*p);
+                    } else {
+                        self.problems.push(Problem::Invalid {
+                            source: p.source.clone(),
+                            name: p.name.clone(),
+                            violations,
+                        });
                     }
                 }
             }
         }
-        set.reject_duplicates();
-        set
     }
 
     /// Two documents defining the same policy (same mesh, namespace and name) would silently

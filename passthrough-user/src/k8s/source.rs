@@ -1,0 +1,274 @@
+//! The Kubernetes source: watches MeshPassthrough objects, this node's pods, namespaces and
+//! services with kube-rs reflectors, and hands the agent what they mean: policies (as
+//! documents, so an invalid object is refused like an invalid file) and workloads (the pods
+//! in the mesh, with their cgroup).
+//!
+//! The API server going away changes nothing in the kernel: the last state stays, the
+//! watchers retry with backoff and relist (also after `410 Gone`), and `/status` says so.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use futures::{StreamExt as _, stream::BoxStream};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::{
+    Api, Client, Config,
+    api::{ApiResource, DynamicObject, GroupVersionKind},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{
+        WatchStreamExt as _,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::{cgroups::pod_cgroup, pods};
+use crate::{
+    agent::{KubeState, config::WorkloadConfig},
+    policy::{
+        load::{Document, parse_policy},
+        model::Source,
+    },
+};
+
+/// How long changes are gathered before the agent is told, so a burst (a relist) is one
+/// reconcile.
+const SETTLE: Duration = Duration::from_millis(50);
+/// How often pods whose cgroup is not there yet are looked at again.
+const CGROUP_RETRY: Duration = Duration::from_millis(250);
+
+/// Which collection an item came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Feed {
+    Pods,
+    Namespaces,
+    Services,
+    Policies,
+}
+
+/// What one reflector stream reported.
+enum Item {
+    /// The collection was (re)listed completely.
+    Listed(Feed),
+    Changed,
+    Failed(String),
+}
+
+fn feed<K>(
+    stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    which: Feed,
+) -> BoxStream<'static, Item>
+where
+    K: Send + 'static,
+{
+    stream
+        .map(move |r| match r {
+            Ok(watcher::Event::InitDone) => Item::Listed(which),
+            Ok(_) => Item::Changed,
+            Err(e) => Item::Failed(format!("{which:?}: {e}")),
+        })
+        .boxed()
+}
+
+/// A client from the kubeconfig file, or the in-cluster account, or `KUBECONFIG`.
+async fn client(kubeconfig: Option<&Path>) -> Result<Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => Config::infer().await.map_err(|e| e.to_string())?,
+    };
+    Client::try_from(config).map_err(|e| e.to_string())
+}
+
+/// Runs until the agent goes away. `root` is where pod cgroups are looked up.
+pub async fn run(
+    node: String,
+    root: PathBuf,
+    kubeconfig: Option<PathBuf>,
+    tx: mpsc::Sender<KubeState>,
+) {
+    let client = match client(kubeconfig.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tx
+                .send(KubeState {
+                    error: Some(format!(
+                        "no Kubernetes client (in-cluster service account or KUBECONFIG): {e}"
+                    )),
+                    ..KubeState::default()
+                })
+                .await;
+            return;
+        }
+    };
+    let pods_api: Api<Pod> = Api::all(client.clone());
+    let ns_api: Api<Namespace> = Api::all(client.clone());
+    let svc_api: Api<Service> = Api::all(client.clone());
+    let gvk = GroupVersionKind::gvk("kuma.io", "v1alpha1", "MeshPassthrough");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "meshpassthroughs");
+    let mp_api: Api<DynamicObject> = Api::all_with(client, &ar);
+
+    let (pods, pods_w) = reflector::store();
+    let (namespaces, ns_w) = reflector::store();
+    let (services, svc_w) = reflector::store();
+    let mp_w = reflector::store::Writer::new(ar.clone());
+    let policies = mp_w.as_reader();
+    let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let mut items = futures::stream::select_all([
+        feed(
+            reflector::reflector(pods_w, watcher(pods_api, on_node)).default_backoff(),
+            Feed::Pods,
+        ),
+        feed(
+            reflector::reflector(ns_w, watcher(ns_api, watcher::Config::default()))
+                .default_backoff(),
+            Feed::Namespaces,
+        ),
+        feed(
+            reflector::reflector(svc_w, watcher(svc_api, watcher::Config::default()))
+                .default_backoff(),
+            Feed::Services,
+        ),
+        feed(
+            reflector::reflector(mp_w, watcher(mp_api, watcher::Config::default()))
+                .default_backoff(),
+            Feed::Policies,
+        ),
+    ]);
+    let mut listed: Vec<Feed> = Vec::new();
+    let mut error: Option<String> = None;
+    let mut waiting_for_cgroups = false;
+    loop {
+        let item = if waiting_for_cgroups {
+            match tokio::time::timeout(CGROUP_RETRY, items.next()).await {
+                Ok(i) => i,
+                Err(_) => Some(Item::Changed),
+            }
+        } else {
+            items.next().await
+        };
+        let Some(first) = item else { return };
+        let mut batch = vec![first];
+        // Gather the rest of a burst.
+        while let Ok(Some(i)) = tokio::time::timeout(SETTLE, items.next()).await {
+            batch.push(i);
+        }
+        for i in batch {
+            match i {
+                Item::Listed(f) => {
+                    if !listed.contains(&f) {
+                        listed.push(f);
+                    }
+                    error = None;
+                }
+                Item::Changed => {}
+                Item::Failed(e) => {
+                    tracing::warn!("Kubernetes watch: {e}; retrying, enforcement unchanged");
+                    error = Some(e);
+                }
+            }
+        }
+        let (state, missing_cgroups) = desired(&pods, &namespaces, &services, &policies, &root);
+        waiting_for_cgroups = missing_cgroups;
+        let state = KubeState {
+            synced: listed.len() == 4,
+            connected: error.is_none(),
+            error: error.clone(),
+            ..state
+        };
+        if tx.send(state).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The policies and the workloads the stores describe now; `true` when a pod in the mesh
+/// has no cgroup yet.
+fn desired(
+    pods: &Store<Pod>,
+    namespaces: &Store<Namespace>,
+    services: &Store<Service>,
+    policies: &Store<DynamicObject>,
+    root: &std::path::Path,
+) -> (KubeState, bool) {
+    let services: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
+    let settings = pods::KumaSettings::default();
+    let mut workloads = Vec::new();
+    let mut missing = false;
+    for pod in pods.state() {
+        let ns_name = pod.metadata.namespace.clone().unwrap_or_default();
+        let ns = namespaces
+            .state()
+            .into_iter()
+            .find(|n| n.metadata.name.as_deref() == Some(ns_name.as_str()));
+        let cx = pods::Context {
+            namespace: ns.as_deref(),
+            services: &services,
+            node: None,
+            settings: &settings,
+        };
+        let Ok(w) = pods::workload_of(&pod, &cx, pods::Membership::Injection) else {
+            continue;
+        };
+        let Some(cgroup) = pods::pod_uid(&pod).and_then(|uid| pod_cgroup(root, uid)) else {
+            missing = true;
+            continue;
+        };
+        workloads.push(WorkloadConfig {
+            cgroup,
+            mesh: w.mesh,
+            proxy_type: w.proxy_type,
+            tags: w.tags,
+            name: w.name,
+            namespace: w.namespace,
+            labels: w.labels,
+            audit: false,
+        });
+    }
+    let policies = policies.state().iter().map(|o| document(o)).collect();
+    (
+        KubeState {
+            policies,
+            workloads,
+            ..KubeState::default()
+        },
+        missing,
+    )
+}
+
+/// A MeshPassthrough object as the policy engine reads a Kubernetes-form document: its
+/// name, namespace, labels and spec (the server-side metadata is not policy).
+fn document(o: &DynamicObject) -> Document {
+    let name = o.metadata.name.clone().unwrap_or_default();
+    let namespace = o.metadata.namespace.clone();
+    let mut metadata = json!({ "name": name });
+    if let Some(ns) = &namespace {
+        metadata["namespace"] = json!(ns);
+    }
+    if let Some(labels) = &o.metadata.labels {
+        metadata["labels"] = json!(labels);
+    }
+    let object = json!({
+        "apiVersion": "kuma.io/v1alpha1",
+        "kind": "MeshPassthrough",
+        "metadata": metadata,
+        "spec": o.data.get("spec").cloned().unwrap_or(serde_json::Value::Null),
+    });
+    let source = Source {
+        file: format!("kubernetes:{}/{name}", namespace.as_deref().unwrap_or("")),
+        doc: 0,
+    };
+    let value = serde_yaml::to_value(&object).unwrap_or(serde_yaml::Value::Null);
+    match parse_policy(source, value) {
+        Ok(p) => Document::Policy(Box::new(p)),
+        Err(e) => Document::Invalid(e),
+    }
+}
