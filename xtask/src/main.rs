@@ -4,8 +4,10 @@
 //! - `test`: setup, then every test: unit tests, then the privileged kernel tests.
 //! - `lint`: rustfmt and clippy, as CI runs them.
 //! - `demo`: the README's main job on the embedded demo.
+//! - `manifests`: the Kubernetes deployment, generated (`--check`: unchanged).
 
 mod demo;
+mod manifests;
 mod setup;
 
 use std::{
@@ -38,6 +40,11 @@ enum Task {
     Lint,
     /// Build and run the demo (needs root).
     Demo,
+    /// Write deploy/kubernetes/ from xtask/src/manifests.rs (`--check`: fail if it differs).
+    Manifests {
+        #[arg(long)]
+        check: bool,
+    },
     /// Run a benchmark (needs root); results go to bench/results/.
     Bench {
         /// Which benchmark: connect (connect() latency, apply time) or proxy (the peek
@@ -56,6 +63,7 @@ fn main() -> Result<()> {
         Task::Test { unprivileged } => test(unprivileged),
         Task::Lint => lint(),
         Task::Demo => demo::run_demo(),
+        Task::Manifests { check } => manifests::run(&root(), check),
         Task::Bench { which, quick } => bench(&which, quick),
     }
 }
