@@ -221,6 +221,40 @@ fn meshpassthrough_objects_and_pods_from_the_api_server_are_enforced() {
         connect(&web, allowed).is_eperm(),
         "a policy of namespace other applies only there"
     );
+    // An invalid object never reaches the kernel: the last good state stays, and an Event
+    // on the object says why.
+    api.apply(
+        Resource::MeshPassthroughs,
+        policy(
+            "broken",
+            "kuma-system",
+            serde_json::json!({
+                "targetRef": {"kind": "Mesh"},
+                "default": {"passthroughMode": "Matched", "appendMatch": [
+                    {"type": "IP", "value": "not-an-ip", "port": 80, "protocol": "tcp"}]},
+            }),
+        ),
+    );
+    let mut events = Vec::new();
+    agent.wait_until(Duration::from_secs(3), || {
+        events = api.posted_events();
+        !events.is_empty()
+    });
+    let e = &events[0];
+    assert_eq!(e["involvedObject"]["kind"], "MeshPassthrough");
+    assert_eq!(e["involvedObject"]["name"], "broken");
+    assert_eq!(e["type"], "Warning");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("appendMatch[0].value")),
+        "{e}"
+    );
+    assert!(
+        connect(&web, allowed).is_eperm(),
+        "the last good state stays"
+    );
+    api.delete(Resource::MeshPassthroughs, "kuma-system", "broken");
     // A pod created later, its cgroup appearing after it was reported: enforced from its
     // first connect.
     let uid2 = "0b7d2c1e-2222-4a2b-9c3d-000000000002";

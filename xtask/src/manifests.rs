@@ -15,8 +15,8 @@ use k8s_openapi::{
         core::v1::{
             Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
             EnvVarSource, HTTPGetAction, HostPathVolumeSource, Namespace, ObjectFieldSelector,
-            PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecurityContext,
-            ServiceAccount, Toleration, Volume, VolumeMount,
+            PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecurityContext, ServiceAccount,
+            Toleration, Volume, VolumeMount,
         },
         rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject},
     },
@@ -26,7 +26,8 @@ use k8s_openapi::{
         JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
     },
     apimachinery::pkg::{
-        api::resource::Quantity, apis::meta::v1::LabelSelector, apis::meta::v1::ObjectMeta,
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta},
         util::intstr::IntOrString,
     },
 };
@@ -38,7 +39,8 @@ const IMAGE: &str = "ghcr.io/passthrough/passthrough:0.1.0";
 const ADMIN_PORT: i32 = 9902;
 
 /// The agent config the DaemonSet mounts: Kubernetes is the only source.
-const AGENT_CONFIG: &str = "# passthrough agent on a Kubernetes node (the DaemonSet sets NODE_NAME).
+const AGENT_CONFIG: &str =
+    "# passthrough agent on a Kubernetes node (the DaemonSet sets NODE_NAME).
 kubernetes: {}
 admin: {listen: 127.0.0.1:9902}
 bpffs: /sys/fs/bpf/passthrough

@@ -110,6 +110,16 @@ pub struct Agent {
     pub(crate) events: Arc<EventLog>,
     /// What the Kubernetes source contributes (empty without one).
     kube: KubeState,
+    /// Invalid MeshPassthrough objects, for the source to report as Events.
+    pub(crate) kube_problems: Arc<crate::k8s::source::Problems>,
+}
+
+/// A MeshPassthrough object the agent refused, and why.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KubeProblem {
+    pub namespace: String,
+    pub name: String,
+    pub message: String,
 }
 
 /// Policies and workloads from the Kubernetes API.
@@ -209,6 +219,7 @@ impl Agent {
             proxy_stats: Arc::new(ProxyStats::default()),
             events: Arc::new(EventLog::default()),
             kube: KubeState::default(),
+            kube_problems: Arc::default(),
         })
     }
 
@@ -292,6 +303,7 @@ impl Agent {
     pub fn reconcile(&mut self) -> &ReloadReport {
         let set = PolicySet::load_with(&self.config.policies, self.kube.policies.clone());
         let at = humantime_now();
+        self.report_kube_problems(&set);
         if !set.problems.is_empty() {
             let problems: Vec<String> = set.problems.iter().flat_map(Problem::lines).collect();
             for p in &problems {
@@ -350,6 +362,33 @@ impl Agent {
             },
             problems,
         })
+    }
+
+    /// Hands the violations of MeshPassthrough objects to the Kubernetes source, which
+    /// reports them as Events on those objects.
+    fn report_kube_problems(&self, set: &PolicySet) {
+        if self.config.kubernetes.is_none() {
+            return;
+        }
+        let problems: Vec<KubeProblem> = set
+            .problems
+            .iter()
+            .filter_map(|p| {
+                let Problem::Invalid { source, .. } = p else {
+                    return None;
+                };
+                let object = source
+                    .file
+                    .strip_prefix(crate::k8s::source::SOURCE_PREFIX)?;
+                let (namespace, name) = object.split_once('/')?;
+                Some(KubeProblem {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    message: p.lines().join("; "),
+                })
+            })
+            .collect();
+        self.kube_problems.set(problems);
     }
 
     /// Gives the peek proxy the policies now in the kernel, in one swap.

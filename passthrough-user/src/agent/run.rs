@@ -128,6 +128,7 @@ fn start_kubernetes(agent: &Agent) -> Option<tokio::sync::mpsc::Receiver<super::
         node,
         root,
         k.kubeconfig.clone(),
+        agent.kube_problems.clone(),
         tx,
     ));
     Some(rx)

@@ -8,14 +8,18 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use futures::{StreamExt as _, stream::BoxStream};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::{
+    api::core::v1::{Event, EventSource, Namespace, ObjectReference, Pod, Service},
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+};
 use kube::{
     Api, Client, Config,
-    api::{ApiResource, DynamicObject, GroupVersionKind},
+    api::{ApiResource, DynamicObject, GroupVersionKind, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
         WatchStreamExt as _,
@@ -28,12 +32,99 @@ use tokio::sync::mpsc;
 
 use super::{cgroups::pod_cgroup, pods};
 use crate::{
-    agent::{KubeState, config::WorkloadConfig},
+    agent::{KubeProblem, KubeState, config::WorkloadConfig},
     policy::{
         load::{Document, parse_policy},
         model::Source,
     },
 };
+
+/// Source names of policies that came from the API server: `kubernetes:NAMESPACE/NAME`.
+pub const SOURCE_PREFIX: &str = "kubernetes:";
+
+/// The agent's latest list of refused MeshPassthrough objects, and a wake-up for the task
+/// that reports them.
+#[derive(Default)]
+pub struct Problems {
+    list: std::sync::Mutex<Vec<KubeProblem>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Problems {
+    pub fn set(&self, problems: Vec<KubeProblem>) {
+        let mut list = self
+            .list
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *list != problems {
+            *list = problems;
+            self.changed.notify_one();
+        }
+    }
+
+    fn get(&self) -> Vec<KubeProblem> {
+        self.list
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Posts a Warning Event on each refused object, once per distinct message, so
+/// `kubectl describe meshpassthrough` shows why it is not applied.
+async fn report(client: Client, problems: Arc<Problems>) {
+    let mut posted: std::collections::HashSet<KubeProblem> = Default::default();
+    loop {
+        problems.changed.notified().await;
+        for p in problems.get() {
+            if posted.contains(&p) {
+                continue;
+            }
+            let api: Api<Event> = Api::namespaced(client.clone(), &p.namespace);
+            let now = Time(k8s_openapi::jiff::Timestamp::now());
+            let mut message = p.message.clone();
+            message.truncate(1024);
+            let event = Event {
+                metadata: ObjectMeta {
+                    generate_name: Some(format!("{}.", p.name)),
+                    namespace: Some(p.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                involved_object: ObjectReference {
+                    api_version: Some("kuma.io/v1alpha1".into()),
+                    kind: Some("MeshPassthrough".into()),
+                    name: Some(p.name.clone()),
+                    namespace: Some(p.namespace.clone()),
+                    ..ObjectReference::default()
+                },
+                reason: Some("InvalidPolicy".into()),
+                message: Some(format!(
+                    "passthrough refused this policy (every workload keeps its last good state): {message}"
+                )),
+                type_: Some("Warning".into()),
+                source: Some(EventSource {
+                    component: Some("passthrough".into()),
+                    ..EventSource::default()
+                }),
+                reporting_component: Some("passthrough".into()),
+                first_timestamp: Some(now.clone()),
+                last_timestamp: Some(now),
+                count: Some(1),
+                ..Event::default()
+            };
+            match api.create(&PostParams::default(), &event).await {
+                Ok(_) => {
+                    posted.insert(p);
+                }
+                Err(e) => tracing::warn!(
+                    "could not post an Event on MeshPassthrough {}/{}: {e}",
+                    p.namespace,
+                    p.name
+                ),
+            }
+        }
+    }
+}
 
 /// How long changes are gathered before the agent is told, so a burst (a relist) is one
 /// reconcile.
@@ -93,6 +184,7 @@ pub async fn run(
     node: String,
     root: PathBuf,
     kubeconfig: Option<PathBuf>,
+    problems: Arc<Problems>,
     tx: mpsc::Sender<KubeState>,
 ) {
     let client = match client(kubeconfig.as_deref()).await {
@@ -109,6 +201,7 @@ pub async fn run(
             return;
         }
     };
+    tokio::spawn(report(client.clone(), problems));
     let pods_api: Api<Pod> = Api::all(client.clone());
     let ns_api: Api<Namespace> = Api::all(client.clone());
     let svc_api: Api<Service> = Api::all(client.clone());
@@ -263,7 +356,10 @@ fn document(o: &DynamicObject) -> Document {
         "spec": o.data.get("spec").cloned().unwrap_or(serde_json::Value::Null),
     });
     let source = Source {
-        file: format!("kubernetes:{}/{name}", namespace.as_deref().unwrap_or("")),
+        file: format!(
+            "{SOURCE_PREFIX}{}/{name}",
+            namespace.as_deref().unwrap_or("")
+        ),
         doc: 0,
     };
     let value = serde_yaml::to_value(&object).unwrap_or(serde_yaml::Value::Null);
