@@ -207,17 +207,21 @@ pub struct OrigDst {
 const _: () = assert!(size_of::<OrigDst>() == 32);
 
 /// Key of `PROXY_PEERS`: the client end of a redirected connection as the proxy sees it on
-/// accept (the peer address and port of the accepted socket).
+/// accept (the peer address and port of the accepted socket), in its network namespace:
+/// two pods can both have a client at 127.0.0.1:40000.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PeerKey {
+    /// `bpf_get_netns_cookie` of the connection's network namespace (`SO_NETNS_COOKIE` of
+    /// the proxy's listener).
+    pub netns: u64,
     /// Client address as IPv6 bytes; IPv4 is IPv4-mapped.
     pub addr: [u8; 16],
     /// Client port in host byte order.
     pub port: u16,
     pub _pad: [u8; 6],
 }
-const _: () = assert!(size_of::<PeerKey>() == 24);
+const _: () = assert!(size_of::<PeerKey>() == 32);
 
 /// A denied connect, or one allowed only because of audit mode, as the kernel reports it
 /// through the `EVENTS` ring buffer.

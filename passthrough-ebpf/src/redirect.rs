@@ -14,7 +14,7 @@ use aya_ebpf::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
         BPF_TCP_CLOSE, bpf_sock_addr,
     },
-    helpers::bpf_get_socket_cookie,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::{SockAddrContext, SockOpsContext},
 };
 use passthrough_common::{OrigDst, PeerKey, Reason, unmapped_v4, v4_mapped};
@@ -156,6 +156,7 @@ fn local_end(ctx: &SockOpsContext) -> Option<PeerKey> {
         _ => return None,
     };
     Some(PeerKey {
+        netns: unsafe { bpf_get_netns_cookie(ctx.ops.cast()) },
         addr,
         // `local_port` is in host byte order.
         port: ctx.local_port() as u16,

@@ -248,6 +248,15 @@ impl Agent {
         Ok(())
     }
 
+    /// The cgroups of the pods the Kubernetes source reported.
+    pub fn kube_cgroups(&self) -> Vec<PathBuf> {
+        self.kube
+            .workloads
+            .iter()
+            .map(|w| w.cgroup.clone())
+            .collect()
+    }
+
     /// Replaces what the Kubernetes source contributes: its policies and its pods.
     pub fn set_kubernetes(&mut self, state: KubeState) {
         self.kube = state;

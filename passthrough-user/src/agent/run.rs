@@ -15,7 +15,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::{Agent, AgentError, admin, config::ProxyConfig, events};
 use crate::{
     policy::load::policy_files_in,
-    proxy::server::{Bounds, Proxy},
+    proxy::{
+        netns::{Netns, pid_in_cgroup},
+        server::{Bounds, Proxy},
+    },
 };
 
 /// How often files and cgroups are checked for changes. Policy changes apply within this
@@ -59,8 +62,12 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
     }
     let admin_addr = agent.config().admin.listen;
     start_events(&mut agent)?;
+    let mut pod_listeners = None;
     if let Some(p) = agent.config().proxy.clone() {
-        start_proxy(&mut agent, p).await?;
+        let proxy = start_proxy(&mut agent, p.clone()).await?;
+        if agent.config().kubernetes.is_some() {
+            pod_listeners = Some(PodListeners::new(proxy, p.listen)?);
+        }
     }
     agent.reconcile();
     let (policies, cgroups) = agent.watched_paths();
@@ -82,11 +89,17 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
     loop {
         tokio::select! {
             Some(state) = recv(&mut kube) => {
-                let mut a = lock(&agent);
-                a.set_kubernetes(state);
-                a.reconcile();
-                let (policies, cgroups) = a.watched_paths();
-                last = fingerprint(&policies, &cgroups);
+                let pods = {
+                    let mut a = lock(&agent);
+                    a.set_kubernetes(state);
+                    a.reconcile();
+                    let (policies, cgroups) = a.watched_paths();
+                    last = fingerprint(&policies, &cgroups);
+                    a.kube_cgroups()
+                };
+                if let Some(l) = &mut pod_listeners {
+                    l.sync(&pods);
+                }
             }
             _ = tick.tick() => {
                 let (policies, cgroups) = lock(&agent).watched_paths();
@@ -94,6 +107,10 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
                 if now != last {
                     last = now;
                     lock(&agent).reconcile();
+                }
+                if let Some(l) = &mut pod_listeners {
+                    let pods = lock(&agent).kube_cgroups();
+                    l.sync(&pods);
                 }
             }
             _ = hup.recv() => {
@@ -169,7 +186,7 @@ fn start_events(agent: &mut Agent) -> Result<(), AgentError> {
 
 /// Binds the peek proxy's listeners and serves them. Binding happens before `/ready`, so a
 /// ready agent never redirects to a port nobody listens on.
-async fn start_proxy(agent: &mut Agent, cfg: ProxyConfig) -> Result<(), AgentError> {
+async fn start_proxy(agent: &mut Agent, cfg: ProxyConfig) -> Result<Arc<Proxy>, AgentError> {
     let name = passthrough_common::map_names::PROXY_PEERS;
     let map =
         agent.loader.ebpf_mut().take_map(name).ok_or_else(|| {
@@ -196,9 +213,79 @@ async fn start_proxy(agent: &mut Agent, cfg: ProxyConfig) -> Result<(), AgentErr
             ))
         })?;
         tracing::info!(%addr, "peek proxy listening");
-        tokio::spawn(proxy.clone().serve(listener));
+        tokio::spawn(proxy.clone().serve(listener, None));
     }
-    Ok(())
+    Ok(proxy)
+}
+
+/// The peek proxy's listeners inside pods' network namespaces: the kernel redirects a pod's
+/// connect to the loopback of the pod's own namespace, so each pod needs one there.
+struct PodListeners {
+    proxy: Arc<Proxy>,
+    listen: Vec<std::net::SocketAddr>,
+    /// The agent's namespace: a pod in it (host network) is served by the agent's listener.
+    own: u64,
+    /// Pod cgroup -> the serving tasks (aborting one closes its listener).
+    pods: BTreeMap<PathBuf, Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl PodListeners {
+    fn new(proxy: Arc<Proxy>, listen: Vec<std::net::SocketAddr>) -> Result<Self, AgentError> {
+        let own = Netns::own()
+            .map_err(|e| AgentError::Other(format!("the agent's network namespace: {e}")))?
+            .inode;
+        Ok(Self {
+            proxy,
+            listen,
+            own,
+            pods: BTreeMap::new(),
+        })
+    }
+
+    /// Opens listeners for new pods (once a process runs in them) and closes those of pods
+    /// that left.
+    fn sync(&mut self, pods: &[PathBuf]) {
+        self.pods.retain(|cgroup, tasks| {
+            let keep = pods.contains(cgroup);
+            if !keep {
+                tasks.iter().for_each(tokio::task::JoinHandle::abort);
+            }
+            keep
+        });
+        for cgroup in pods {
+            if self.pods.contains_key(cgroup) {
+                continue;
+            }
+            // No process yet (the sandbox is starting): try again on the next tick.
+            let Some(pid) = pid_in_cgroup(cgroup) else {
+                continue;
+            };
+            let ns = match Netns::of_pid(pid) {
+                Ok(ns) => ns,
+                Err(e) => {
+                    tracing::debug!(cgroup = %cgroup.display(), "pod network namespace: {e}");
+                    continue;
+                }
+            };
+            let mut tasks = Vec::new();
+            if ns.inode != self.own {
+                let ns = Arc::new(ns);
+                for addr in &self.listen {
+                    match ns.listen(*addr).and_then(tokio::net::TcpListener::from_std) {
+                        Ok(l) => {
+                            tasks.push(tokio::spawn(self.proxy.clone().serve(l, Some(ns.clone()))));
+                        }
+                        Err(e) => tracing::warn!(
+                            cgroup = %cgroup.display(),
+                            "peek proxy listener {addr} in the pod's namespace: {e}"
+                        ),
+                    }
+                }
+                tracing::info!(cgroup = %cgroup.display(), "peek proxy listening in the pod's network namespace");
+            }
+            self.pods.insert(cgroup.clone(), tasks);
+        }
+    }
 }
 
 /// Forwards the programs' aya-log records (`debug: true`) to the agent's log.

@@ -22,7 +22,10 @@ use tokio::{
     sync::Semaphore,
 };
 
-use super::peek::{Progress, peek};
+use super::{
+    netns::{self, Netns},
+    peek::{Progress, peek},
+};
 use crate::{
     agent::events::{EventLog, EventRecord, rfc3339},
     policy::{
@@ -30,6 +33,13 @@ use crate::{
         decide::{Action, Exemptions, Peeked, Verdict, decide},
     },
 };
+
+/// Where a listener is: its namespace's cookie (the kernel keys redirected connections by
+/// it) and, for a pod's namespace, the namespace itself.
+struct Place {
+    cookie: u64,
+    netns: Option<Arc<Netns>>,
+}
 
 /// Bounds on what one client may cost the proxy.
 #[derive(Clone, Copy, Debug)]
@@ -150,8 +160,16 @@ impl Proxy {
         }
     }
 
-    /// Accepts connections forever.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    /// Accepts connections forever. `netns` is the namespace the listener is in when it is
+    /// not the agent's own (a pod's): upstream connections are made from there too.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, netns: Option<Arc<Netns>>) {
+        let place = match netns::cookie(&listener) {
+            Ok(cookie) => Arc::new(Place { cookie, netns }),
+            Err(e) => {
+                tracing::error!("proxy listener: no netns cookie ({e}); needs Linux 5.14");
+                return;
+            }
+        };
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -168,9 +186,10 @@ impl Proxy {
                 continue;
             };
             let proxy = self.clone();
+            let place = place.clone();
             tokio::spawn(async move {
                 proxy.stats.active.fetch_add(1, Ordering::Relaxed);
-                proxy.handle(stream, peer).await;
+                proxy.handle(stream, peer, &place).await;
                 proxy.stats.active.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
@@ -179,12 +198,13 @@ impl Proxy {
 
     /// The original destination of a redirected connection, removed from the kernel's
     /// table. `None` for a connection the kernel did not redirect.
-    fn original(&self, peer: SocketAddr) -> Option<OrigDst> {
+    fn original(&self, peer: SocketAddr, netns: u64) -> Option<OrigDst> {
         let addr = match peer.ip() {
             IpAddr::V4(a) => v4_mapped(a.octets()),
             IpAddr::V6(a) => a.octets(),
         };
         let key = PeerKey {
+            netns,
             addr,
             port: peer.port(),
             _pad: [0; 6],
@@ -195,8 +215,8 @@ impl Proxy {
         Some(orig)
     }
 
-    async fn handle(&self, mut client: TcpStream, peer: SocketAddr) {
-        let Some(orig) = self.original(peer) else {
+    async fn handle(&self, mut client: TcpStream, peer: SocketAddr, place: &Place) {
+        let Some(orig) = self.original(peer, place.cookie) else {
             // Something connected to the proxy port directly: there is nothing to decide.
             self.stats.refuse("not_redirected");
             return;
@@ -261,7 +281,7 @@ impl Proxy {
             return;
         }
         tracing::debug!(workload = %workload.name, %dest, name, rule, "proxy allowed");
-        if let Err(e) = splice(client, dest, &buf).await {
+        if let Err(e) = splice(client, dest, &buf, place.netns.as_deref()).await {
             tracing::debug!(%dest, "proxied connection ended: {e}");
         }
     }
@@ -385,8 +405,20 @@ fn h2_goaway(debug: &str) -> Vec<u8> {
 /// Connects to the original destination, replays what the client sent, then forwards both
 /// ways until both sides have closed (each direction's end of stream is passed on), with
 /// `splice(2)` where the kernel allows it and by copying otherwise.
-async fn splice(mut client: TcpStream, dest: SocketAddr, peeked: &[u8]) -> io::Result<()> {
-    let mut upstream = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(dest))
+async fn splice(
+    mut client: TcpStream,
+    dest: SocketAddr,
+    peeked: &[u8],
+    netns: Option<&Netns>,
+) -> io::Result<()> {
+    let connect = async {
+        match netns {
+            // From the pod's namespace, as the pod's own connect would have been.
+            Some(ns) => ns.socket_for(dest)?.connect(dest).await,
+            None => TcpStream::connect(dest).await,
+        }
+    };
+    let mut upstream = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     let _ = upstream.set_nodelay(true);
