@@ -87,9 +87,37 @@ impl AgentRun {
         run
     }
 
+    /// As [`AgentRun::start`] with no config-file workloads, the agent in the network
+    /// namespace at `netns` (a node's, apart from its pods') instead of the client one.
+    pub fn start_in_netns(
+        netns: &Path,
+        topo: &Topology,
+        policies: &[(&str, &str)],
+        extra_config: &str,
+    ) -> Self {
+        let mut run = Self::prepare(None, topo, &[], policies, extra_config);
+        run.client_netns = netns.to_path_buf();
+        run.spawn();
+        run.wait_ready();
+        run
+    }
+
     /// Writes the config and the policies and starts the agent, without waiting for it to be
     /// ready. Workload cgroups are given as paths, which need not exist yet.
     pub fn launch(
+        agent_cgroup: Option<&TestCgroup>,
+        topo: &Topology,
+        workloads: &[(&Path, &[(&str, &str)])],
+        policies: &[(&str, &str)],
+        extra_config: &str,
+    ) -> Self {
+        let mut run = Self::prepare(agent_cgroup, topo, workloads, policies, extra_config);
+        run.spawn();
+        run
+    }
+
+    /// Writes the config and the policies; the agent is not started.
+    fn prepare(
         agent_cgroup: Option<&TestCgroup>,
         topo: &Topology,
         workloads: &[(&Path, &[(&str, &str)])],
@@ -124,7 +152,7 @@ impl AgentRun {
         let config = dir.path().join("agent.yaml");
         fs::write(&config, &cfg).expect("write config");
         let parsed = passthrough::agent::config::AgentConfig::load(&config).expect("config");
-        let mut run = Self {
+        Self {
             dir,
             config,
             client_netns: topo.client_netns_path(),
@@ -132,9 +160,7 @@ impl AgentRun {
             mesh_cidrs: parsed.mesh_cidrs,
             agent_cgroup: agent_cgroup.map(|c| c.path().to_path_buf()),
             child: None,
-        };
-        run.spawn();
-        run
+        }
     }
 
     pub fn bpffs(&self) -> &Path {

@@ -444,6 +444,20 @@ impl TestCgroup {
             child: spawn_ready(cmd, "probe sleep"),
         }
     }
+
+    /// As [`TestCgroup::spawn_sleeper`], the process in the network namespace at `netns`
+    /// (a pod's pause container).
+    pub fn spawn_sleeper_in(&self, netns: &Path) -> Sleeper {
+        let mut cmd = Command::new(probe_bin());
+        cmd.arg("sleep")
+            .arg("--cgroup")
+            .arg(&self.path)
+            .arg("--netns")
+            .arg(netns);
+        Sleeper {
+            child: spawn_ready(cmd, "probe sleep"),
+        }
+    }
 }
 
 impl Drop for TestCgroup {
@@ -806,6 +820,48 @@ impl Drop for ServerGuard {
             let _ = c.kill();
             let _ = c.wait();
             live.retain(|&p| p != c.id());
+        }
+    }
+}
+
+/// A network namespace with only a loopback: a Kubernetes node's own namespace, apart from
+/// its pods' (the client namespace). Removed on drop.
+#[must_use = "dropping the guard removes the namespace"]
+pub struct NodeNetns {
+    name: String,
+}
+
+impl Default for NodeNetns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeNetns {
+    pub fn new() -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let ns = Self {
+            name: format!("{NETNS_PREFIX}n-{}-{n}", std::process::id()),
+        };
+        ip(&["netns", "add", &ns.name])
+            .and_then(|()| ip(&["-n", &ns.name, "link", "set", "lo", "up"]))
+            .unwrap_or_else(|e| panic!("creating {}: {e}", ns.name));
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        netns_path(&self.name)
+    }
+}
+
+impl Drop for NodeNetns {
+    fn drop(&mut self) {
+        let path = self.path();
+        kill_netns_processes(&path);
+        if path.exists()
+            && let Err(e) = ip(&["netns", "del", &self.name])
+        {
+            cleanup_failed(e);
         }
     }
 }

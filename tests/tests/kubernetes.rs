@@ -299,3 +299,76 @@ fn meshpassthrough_objects_and_pods_from_the_api_server_are_enforced() {
     drop(web2);
     drop(web);
 }
+
+#[test]
+fn a_domain_entry_works_through_the_proxy_listener_in_the_pods_namespace() {
+    use passthrough_tests::{
+        NodeNetns, ProbeOptions, TestCgroup,
+        agent::{AgentRun, sa},
+    };
+    // The agent runs in the node's namespace, which has no route anywhere; the pod's
+    // namespace is the client one. A Domain entry can only work if the proxy listens in the
+    // pod's namespace and connects upstream from there.
+    let topo = Topology::new();
+    let node = NodeNetns::new();
+    let dest = sa("203.0.113.10:80");
+    let _servers = topo.serve(&[dest]);
+    let api = ApiServer::start(&node.path());
+    api.apply(
+        Resource::Namespaces,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": {"kuma.io/sidecar-injection": "enabled"}},
+        }),
+    );
+    let root = TestCgroup::new();
+    let uid = "0b7d2c1e-3333-4a2b-9c3d-000000000003";
+    let web = systemd_pod_cgroup(&root, uid);
+    let _pause = web.spawn_sleeper_in(&topo.client_netns_path());
+    api.apply(
+        Resource::Pods,
+        pod("web-1", uid, serde_json::json!({"app": "web"})),
+    );
+    api.apply(Resource::MeshPassthroughs, policy("named", "kuma-system", serde_json::json!({
+        "targetRef": {"kind": "Mesh"},
+        "default": {"passthroughMode": "Matched", "appendMatch": [
+            {"type": "Domain", "value": "allowed.example", "port": 80, "protocol": "http"}]},
+    })));
+    let dir = tempfile::tempdir().expect("tmp");
+    let kubeconfig = api.kubeconfig(dir.path());
+    let agent = AgentRun::start_in_netns(
+        &node.path(),
+        &topo,
+        &[],
+        &format!(
+            "kubernetes: {{nodeName: {NODE}, cgroupRoot: \"{}\", kubeconfig: \"{}\"}}\nproxy: {{listen: [127.0.0.1:15001, \"[::1]:15001\"]}}\n",
+            root.path().display(),
+            kubeconfig.display()
+        ),
+    );
+    let get = |host: &str| ProbeOptions {
+        send: Some(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")),
+        ..ProbeOptions::default()
+    };
+    let mut r = topo.connect(Some(&web), dest, &get("allowed.example"));
+    agent.wait_until(Duration::from_secs(3), || {
+        r = topo.connect(Some(&web), dest, &get("allowed.example"));
+        r.received().starts_with("hello from")
+    });
+    assert!(
+        r.received().starts_with("hello from 203.0.113.10:80"),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.peer(),
+        Some("203.0.113.10:80"),
+        "getpeername shows the original"
+    );
+    let r = topo.connect(Some(&web), dest, &get("evil.example"));
+    assert!(r.received().starts_with("HTTP/1.1 403"), "{r:?}");
+    // The pod goes away: its listener closes with it.
+    api.delete(Resource::Pods, "shop", "web-1");
+    agent.wait_until(Duration::from_secs(3), || {
+        agent.status()["kubernetes"]["pods"] == 0
+    });
+}

@@ -5,7 +5,7 @@
 //!   the outcome of one connect().
 //! - `probe serve [--netns PATH] [--sink|--echo] ADDR:PORT...` greets every connection (or,
 //!   with `--sink`, closes it at once; with `--echo`, echoes everything), prints `ready`.
-//! - `probe sleep [--cgroup DIR]` stands in for a long-running workload.
+//! - `probe sleep [--cgroup DIR] [--netns PATH]` stands in for a long-running workload.
 //! - `probe bulk [--cgroup DIR] [--netns PATH] [--send HEAD] [--send-hex HEX] --bytes N
 //!   ADDR:PORT` sends HEAD then N pseudo-random bytes to an echo host while reading the echo,
 //!   and prints one JSON line with the byte counts and checksums of both directions.
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
 fn usage() -> String {
     "usage: probe connect [--cgroup DIR] [--netns PATH] [--timeout-ms N] [--read N] \
      [--send TEXT] [--send-hex HEX] [--hold-ms N] [--v4mapped] [--udp] ADDR:PORT | probe serve [--netns PATH] [--sink|--echo] ADDR:PORT... | \
-     probe sleep [--cgroup DIR] | probe exec [--cgroup DIR] [--netns PATH] -- PROGRAM ARGS..."
+     probe sleep [--cgroup DIR] [--netns PATH] | probe exec [--cgroup DIR] [--netns PATH] -- PROGRAM ARGS..."
         .to_string()
 }
 
@@ -794,7 +794,7 @@ fn exec_cmd(args: &[String]) -> Result<(), String> {
 // sleep
 
 fn sleep_cmd(args: &[String]) -> Result<(), String> {
-    let o = parse(args, &["--cgroup"])?;
+    let o = parse(args, &["--cgroup", "--netns"])?;
     if !o.positional.is_empty() {
         return Err(usage());
     }
