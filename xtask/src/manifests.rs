@@ -44,6 +44,9 @@ const AGENT_CONFIG: &str =
 kubernetes: {}
 admin: {listen: 127.0.0.1:9902}
 bpffs: /sys/fs/bpf/passthrough
+# The peek proxy listens on this port in every pod's network namespace (and the node's).
+# Not 15001, 15006 or 15053: Kuma's sidecar uses them inside pods.
+proxy: {listen: [127.0.0.1:15100, \"[::1]:15100\"]}
 ";
 
 fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
