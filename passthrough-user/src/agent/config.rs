@@ -396,6 +396,8 @@ impl AgentConfig {
 
 #[cfg(test)]
 mod tests {
+    use serde::Deserialize as _;
+
     use super::*;
 
     fn load(text: &str) -> Result<AgentConfig, ConfigError> {
@@ -468,6 +470,21 @@ meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
         let e = load("policies: [p]\nproxy: {listen: [127.0.0.1:1, 127.0.0.1:2]}\n")
             .expect_err("two v4");
         assert_eq!(e.field, "proxy.listen[1]");
+    }
+
+    #[test]
+    fn the_daemon_sets_config_is_valid() {
+        let manifests = include_str!("../../../deploy/kubernetes/passthrough.yaml");
+        let config = serde_yaml::Deserializer::from_str(manifests)
+            .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+            .find(|d| d["kind"] == "ConfigMap")
+            .and_then(|d| d["data"]["agent.yaml"].as_str().map(str::to_string))
+            .expect("the ConfigMap holds agent.yaml");
+        // The DaemonSet sets NODE_NAME; stand in for it.
+        let c = load(&config.replace("kubernetes: {}", "kubernetes: {nodeName: node-a}"))
+            .expect("the shipped config loads");
+        assert!(c.kubernetes.is_some());
+        assert_eq!(c.proxy.expect("proxy").ports(), (15100, 15100));
     }
 
     #[test]
