@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{TcpListener, TcpStream},
-    sync::{Notify, broadcast},
+    sync::{Notify, broadcast, watch},
 };
 
 use crate::run_in_netns;
@@ -92,8 +92,9 @@ pub struct ApiServer {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
     changes: broadcast::Sender<Change>,
-    /// Ends every open watch (the API server restarting, or a load balancer dropping it).
-    cut: Arc<Notify>,
+    /// Bumped to end every open watch (the API server restarting, or a load balancer
+    /// dropping it); a counter, so a watch between two awaits cannot miss it.
+    cut: Arc<watch::Sender<u64>>,
     stop: Arc<Notify>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -112,7 +113,7 @@ impl ApiServer {
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(State::default()));
         let (changes, _) = broadcast::channel(4096);
-        let cut = Arc::new(Notify::new());
+        let cut = Arc::new(watch::channel(0u64).0);
         let stop = Arc::new(Notify::new());
         let thread = {
             let (state, changes, cut, stop) =
@@ -232,12 +233,12 @@ impl ApiServer {
         let mut s = lock(&self.state);
         s.compacted = s.rv + 1;
         drop(s);
-        self.cut.notify_waiters();
+        self.cut.send_modify(|n| *n += 1);
     }
 
     /// Ends every open watch without an error, as a dropped connection does.
     pub fn drop_watches(&self) {
-        self.cut.notify_waiters();
+        self.cut.send_modify(|n| *n += 1);
     }
 
     /// Makes a resource answer 404, as a CRD that is not installed does.
@@ -258,7 +259,7 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.stop.notify_one();
-        self.cut.notify_waiters();
+        self.cut.send_modify(|n| *n += 1);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -268,7 +269,7 @@ impl Drop for ApiServer {
 struct Conn {
     state: Arc<Mutex<State>>,
     changes: broadcast::Sender<Change>,
-    cut: Arc<Notify>,
+    cut: Arc<watch::Sender<u64>>,
 }
 
 struct Request {
@@ -383,6 +384,8 @@ impl Conn {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let mut rx = self.changes.subscribe();
+        let mut cut = self.cut.subscribe();
+        cut.borrow_and_update();
         let (backlog, gone, current) = {
             let s = lock(&self.state);
             let backlog: Vec<Change> = s
@@ -433,7 +436,7 @@ impl Conn {
                     Ok(_) => {}
                     Err(_) => return Ok(()),
                 },
-                () = self.cut.notified() => {
+                _ = cut.changed() => {
                     let gone = {
                         let s = lock(&self.state);
                         s.compacted > current
