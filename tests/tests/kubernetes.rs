@@ -373,3 +373,108 @@ fn a_domain_entry_works_through_the_proxy_listener_in_the_pods_namespace() {
         agent.status()["kubernetes"]["pods"] == 0
     });
 }
+
+#[test]
+fn a_thousand_pods_created_and_deleted_leave_nothing_behind() {
+    use passthrough_tests::{TestCgroup, agent::AgentRun};
+    const ROUNDS: usize = 20;
+    const PODS: usize = 50;
+    let topo = Topology::new();
+    let api = ApiServer::start(&topo.client_netns_path());
+    api.apply(
+        Resource::Namespaces,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": {"kuma.io/sidecar-injection": "enabled"}},
+        }),
+    );
+    api.apply(
+        Resource::MeshPassthroughs,
+        policy(
+            "one",
+            "kuma-system",
+            serde_json::json!({
+                "targetRef": {"kind": "Mesh"},
+                "default": {"passthroughMode": "Matched", "appendMatch": [
+                    {"type": "IP", "value": "203.0.113.10", "port": 80, "protocol": "tcp"}]},
+            }),
+        ),
+    );
+    let root = TestCgroup::new();
+    let dir = tempfile::tempdir().expect("tmp");
+    let kubeconfig = api.kubeconfig(dir.path());
+    let agent = AgentRun::start(
+        &topo,
+        &[],
+        &[],
+        &format!(
+            "kubernetes: {{nodeName: {NODE}, cgroupRoot: \"{}\", kubeconfig: \"{}\"}}\n",
+            root.path().display(),
+            kubeconfig.display()
+        ),
+    );
+    let links = agent.bpffs().join("links");
+    let count = |p: &std::path::Path| std::fs::read_dir(p).map_or(0, Iterator::count);
+    let fds = |pid: u32| count(std::path::Path::new(&format!("/proc/{pid}/fd")));
+    let mut fds_after_first = 0;
+    let started = std::time::Instant::now();
+    for round in 0..ROUNDS {
+        let uids: Vec<String> = (0..PODS)
+            .map(|i| format!("0b7d2c1e-{round:04x}-4a2b-9c3d-{i:012x}"))
+            .collect();
+        let cgroups: Vec<TestCgroup> = uids.iter().map(|u| systemd_pod_cgroup(&root, u)).collect();
+        for (i, uid) in uids.iter().enumerate() {
+            api.apply(
+                Resource::Pods,
+                pod(
+                    &format!("p-{round}-{i}"),
+                    uid,
+                    serde_json::json!({"app": "web"}),
+                ),
+            );
+        }
+        agent.wait_until(Duration::from_secs(20), || {
+            let s = agent.status();
+            s["kubernetes"]["pods"] == PODS && s["ready"] == true
+        });
+        assert_eq!(count(&links), PODS, "one link directory per pod");
+        for i in 0..PODS {
+            api.delete(Resource::Pods, "shop", &format!("p-{round}-{i}"));
+        }
+        agent.wait_until(Duration::from_secs(20), || {
+            agent.status()["kubernetes"]["pods"] == 0 && count(&links) == 0
+        });
+        drop(cgroups);
+        if round == 0 {
+            fds_after_first = fds(agent.pid());
+        }
+    }
+    eprintln!(
+        "{} pods created and deleted in {:?}",
+        ROUNDS * PODS,
+        started.elapsed()
+    );
+    let status = agent.status();
+    assert_eq!(count(&links), 0, "no attachment left");
+    assert_eq!(status["slots"], 0, "no policy slot left: {status}");
+    let workloads = status["maps"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["map"] == "WORKLOADS"))
+        .map(|m| m["entries"].clone());
+    assert_eq!(workloads, Some(serde_json::json!(0)), "{status}");
+    // The kernel's own table: no workload entry left.
+    let map = aya::maps::MapData::from_pin(agent.bpffs().join("maps").join("WORKLOADS"))
+        .expect("pinned WORKLOADS");
+    let map: aya::maps::HashMap<_, u64, passthrough_common::Workload> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).expect("hash map");
+    assert_eq!(
+        map.keys().count(),
+        0,
+        "WORKLOADS entries left in the kernel"
+    );
+    let fds_now = fds(agent.pid());
+    assert!(
+        fds_now <= fds_after_first + 5,
+        "file descriptors grew from {fds_after_first} to {fds_now}"
+    );
+}
