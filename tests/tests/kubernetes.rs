@@ -137,6 +137,9 @@ fn meshpassthrough_objects_and_pods_from_the_api_server_are_enforced() {
     let other = sa("203.0.113.20:80");
     let _servers = topo.serve(&[allowed, other]);
     let api = ApiServer::start(&topo.client_netns_path());
+    // No Kuma in this cluster: the Dataplane API answers 404, membership comes from the
+    // injection labels, and the agent is ready all the same.
+    api.without(Resource::Dataplanes);
     api.apply(
         Resource::Namespaces,
         serde_json::json!({
@@ -477,4 +480,79 @@ fn a_thousand_pods_created_and_deleted_leave_nothing_behind() {
         fds_now <= fds_after_first + 5,
         "file descriptors grew from {fds_after_first} to {fds_now}"
     );
+}
+
+#[test]
+fn where_kuma_writes_dataplanes_they_decide_membership_and_tags() {
+    use passthrough_tests::{
+        ProbeOptions, TestCgroup,
+        agent::{AgentRun, sa},
+    };
+    let topo = Topology::new();
+    let dest = sa("203.0.113.10:80");
+    let _servers = topo.serve(&[dest]);
+    let api = ApiServer::start(&topo.client_netns_path());
+    api.apply(
+        Resource::Namespaces,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": {"kuma.io/sidecar-injection": "enabled"}},
+        }),
+    );
+    let root = TestCgroup::new();
+    let (uid1, uid2) = (
+        "0b7d2c1e-4444-4a2b-9c3d-000000000001",
+        "0b7d2c1e-4444-4a2b-9c3d-000000000002",
+    );
+    let with_dp = systemd_pod_cgroup(&root, uid1);
+    let without_dp = systemd_pod_cgroup(&root, uid2);
+    api.apply(
+        Resource::Pods,
+        pod("web-1", uid1, serde_json::json!({"app": "web"})),
+    );
+    api.apply(
+        Resource::Pods,
+        pod("web-2", uid2, serde_json::json!({"app": "web"})),
+    );
+    // Kuma's control plane wrote a Dataplane for web-1 only, with its own inbound tags.
+    api.apply(
+        Resource::Dataplanes,
+        serde_json::json!({
+            "apiVersion": "kuma.io/v1alpha1", "kind": "Dataplane",
+            "metadata": {"name": "web-1", "namespace": "shop"},
+            "mesh": "default",
+            "spec": {"networking": {"address": "10.0.0.1", "inbound": [
+                {"port": 8080, "tags": {"kuma.io/service": "from-dataplane", "team": "a"}}]}},
+        }),
+    );
+    api.apply(
+        Resource::MeshPassthroughs,
+        policy(
+            "subset",
+            "kuma-system",
+            serde_json::json!({
+                "targetRef": {"kind": "MeshSubset", "tags": {"kuma.io/service": "from-dataplane"}},
+                "default": {"passthroughMode": "None"},
+            }),
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let kubeconfig = api.kubeconfig(dir.path());
+    let agent = AgentRun::start(
+        &topo,
+        &[],
+        &[],
+        &format!(
+            "kubernetes: {{nodeName: {NODE}, cgroupRoot: \"{}\", kubeconfig: \"{}\"}}\n",
+            root.path().display(),
+            kubeconfig.display()
+        ),
+    );
+    agent.wait_until(Duration::from_secs(3), || {
+        agent.status()["kubernetes"]["pods"] == 1
+    });
+    let r = topo.connect(Some(&with_dp), dest, &ProbeOptions::default());
+    assert!(r.is_eperm(), "selected by the Dataplane's tags: {r:?}");
+    let r = topo.connect(Some(&without_dp), dest, &ProbeOptions::default());
+    assert!(r.is_connected(), "no Dataplane, not in the mesh: {r:?}");
 }

@@ -139,7 +139,11 @@ enum Feed {
     Namespaces,
     Services,
     Policies,
+    Dataplanes,
 }
+
+/// Every collection; the source is synced once each has been listed.
+const FEEDS: usize = 5;
 
 /// What one reflector stream reported.
 enum Item {
@@ -147,6 +151,8 @@ enum Item {
     Listed(Feed),
     Changed,
     Failed(String),
+    /// The collection's API does not exist (a CRD that is not installed).
+    Absent(Feed),
 }
 
 fn feed<K>(
@@ -160,6 +166,9 @@ where
         .map(move |r| match r {
             Ok(watcher::Event::InitDone) => Item::Listed(which),
             Ok(_) => Item::Changed,
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
+                Item::Absent(which)
+            }
             Err(e) => Item::Failed(format!("{which:?}: {e}")),
         })
         .boxed()
@@ -207,13 +216,18 @@ pub async fn run(
     let svc_api: Api<Service> = Api::all(client.clone());
     let gvk = GroupVersionKind::gvk("kuma.io", "v1alpha1", "MeshPassthrough");
     let ar = ApiResource::from_gvk_with_plural(&gvk, "meshpassthroughs");
-    let mp_api: Api<DynamicObject> = Api::all_with(client, &ar);
+    let mp_api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let dp_gvk = GroupVersionKind::gvk("kuma.io", "v1alpha1", "Dataplane");
+    let dp_ar = ApiResource::from_gvk_with_plural(&dp_gvk, "dataplanes");
+    let dp_api: Api<DynamicObject> = Api::all_with(client, &dp_ar);
 
     let (pods, pods_w) = reflector::store();
     let (namespaces, ns_w) = reflector::store();
     let (services, svc_w) = reflector::store();
     let mp_w = reflector::store::Writer::new(ar.clone());
     let policies = mp_w.as_reader();
+    let dp_w = reflector::store::Writer::new(dp_ar.clone());
+    let dataplanes = dp_w.as_reader();
     let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut items = futures::stream::select_all([
         feed(
@@ -235,7 +249,14 @@ pub async fn run(
                 .default_backoff(),
             Feed::Policies,
         ),
+        feed(
+            reflector::reflector(dp_w, watcher(dp_api, watcher::Config::default()))
+                .default_backoff(),
+            Feed::Dataplanes,
+        ),
     ]);
+    // Whether Kuma's Dataplane CRD exists: then Kuma's control plane decides membership.
+    let mut kuma_manages = true;
     let mut listed: Vec<Feed> = Vec::new();
     let mut error: Option<String> = None;
     let mut waiting_for_cgroups = false;
@@ -263,16 +284,27 @@ pub async fn run(
                     error = None;
                 }
                 Item::Changed => {}
+                Item::Absent(f) => {
+                    // No Kuma here: membership comes from the injection labels.
+                    if f == Feed::Dataplanes {
+                        kuma_manages = false;
+                    }
+                    if !listed.contains(&f) {
+                        listed.push(f);
+                    }
+                }
                 Item::Failed(e) => {
                     tracing::warn!("Kubernetes watch: {e}; retrying, enforcement unchanged");
                     error = Some(e);
                 }
             }
         }
-        let (state, missing_cgroups) = desired(&pods, &namespaces, &services, &policies, &root);
+        let dataplanes = kuma_manages.then_some(&dataplanes);
+        let (state, missing_cgroups) =
+            desired(&pods, &namespaces, &services, &policies, dataplanes, &root);
         waiting_for_cgroups = missing_cgroups;
         let state = KubeState {
-            synced: listed.len() == 4,
+            synced: listed.len() == FEEDS,
             connected: error.is_none(),
             error: error.clone(),
             ..state
@@ -290,8 +322,13 @@ fn desired(
     namespaces: &Store<Namespace>,
     services: &Store<Service>,
     policies: &Store<DynamicObject>,
+    dataplanes: Option<&Store<DynamicObject>>,
     root: &std::path::Path,
 ) -> (KubeState, bool) {
+    // Where Kuma writes Dataplanes, exactly the pods that have one are in the mesh.
+    let dataplanes: Option<Vec<pods::DataplaneInfo>> = dataplanes
+        .map(|s| s.state().iter().filter_map(|d| dataplane_info(d)).collect())
+        .filter(|d: &Vec<_>| !d.is_empty());
     let services: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
     let settings = pods::KumaSettings::default();
     let mut workloads = Vec::new();
@@ -308,7 +345,14 @@ fn desired(
             node: None,
             settings: &settings,
         };
-        let Ok(w) = pods::workload_of(&pod, &cx, pods::Membership::Injection) else {
+        let membership = match &dataplanes {
+            None => pods::Membership::Injection,
+            Some(dps) => pods::Membership::Dataplane(dps.iter().find(|d| {
+                Some(d.namespace.as_str()) == pod.metadata.namespace.as_deref()
+                    && Some(d.name.as_str()) == pod.metadata.name.as_deref()
+            })),
+        };
+        let Ok(w) = pods::workload_of(&pod, &cx, membership) else {
             continue;
         };
         let Some(cgroup) = pods::pod_uid(&pod).and_then(|uid| pod_cgroup(root, uid)) else {
@@ -335,6 +379,48 @@ fn desired(
         },
         missing,
     )
+}
+
+/// The identity a Kuma `Dataplane` object gives its pod: mesh, proxy type, the tags of its
+/// inbounds (or its gateway), its labels.
+fn dataplane_info(d: &DynamicObject) -> Option<pods::DataplaneInfo> {
+    let tags = |v: &serde_json::Value| -> std::collections::BTreeMap<String, String> {
+        v.as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let networking = &d.data["spec"]["networking"];
+    let gateway = &networking["gateway"];
+    let (proxy_type, inbound_tags) = if gateway.is_object() {
+        (
+            crate::policy::workload::ProxyType::Gateway,
+            vec![tags(&gateway["tags"])],
+        )
+    } else {
+        (
+            crate::policy::workload::ProxyType::Sidecar,
+            networking["inbound"]
+                .as_array()
+                .map(|a| a.iter().map(|i| tags(&i["tags"])).collect())
+                .unwrap_or_default(),
+        )
+    };
+    Some(pods::DataplaneInfo {
+        name: d.metadata.name.clone()?,
+        namespace: d.metadata.namespace.clone()?,
+        mesh: d.data["mesh"]
+            .as_str()
+            .filter(|m| !m.is_empty())
+            .unwrap_or("default")
+            .to_string(),
+        proxy_type,
+        inbound_tags,
+        labels: d.metadata.labels.clone().unwrap_or_default(),
+    })
 }
 
 /// A MeshPassthrough object as the policy engine reads a Kubernetes-form document: its
