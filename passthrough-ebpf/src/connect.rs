@@ -138,10 +138,11 @@ fn verdict(reason: Reason) -> i32 {
 /// `Err` carries the reason to pass untouched (the agent itself, or no workload).
 #[inline(always)]
 fn workload() -> Result<(u64, Workload), Reason> {
+    // The agent's cgroup and everything below it (its children; on Kubernetes, the
+    // containers of the agent's pod). User space never sets it to the root cgroup.
+    let agent = CONFIG.get(0).map_or(0, |c| c.agent_cgroup);
     let current = unsafe { bpf_get_current_cgroup_id() };
-    if let Some(cfg) = CONFIG.get(0)
-        && cfg.agent_cgroup == current
-    {
+    if agent != 0 && agent == current {
         return Err(Reason::Agent);
     }
     let mut found = None;
@@ -150,6 +151,9 @@ fn workload() -> Result<(u64, Workload), Reason> {
         if id == 0 {
             // Past the caller's own level.
             break;
+        }
+        if agent != 0 && id == agent {
+            return Err(Reason::Agent);
         }
         if let Some(w) = unsafe { WORKLOADS.get(id) } {
             found = Some((id, *w));

@@ -156,6 +156,20 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
+fn field_env(name: &str, field: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
 fn daemon_set() -> DaemonSet {
     let labels = BTreeMap::from([("app.kubernetes.io/name".to_string(), NAME.to_string())]);
     let probe = |path: &str, period: i32| Probe {
@@ -177,17 +191,12 @@ fn daemon_set() -> DaemonSet {
                 .map(String::from)
                 .to_vec(),
         ),
-        env: Some(vec![EnvVar {
-            name: "NODE_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "spec.nodeName".into(),
-                    ..ObjectFieldSelector::default()
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        }]),
+        // NODE_NAME: whose pods to enforce. POD_UID: the agent's own pod, whose cgroup is
+        // never filtered (its own view of cgroups is namespaced).
+        env: Some(vec![
+            field_env("NODE_NAME", "spec.nodeName"),
+            field_env("POD_UID", "metadata.uid"),
+        ]),
         ports: Some(vec![ContainerPort {
             name: Some("admin".into()),
             container_port: ADMIN_PORT,

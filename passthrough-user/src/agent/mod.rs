@@ -170,9 +170,7 @@ impl Agent {
         let cgroup_root = cgroup::cgroup2_root().map_err(|e| AgentError::Other(e.to_string()))?;
         let mut loader = Loader::load(&config.bpffs)?;
         let mut maps = Maps::take(loader.ebpf_mut())?;
-        let agent_cgroup = cgroup::own_cgroup(&cgroup_root)
-            .and_then(|p| cgroup::cgroup_id(&p))
-            .map_err(|e| AgentError::Other(format!("cannot find the agent's own cgroup: {e}")))?;
+        let agent_cgroup = agent_cgroup(&config, &cgroup_root)?;
         let (proxy_port_v4, proxy_port_v6) = config.proxy.as_ref().map_or((0, 0), |p| p.ports());
         maps.set_config(Config {
             agent_cgroup,
@@ -826,6 +824,40 @@ pub struct WorkloadStatus {
     pub generation: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// The cgroup whose processes (and those below it) are never filtered: the agent's own.
+/// On Kubernetes the agent's container usually has a private cgroup namespace, so its own
+/// view says `/`; there the pod's cgroup is found by the pod's UID (`POD_UID`, from the
+/// downward API). The root cgroup is never exempted: that would exempt every process.
+fn agent_cgroup(config: &AgentConfig, root: &Path) -> Result<u64, AgentError> {
+    let own = if let Some(uid) = std::env::var("POD_UID").ok().filter(|u| !u.is_empty())
+        && config.kubernetes.is_some()
+    {
+        let kroot = config
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.cgroup_root.clone())
+            .unwrap_or_else(|| root.to_path_buf());
+        crate::k8s::cgroups::pod_cgroup(&kroot, &uid).ok_or_else(|| {
+            AgentError::Other(format!(
+                "POD_UID {uid}: no pod cgroup for it under {}",
+                kroot.display()
+            ))
+        })?
+    } else {
+        cgroup::own_cgroup(root)
+            .map_err(|e| AgentError::Other(format!("cannot find the agent's own cgroup: {e}")))?
+    };
+    if own == root {
+        tracing::warn!(
+            "the agent's own cgroup looks like the root cgroup (a private cgroup namespace?): \
+             its connections are not exempted; set POD_UID on Kubernetes"
+        );
+        return Ok(0);
+    }
+    cgroup::cgroup_id(&own)
+        .map_err(|e| AgentError::Other(format!("the agent's cgroup {}: {e}", own.display())))
 }
 
 fn unix_now() -> u64 {
