@@ -112,6 +112,8 @@ pub struct Agent {
     kube: KubeState,
     /// Invalid MeshPassthrough objects, for the source to report as Events.
     pub(crate) kube_problems: Arc<crate::k8s::source::Problems>,
+    /// The kubepods cgroup (path, id) once the programs are attached to it.
+    kubepods: Option<(PathBuf, u64)>,
 }
 
 /// A MeshPassthrough object the agent refused, and why.
@@ -218,6 +220,7 @@ impl Agent {
             events: Arc::new(EventLog::default()),
             kube: KubeState::default(),
             kube_problems: Arc::default(),
+            kubepods: None,
         })
     }
 
@@ -559,11 +562,20 @@ impl Agent {
 
     /// Attaches the programs to every workload cgroup that has its state written.
     fn attach_all(&mut self) {
+        self.attach_kubepods();
         for i in 0..self.workloads.len() {
             let Some(id) = self.workloads[i].applied.as_ref().map(|a| a.cgroup_id) else {
                 continue;
             };
             if self.workloads[i].attached == Some(id) {
+                continue;
+            }
+            // A pod below the kubepods cgroup is covered by its attachment: the programs
+            // find the pod's entry among the caller's ancestors.
+            if let Some((kubepods, _)) = &self.kubepods
+                && self.workloads[i].config.cgroup.starts_with(kubepods)
+            {
+                self.workloads[i].attached = Some(id);
                 continue;
             }
             let path = self.workloads[i].config.cgroup.clone();
@@ -582,17 +594,56 @@ impl Agent {
         }
     }
 
+    /// With Kubernetes, attaches the programs once to the parent of all pod cgroups, so a pod
+    /// is covered the moment its entry is written (and new pods need no attachment).
+    fn attach_kubepods(&mut self) {
+        let Some(k) = &self.config.kubernetes else {
+            return;
+        };
+        if self.kubepods.is_some() {
+            return;
+        }
+        let root = k
+            .cgroup_root
+            .clone()
+            .unwrap_or_else(|| self.cgroup_root.clone());
+        let Some(path) = crate::k8s::cgroups::kubepods_root(&root) else {
+            return;
+        };
+        if let Err(e) = cgroup::check_workload_cgroup(&self.cgroup_root, &path) {
+            tracing::error!("kubepods cgroup {}: {e}", path.display());
+            return;
+        }
+        let id = match cgroup::cgroup_id(&path) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!("kubepods cgroup {}: {e}", path.display());
+                return;
+            }
+        };
+        match self.loader.attach(&path, id) {
+            Ok(()) => {
+                tracing::info!(cgroup = %path.display(), "enforcing on every pod of this node");
+                self.kubepods = Some((path, id));
+            }
+            Err(e) => tracing::error!(cgroup = %path.display(), "{e}"),
+        }
+    }
+
     /// Once every workload is reconciled, removes what earlier runs left that no current
     /// workload uses: slots, workload entries and links of cgroups that left the config.
     fn sweep(&mut self) {
         if self.workloads.iter().any(|w| w.applied.is_none()) {
             return;
         }
-        let live_ids: BTreeSet<u64> = self
+        let mut live_ids: BTreeSet<u64> = self
             .workloads
             .iter()
             .filter_map(|w| w.applied.as_ref().map(|a| a.cgroup_id))
             .collect();
+        if let Some((_, id)) = &self.kubepods {
+            live_ids.insert(*id);
+        }
         for (id, _) in self.maps.workloads() {
             if !live_ids.contains(&id) {
                 self.maps.remove_workload(id);
