@@ -557,3 +557,71 @@ fn where_kuma_writes_dataplanes_they_decide_membership_and_tags() {
     let r = topo.connect(Some(&without_dp), dest, &ProbeOptions::default());
     assert!(r.is_connected(), "no Dataplane, not in the mesh: {r:?}");
 }
+
+#[test]
+fn unknown_pods_deny_holds_back_only_pods_the_agent_has_not_been_told_about() {
+    use passthrough_tests::{
+        ProbeOptions, TestCgroup,
+        agent::{AgentRun, sa},
+    };
+    let topo = Topology::new();
+    let dest = sa("203.0.113.10:80");
+    let _servers = topo.serve(&[dest]);
+    let api = ApiServer::start(&topo.client_netns_path());
+    api.without(Resource::Dataplanes);
+    api.apply(
+        Resource::Namespaces,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": {"kuma.io/sidecar-injection": "enabled"}},
+        }),
+    );
+    api.apply(
+        Resource::Namespaces,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "plain"},
+        }),
+    );
+    let root = TestCgroup::new();
+    let uid = |n: u32| format!("0b7d2c1e-5555-4a2b-9c3d-{n:012x}");
+    let meshed = systemd_pod_cgroup(&root, &uid(1));
+    let plain = systemd_pod_cgroup(&root, &uid(2));
+    let unknown = systemd_pod_cgroup(&root, &uid(3));
+    api.apply(
+        Resource::Pods,
+        pod("web-1", &uid(1), serde_json::json!({"app": "web"})),
+    );
+    let mut outside = pod("plain-1", &uid(2), serde_json::json!({"app": "plain"}));
+    outside["metadata"]["namespace"] = serde_json::json!("plain");
+    api.apply(Resource::Pods, outside);
+    let dir = tempfile::tempdir().expect("tmp");
+    let kubeconfig = api.kubeconfig(dir.path());
+    let agent = AgentRun::start(
+        &topo,
+        &[],
+        &[],
+        &format!(
+            "kubernetes: {{nodeName: {NODE}, cgroupRoot: \"{}\", kubeconfig: \"{}\", unknownPods: Deny}}\n",
+            root.path().display(),
+            kubeconfig.display()
+        ),
+    );
+    let connect = |cg: &TestCgroup| topo.connect(Some(cg), dest, &ProbeOptions::default());
+    assert!(
+        connect(&meshed).is_connected(),
+        "a mesh pod no policy selects is unfiltered"
+    );
+    assert!(
+        connect(&plain).is_connected(),
+        "a known pod outside the mesh is left alone"
+    );
+    assert!(
+        connect(&unknown).is_eperm(),
+        "a pod nobody reported is denied"
+    );
+    // Once reported (outside the mesh), it is left alone too.
+    let mut late = pod("late-1", &uid(3), serde_json::json!({"app": "late"}));
+    late["metadata"]["namespace"] = serde_json::json!("plain");
+    api.apply(Resource::Pods, late);
+    agent.wait_until(Duration::from_secs(3), || connect(&unknown).is_connected());
+}

@@ -74,6 +74,18 @@ pub struct KubernetesConfig {
     /// account, else `KUBECONFIG`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubeconfig: Option<PathBuf>,
+    /// Pods the agent does not know yet (created since the last watch event): `Allow` (the
+    /// default, as Kuma leaves unselected workloads alone) or `Deny` (strict clusters).
+    #[serde(default)]
+    pub unknown_pods: UnknownPods,
+}
+
+/// `kubernetes.unknownPods`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum UnknownPods {
+    #[default]
+    Allow,
+    Deny,
 }
 
 impl KubernetesConfig {

@@ -25,7 +25,7 @@ use passthrough_common::{Config, Workload as KernelWorkload, workload_flags};
 use serde::Serialize;
 
 use self::{
-    config::{AgentConfig, DefaultMode, WorkloadConfig},
+    config::{AgentConfig, DefaultMode, UnknownPods, WorkloadConfig},
     events::{EventCounts, EventLog},
     loader::Loader,
     maps::{EntryCounts, Maps, MapsError},
@@ -114,6 +114,8 @@ pub struct Agent {
     pub(crate) kube_problems: Arc<crate::k8s::source::Problems>,
     /// The kubepods cgroup (path, id) once the programs are attached to it.
     kubepods: Option<(PathBuf, u64)>,
+    /// Entries written for pods outside the mesh (`unknownPods: deny` only).
+    left_alone: BTreeSet<u64>,
 }
 
 /// A MeshPassthrough object the agent refused, and why.
@@ -132,6 +134,9 @@ pub struct KubeState {
     pub policies: Vec<Document>,
     /// This node's pods in the mesh whose cgroup exists.
     pub workloads: Vec<WorkloadConfig>,
+    /// The cgroups of this node's other pods (not in the mesh): never filtered, also where
+    /// `unknownPods: deny`.
+    pub others: Vec<PathBuf>,
     /// Whether every collection has been listed once (until then the agent is not ready),
     /// whether the watches are connected now, and the last error.
     pub synced: bool,
@@ -221,6 +226,7 @@ impl Agent {
             kube: KubeState::default(),
             kube_problems: Arc::default(),
             kubepods: None,
+            left_alone: BTreeSet::new(),
         })
     }
 
@@ -563,6 +569,7 @@ impl Agent {
     /// Attaches the programs to every workload cgroup that has its state written.
     fn attach_all(&mut self) {
         self.attach_kubepods();
+        self.leave_others_alone();
         for i in 0..self.workloads.len() {
             let Some(id) = self.workloads[i].applied.as_ref().map(|a| a.cgroup_id) else {
                 continue;
@@ -621,12 +628,71 @@ impl Agent {
                 return;
             }
         };
+        // Pods the agent has not been told about yet: as the config says. The entry is
+        // written before the programs are attached, so no pod is ever judged without it.
+        if k.unknown_pods == UnknownPods::Deny {
+            let entry = KernelWorkload {
+                slot: EMPTY_SLOT,
+                mode: passthrough_common::mode::NONE,
+                flags: 0,
+                _pad: [0; 2],
+            };
+            if let Err(e) = self.maps.set_workload(id, entry) {
+                tracing::error!("kubepods default entry: {e}");
+                return;
+            }
+        }
         match self.loader.attach(&path, id) {
             Ok(()) => {
                 tracing::info!(cgroup = %path.display(), "enforcing on every pod of this node");
                 self.kubepods = Some((path, id));
             }
             Err(e) => tracing::error!(cgroup = %path.display(), "{e}"),
+        }
+    }
+
+    /// With `unknownPods: deny`, pods outside the mesh get an entry that leaves them
+    /// unfiltered (below the kubepods default, the deeper entry wins).
+    fn leave_others_alone(&mut self) {
+        let deny = self
+            .config
+            .kubernetes
+            .as_ref()
+            .is_some_and(|k| k.unknown_pods == UnknownPods::Deny);
+        let wanted: BTreeSet<u64> = if deny {
+            self.kube
+                .others
+                .iter()
+                .filter_map(|p| cgroup::cgroup_id(p).ok())
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        for id in self
+            .left_alone
+            .difference(&wanted)
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            self.maps.remove_workload(id);
+            self.left_alone.remove(&id);
+        }
+        for id in wanted {
+            if self.left_alone.contains(&id) {
+                continue;
+            }
+            let entry = KernelWorkload {
+                slot: EMPTY_SLOT,
+                mode: passthrough_common::mode::UNFILTERED,
+                flags: 0,
+                _pad: [0; 2],
+            };
+            match self.maps.set_workload(id, entry) {
+                Ok(()) => {
+                    self.left_alone.insert(id);
+                }
+                Err(e) => tracing::error!("entry for a pod outside the mesh: {e}"),
+            }
         }
     }
 
@@ -644,6 +710,7 @@ impl Agent {
         if let Some((_, id)) = &self.kubepods {
             live_ids.insert(*id);
         }
+        live_ids.extend(self.left_alone.iter().copied());
         for (id, _) in self.maps.workloads() {
             if !live_ids.contains(&id) {
                 self.maps.remove_workload(id);

@@ -332,6 +332,7 @@ fn desired(
     let services: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
     let settings = pods::KumaSettings::default();
     let mut workloads = Vec::new();
+    let mut others = Vec::new();
     let mut missing = false;
     for pod in pods.state() {
         let ns_name = pod.metadata.namespace.clone().unwrap_or_default();
@@ -353,6 +354,10 @@ fn desired(
             })),
         };
         let Ok(w) = pods::workload_of(&pod, &cx, membership) else {
+            // Known, and not in the mesh: left alone even where unknown pods are denied.
+            if let Some(cgroup) = pods::pod_uid(&pod).and_then(|uid| pod_cgroup(root, uid)) {
+                others.push(cgroup);
+            }
             continue;
         };
         let Some(cgroup) = pods::pod_uid(&pod).and_then(|uid| pod_cgroup(root, uid)) else {
@@ -375,6 +380,7 @@ fn desired(
         KubeState {
             policies,
             workloads,
+            others,
             ..KubeState::default()
         },
         missing,
