@@ -6,5 +6,6 @@
 //! - [`source`]: the watchers that turn the API's objects into policies and workloads.
 
 pub mod cgroups;
+mod inotify;
 pub mod pods;
 pub mod source;

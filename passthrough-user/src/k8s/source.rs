@@ -257,17 +257,24 @@ pub async fn run(
     ]);
     // Whether Kuma's Dataplane CRD exists: then Kuma's control plane decides membership.
     let mut kuma_manages = true;
+    // New pod cgroups wake the loop at once (the periodic look stays as a fallback).
+    let (new_cgroup_tx, mut new_cgroups) = mpsc::channel(16);
+    match super::cgroups::kubepods_root(&root) {
+        Some(kubepods) => {
+            if let Err(e) = super::inotify::watch(kubepods, new_cgroup_tx) {
+                tracing::warn!("watching for new pod cgroups: {e}; looking every {CGROUP_RETRY:?}");
+            }
+        }
+        None => drop(new_cgroup_tx),
+    }
     let mut listed: Vec<Feed> = Vec::new();
     let mut error: Option<String> = None;
     let mut waiting_for_cgroups = false;
     loop {
-        let item = if waiting_for_cgroups {
-            match tokio::time::timeout(CGROUP_RETRY, items.next()).await {
-                Ok(i) => i,
-                Err(_) => Some(Item::Changed),
-            }
-        } else {
-            items.next().await
+        let item = tokio::select! {
+            i = items.next() => i,
+            Some(()) = new_cgroups.recv() => Some(Item::Changed),
+            () = tokio::time::sleep(CGROUP_RETRY), if waiting_for_cgroups => Some(Item::Changed),
         };
         let Some(first) = item else { return };
         let mut batch = vec![first];
