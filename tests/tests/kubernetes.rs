@@ -294,7 +294,9 @@ fn meshpassthrough_objects_and_pods_from_the_api_server_are_enforced() {
     );
     agent.wait_until(Duration::from_secs(3), || connect(&web, allowed).is_eperm());
     drop(api);
-    std::thread::sleep(Duration::from_millis(500));
+    agent.wait_until(Duration::from_secs(10), || !agent.is_ready());
+    let status = agent.status();
+    assert_eq!(status["kubernetes"]["connected"], false, "{status}");
     assert!(
         connect(&web, allowed).is_eperm(),
         "enforcement stays while the API server is gone"

@@ -240,6 +240,8 @@ fn daemon_set() -> DaemonSet {
             read_only_root_filesystem: Some(true),
             ..SecurityContext::default()
         }),
+        // /proc needs no mount: with host PID the container's /proc shows the node's
+        // processes, whose /proc/<pid>/ns/net the peek proxy enters.
         volume_mounts: Some(vec![
             mount("config", "/etc/passthrough", true),
             mount("bpffs", "/sys/fs/bpf", false),

@@ -733,13 +733,23 @@ impl Agent {
     /// with Kubernetes, once its collections have been listed).
     pub fn ready(&self) -> bool {
         if self.config.kubernetes.is_some() {
-            return self.kube.synced && self.workloads.iter().all(WorkloadState::enforced);
+            // Not ready while the API server cannot be watched: enforcement goes on with the
+            // last state, but it no longer follows the cluster.
+            return self.kube.synced
+                && self.kube.connected
+                && self.workloads.iter().all(WorkloadState::enforced);
         }
         !self.workloads.is_empty() && self.workloads.iter().all(WorkloadState::enforced)
     }
 
     /// Why the agent is not ready, for `/ready`.
     pub fn not_ready_reasons(&self) -> Vec<String> {
+        if self.config.kubernetes.is_some() && self.kube.synced && !self.kube.connected {
+            return vec![format!(
+                "the Kubernetes API cannot be watched ({}); enforcing the last state, retrying",
+                self.kube.error.as_deref().unwrap_or("disconnected")
+            )];
+        }
         if self.config.kubernetes.is_some() && !self.kube.synced {
             return vec![format!(
                 "the Kubernetes API has not been listed yet{}",
