@@ -83,21 +83,25 @@ pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)>
     Ok((code, body.to_string()))
 }
 
+/// The body of a successful GET from the agent, or a message saying what went wrong and
+/// what to check.
+pub fn fetch(admin: SocketAddr, path: &str) -> Result<String, String> {
+    match admin_get(admin, path) {
+        Ok((200, body)) => Ok(body),
+        Ok((code, body)) => Err(format!("{admin} answered {code}: {body}")),
+        Err(e) => Err(no_agent(admin, &e)),
+    }
+}
+
+/// Nothing answers at the admin address.
+pub fn no_agent(admin: SocketAddr, e: &std::io::Error) -> String {
+    format!("no agent answers at {admin}: {e} (is `passthrough run` running? pass --admin ADDR)")
+}
+
 pub fn status(args: &StatusArgs, output: Output) -> ExitCode {
-    let body = match admin_get(args.admin, "/status") {
-        Ok((200, body)) => body,
-        Ok((code, body)) => {
-            return fail(output, &format!("{} answered {code}: {body}", args.admin));
-        }
-        Err(e) => {
-            return fail(
-                output,
-                &format!(
-                    "no agent answers at {}: {e} (is `passthrough run` running? pass --admin ADDR)",
-                    args.admin
-                ),
-            );
-        }
+    let body = match fetch(args.admin, "/status") {
+        Ok(body) => body,
+        Err(message) => return fail(output, &message),
     };
     if output == Output::Json {
         println!("{body}");

@@ -10,7 +10,11 @@ use std::{
 
 use clap::Args as ClapArgs;
 
-use super::{Output, agent::admin_get, fail};
+use super::{
+    Output,
+    agent::{fetch, no_agent},
+    fail,
+};
 use crate::agent::{config::DEFAULT_ADMIN, events::EventRecord};
 
 #[derive(Debug, ClapArgs)]
@@ -41,12 +45,9 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
             Err(e) => fail(output, &no_agent(args.admin, &e)),
         };
     }
-    let body = match admin_get(args.admin, &path) {
-        Ok((200, body)) => body,
-        Ok((code, body)) => {
-            return fail(output, &format!("{} answered {code}: {body}", args.admin));
-        }
-        Err(e) => return fail(output, &no_agent(args.admin, &e)),
+    let body = match fetch(args.admin, &path) {
+        Ok(body) => body,
+        Err(message) => return fail(output, &message),
     };
     let records: Vec<EventRecord> = match serde_json::from_str(&body) {
         Ok(r) => r,
@@ -62,10 +63,6 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
         let _ = writeln!(out, "{}", render(r, output));
     }
     ExitCode::SUCCESS
-}
-
-fn no_agent(admin: SocketAddr, e: &std::io::Error) -> String {
-    format!("no agent answers at {admin}: {e} (is `passthrough run` running? pass --admin ADDR)")
 }
 
 /// Reads the agent's event stream until it ends or stdout goes away.

@@ -8,7 +8,7 @@ use std::{
 
 use clap::Args as ClapArgs;
 
-use super::{Output, agent::admin_get, fail};
+use super::{Output, agent::fetch, fail};
 use crate::{
     agent::{
         config::{DEFAULT_ADMIN, duration_text},
@@ -43,20 +43,9 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
             }
         },
     };
-    let body = match admin_get(args.admin, "/events") {
-        Ok((200, body)) => body,
-        Ok((code, body)) => {
-            return fail(output, &format!("{} answered {code}: {body}", args.admin));
-        }
-        Err(e) => {
-            return fail(
-                output,
-                &format!(
-                    "no agent answers at {}: {e} (is `passthrough run` running? pass --admin ADDR)",
-                    args.admin
-                ),
-            );
-        }
+    let body = match fetch(args.admin, "/events") {
+        Ok(body) => body,
+        Err(message) => return fail(output, &message),
     };
     let events: Vec<EventRecord> = match serde_json::from_str(&body) {
         Ok(e) => e,
