@@ -57,19 +57,7 @@ pub fn client(args: &[String]) -> ExitCode {
             .map_err(|e| eprintln!("joining {cg}: {e}"))
             .is_ok()
     };
-    if !join(cgroup) {
-        return ExitCode::from(2);
-    }
-    let ns = match fs::File::open(netns) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("{netns}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    // SAFETY: plain setns(2) on an open namespace fd.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        eprintln!("setns: {}", std::io::Error::last_os_error());
+    if !join(cgroup) || crate::enter_netns(netns).is_err() {
         return ExitCode::from(2);
     }
     // One CPU for the whole run: a migration mid-run would split the sample in two modes.

@@ -14,6 +14,18 @@ mod proxy;
 
 use std::{path::PathBuf, process::ExitCode};
 
+/// Moves the calling thread into the network namespace at `netns` (the measuring clients
+/// are single-threaded), saying why on stderr when it cannot.
+fn enter_netns(netns: &str) -> Result<(), ()> {
+    let ns = std::fs::File::open(netns).map_err(|e| eprintln!("{netns}: {e}"))?;
+    // SAFETY: plain setns(2) on an open namespace fd.
+    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
+        eprintln!("setns {netns}: {}", std::io::Error::last_os_error());
+        return Err(());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");

@@ -13,7 +13,6 @@ use std::{
     fs,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    os::fd::AsRawFd as _,
     path::Path,
     process::{Command, ExitCode, Stdio},
     time::{Duration, Instant},
@@ -94,16 +93,7 @@ pub fn client(args: &[String]) -> ExitCode {
         eprintln!("joining {cgroup}: {e}");
         return ExitCode::from(2);
     }
-    let ns = match fs::File::open(netns) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("{netns}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    // SAFETY: plain setns(2) on an open namespace fd.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        eprintln!("setns: {}", std::io::Error::last_os_error());
+    if crate::enter_netns(netns).is_err() {
         return ExitCode::from(2);
     }
     let mut out = String::new();
