@@ -115,6 +115,35 @@ fn policy(name: &str, namespace: &str, spec: serde_json::Value) -> serde_json::V
     })
 }
 
+/// A namespace whose pods Kuma injects.
+fn injected_namespace(api: &ApiServer, name: &str) {
+    api.apply(
+        Resource::Namespaces,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"kuma.io/sidecar-injection": "enabled"}},
+        }),
+    );
+}
+
+/// The agent config for this node: pods under `root`, the stand-in as API server, and
+/// `k8s_extra` (more `kubernetes` keys, each with a leading `, `) and `extra` (more
+/// top-level keys).
+fn agent_config(
+    api: &ApiServer,
+    root: &passthrough_tests::TestCgroup,
+    dir: &std::path::Path,
+    k8s_extra: &str,
+    extra: &str,
+) -> String {
+    let kubeconfig = api.kubeconfig(dir);
+    format!(
+        "kubernetes: {{nodeName: {NODE}, cgroupRoot: \"{}\", kubeconfig: \"{}\"{k8s_extra}}}\n{extra}",
+        root.path().display(),
+        kubeconfig.display()
+    )
+}
+
 /// The directory the systemd cgroup driver gives a Burstable pod, below `root`.
 fn systemd_pod_cgroup(
     root: &passthrough_tests::TestCgroup,
@@ -140,13 +169,7 @@ fn meshpassthrough_objects_and_pods_from_the_api_server_are_enforced() {
     // No Kuma in this cluster: the Dataplane API answers 404, membership comes from the
     // injection labels, and the agent is ready all the same.
     api.without(Resource::Dataplanes);
-    api.apply(
-        Resource::Namespaces,
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": "shop", "labels": {"kuma.io/sidecar-injection": "enabled"}},
-        }),
-    );
+    injected_namespace(&api, "shop");
     api.apply(
         Resource::Services,
         serde_json::json!({
@@ -163,16 +186,11 @@ fn meshpassthrough_objects_and_pods_from_the_api_server_are_enforced() {
         pod("web-1", uid, serde_json::json!({"app": "web"})),
     );
     let dir = tempfile::tempdir().expect("tmp");
-    let kubeconfig = api.kubeconfig(dir.path());
     let agent = AgentRun::start(
         &topo,
         &[],
         &[],
-        &format!(
-            "kubernetes: {{nodeName: {NODE}, cgroupRoot: \"{}\", kubeconfig: \"{}\"}}\n",
-            root.path().display(),
-            kubeconfig.display()
-        ),
+        &agent_config(&api, &root, dir.path(), "", ""),
     );
     let connect = |cg: &TestCgroup, dest| topo.connect(Some(cg), dest, &ProbeOptions::default());
     assert!(
@@ -320,13 +338,7 @@ fn a_domain_entry_works_through_the_proxy_listener_in_the_pods_namespace() {
     let dest = sa("203.0.113.10:80");
     let _servers = topo.serve(&[dest]);
     let api = ApiServer::start(&node.path());
-    api.apply(
-        Resource::Namespaces,
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": "shop", "labels": {"kuma.io/sidecar-injection": "enabled"}},
-        }),
-    );
+    injected_namespace(&api, "shop");
     let root = TestCgroup::new();
     let uid = "0b7d2c1e-3333-4a2b-9c3d-000000000003";
     let web = systemd_pod_cgroup(&root, uid);
@@ -341,15 +353,16 @@ fn a_domain_entry_works_through_the_proxy_listener_in_the_pods_namespace() {
             {"type": "Domain", "value": "allowed.example", "port": 80, "protocol": "http"}]},
     })));
     let dir = tempfile::tempdir().expect("tmp");
-    let kubeconfig = api.kubeconfig(dir.path());
     let agent = AgentRun::start_in_netns(
         &node.path(),
         &topo,
         &[],
-        &format!(
-            "kubernetes: {{nodeName: {NODE}, cgroupRoot: \"{}\", kubeconfig: \"{}\"}}\nproxy: {{listen: [127.0.0.1:15001, \"[::1]:15001\"]}}\n",
-            root.path().display(),
-            kubeconfig.display()
+        &agent_config(
+            &api,
+            &root,
+            dir.path(),
+            "",
+            "proxy: {listen: [127.0.0.1:15001, \"[::1]:15001\"]}\n",
         ),
     );
     let get = |host: &str| ProbeOptions {
@@ -386,13 +399,7 @@ fn a_thousand_pods_created_and_deleted_leave_nothing_behind() {
     const PODS: usize = 50;
     let topo = Topology::new();
     let api = ApiServer::start(&topo.client_netns_path());
-    api.apply(
-        Resource::Namespaces,
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": "shop", "labels": {"kuma.io/sidecar-injection": "enabled"}},
-        }),
-    );
+    injected_namespace(&api, "shop");
     api.apply(
         Resource::MeshPassthroughs,
         policy(
@@ -407,16 +414,11 @@ fn a_thousand_pods_created_and_deleted_leave_nothing_behind() {
     );
     let root = TestCgroup::new();
     let dir = tempfile::tempdir().expect("tmp");
-    let kubeconfig = api.kubeconfig(dir.path());
     let agent = AgentRun::start(
         &topo,
         &[],
         &[],
-        &format!(
-            "kubernetes: {{nodeName: {NODE}, cgroupRoot: \"{}\", kubeconfig: \"{}\"}}\n",
-            root.path().display(),
-            kubeconfig.display()
-        ),
+        &agent_config(&api, &root, dir.path(), "", ""),
     );
     let links = agent.bpffs().join("links");
     let count = |p: &std::path::Path| std::fs::read_dir(p).map_or(0, Iterator::count);
@@ -495,13 +497,7 @@ fn where_kuma_writes_dataplanes_they_decide_membership_and_tags() {
     let dest = sa("203.0.113.10:80");
     let _servers = topo.serve(&[dest]);
     let api = ApiServer::start(&topo.client_netns_path());
-    api.apply(
-        Resource::Namespaces,
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": "shop", "labels": {"kuma.io/sidecar-injection": "enabled"}},
-        }),
-    );
+    injected_namespace(&api, "shop");
     let root = TestCgroup::new();
     let (uid1, uid2) = (
         "0b7d2c1e-4444-4a2b-9c3d-000000000001",
@@ -540,16 +536,11 @@ fn where_kuma_writes_dataplanes_they_decide_membership_and_tags() {
         ),
     );
     let dir = tempfile::tempdir().expect("tmp");
-    let kubeconfig = api.kubeconfig(dir.path());
     let agent = AgentRun::start(
         &topo,
         &[],
         &[],
-        &format!(
-            "kubernetes: {{nodeName: {NODE}, cgroupRoot: \"{}\", kubeconfig: \"{}\"}}\n",
-            root.path().display(),
-            kubeconfig.display()
-        ),
+        &agent_config(&api, &root, dir.path(), "", ""),
     );
     agent.wait_until(Duration::from_secs(3), || {
         agent.status()["kubernetes"]["pods"] == 1
@@ -571,13 +562,7 @@ fn unknown_pods_deny_holds_back_only_pods_the_agent_has_not_been_told_about() {
     let _servers = topo.serve(&[dest]);
     let api = ApiServer::start(&topo.client_netns_path());
     api.without(Resource::Dataplanes);
-    api.apply(
-        Resource::Namespaces,
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": "shop", "labels": {"kuma.io/sidecar-injection": "enabled"}},
-        }),
-    );
+    injected_namespace(&api, "shop");
     api.apply(
         Resource::Namespaces,
         serde_json::json!({
@@ -597,16 +582,11 @@ fn unknown_pods_deny_holds_back_only_pods_the_agent_has_not_been_told_about() {
     outside["metadata"]["namespace"] = serde_json::json!("plain");
     api.apply(Resource::Pods, outside);
     let dir = tempfile::tempdir().expect("tmp");
-    let kubeconfig = api.kubeconfig(dir.path());
     let agent = AgentRun::start(
         &topo,
         &[],
         &[],
-        &format!(
-            "kubernetes: {{nodeName: {NODE}, cgroupRoot: \"{}\", kubeconfig: \"{}\", unknownPods: Deny}}\n",
-            root.path().display(),
-            kubeconfig.display()
-        ),
+        &agent_config(&api, &root, dir.path(), ", unknownPods: Deny", ""),
     );
     let connect = |cg: &TestCgroup| topo.connect(Some(cg), dest, &ProbeOptions::default());
     assert!(
