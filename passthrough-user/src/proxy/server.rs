@@ -31,6 +31,7 @@ use crate::{
     policy::{
         compile::CompiledPolicy,
         decide::{Action, Exemptions, Peeked, Verdict, decide},
+        merge::MergedEntry,
     },
 };
 
@@ -266,11 +267,8 @@ impl Proxy {
             protocol: peeked_protocol(&peeked).map(str::to_string),
             verdict: verdict_label(&verdict).replace('_', "-"),
             reason: verdict.would_deny.unwrap_or(verdict.reason).name().into(),
-            rule: match verdict
-                .rule
-                .and_then(|r| workload.policy.rules.get(r as usize))
-            {
-                Some(e) => format!("{}/appendMatch[{}]", e.policy.name, e.index),
+            rule: match deciding_entry(&workload.policy, &verdict) {
+                Some(e) => entry_name(e),
                 None => format!("no entry matched (mode {:?})", workload.policy.mode),
             },
             count: 1,
@@ -323,12 +321,20 @@ fn verdict_label(v: &Verdict) -> &'static str {
     }
 }
 
+/// The entry of the merged appendMatch list a verdict names, if any.
+fn deciding_entry<'a>(c: &'a CompiledPolicy, v: &Verdict) -> Option<&'a MergedEntry> {
+    v.rule.and_then(|r| c.rules.get(r as usize))
+}
+
+/// An entry as `policy/appendMatch[i]`.
+fn entry_name(e: &MergedEntry) -> String {
+    format!("{}/appendMatch[{}]", e.policy.name, e.index)
+}
+
 /// The deciding entry as `policy/appendMatch[i]`, or the reason when no entry decided.
 fn describe(c: &CompiledPolicy, v: &Verdict) -> String {
-    match v.rule.and_then(|r| c.rules.get(r as usize)) {
-        Some(e) if v.action == Action::Allow && v.would_deny.is_none() => {
-            format!("{}/appendMatch[{}]", e.policy.name, e.index)
-        }
+    match deciding_entry(c, v) {
+        Some(e) if v.action == Action::Allow && v.would_deny.is_none() => entry_name(e),
         _ => v.would_deny.unwrap_or(v.reason).name().to_string(),
     }
 }
