@@ -161,20 +161,22 @@ async fn recv(
     }
 }
 
+/// Takes a map that no other part of the agent holds out of the loaded object, as its type.
+fn take_map<T>(agent: &mut Agent, name: &'static str) -> Result<T, AgentError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map =
+        agent.loader.ebpf_mut().take_map(name).ok_or_else(|| {
+            AgentError::Other(format!("map {name} is missing from the BPF object"))
+        })?;
+    T::try_from(map).map_err(|e| AgentError::Other(format!("map {name}: {e}")))
+}
+
 /// Reads the kernel's deny events into the agent's event log.
 fn start_events(agent: &mut Agent) -> Result<(), AgentError> {
-    let take =
-        |agent: &mut Agent, name: &'static str| {
-            agent.loader.ebpf_mut().take_map(name).ok_or_else(|| {
-                AgentError::Other(format!("map {name} is missing from the BPF object"))
-            })
-        };
-    let names = passthrough_common::map_names::EVENTS;
-    let ring = aya::maps::RingBuf::try_from(take(agent, names)?)
-        .map_err(|e| AgentError::Other(format!("map {names}: {e}")))?;
-    let names = passthrough_common::map_names::EVENTS_DROPPED;
-    let dropped = aya::maps::PerCpuArray::try_from(take(agent, names)?)
-        .map_err(|e| AgentError::Other(format!("map {names}: {e}")))?;
+    let ring = take_map(agent, passthrough_common::map_names::EVENTS)?;
+    let dropped = take_map(agent, passthrough_common::map_names::EVENTS_DROPPED)?;
     tokio::spawn(events::read_kernel(
         ring,
         dropped,
@@ -187,13 +189,7 @@ fn start_events(agent: &mut Agent) -> Result<(), AgentError> {
 /// Binds the peek proxy's listeners and serves them. Binding happens before `/ready`, so a
 /// ready agent never redirects to a port nobody listens on.
 async fn start_proxy(agent: &mut Agent, cfg: ProxyConfig) -> Result<Arc<Proxy>, AgentError> {
-    let name = passthrough_common::map_names::PROXY_PEERS;
-    let map =
-        agent.loader.ebpf_mut().take_map(name).ok_or_else(|| {
-            AgentError::Other(format!("map {name} is missing from the BPF object"))
-        })?;
-    let peers = aya::maps::HashMap::try_from(map)
-        .map_err(|e| AgentError::Other(format!("map {name}: {e}")))?;
+    let peers = take_map(agent, passthrough_common::map_names::PROXY_PEERS)?;
     let bounds = Bounds {
         peek_bytes: cfg.peek_bytes,
         peek_timeout: cfg.peek_timeout,
