@@ -630,17 +630,13 @@ impl Agent {
         };
         // Pods the agent has not been told about yet: as the config says. The entry is
         // written before the programs are attached, so no pod is ever judged without it.
-        if k.unknown_pods == UnknownPods::Deny {
-            let entry = KernelWorkload {
-                slot: EMPTY_SLOT,
-                mode: passthrough_common::mode::NONE,
-                flags: 0,
-                _pad: [0; 2],
-            };
-            if let Err(e) = self.maps.set_workload(id, entry) {
-                tracing::error!("kubepods default entry: {e}");
-                return;
-            }
+        if k.unknown_pods == UnknownPods::Deny
+            && let Err(e) = self
+                .maps
+                .set_workload(id, mode_only(passthrough_common::mode::NONE))
+        {
+            tracing::error!("kubepods default entry: {e}");
+            return;
         }
         match self.loader.attach(&path, id) {
             Ok(()) => {
@@ -681,13 +677,10 @@ impl Agent {
             if self.left_alone.contains(&id) {
                 continue;
             }
-            let entry = KernelWorkload {
-                slot: EMPTY_SLOT,
-                mode: passthrough_common::mode::UNFILTERED,
-                flags: 0,
-                _pad: [0; 2],
-            };
-            match self.maps.set_workload(id, entry) {
+            match self
+                .maps
+                .set_workload(id, mode_only(passthrough_common::mode::UNFILTERED))
+            {
                 Ok(()) => {
                     self.left_alone.insert(id);
                 }
@@ -986,6 +979,16 @@ fn agent_cgroup(config: &AgentConfig, root: &Path) -> Result<u64, AgentError> {
     }
     cgroup::cgroup_id(&own)
         .map_err(|e| AgentError::Other(format!("the agent's cgroup {}: {e}", own.display())))
+}
+
+/// A `WORKLOADS` entry decided by its mode alone (no entries: the empty slot).
+fn mode_only(mode: u8) -> KernelWorkload {
+    KernelWorkload {
+        slot: EMPTY_SLOT,
+        mode,
+        flags: 0,
+        _pad: [0; 2],
+    }
 }
 
 fn unix_now() -> u64 {
