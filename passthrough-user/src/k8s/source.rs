@@ -341,14 +341,20 @@ fn desired(
     let mut workloads = Vec::new();
     let mut others = Vec::new();
     let mut missing = false;
+    // Each namespace once, by name, rather than a fresh copy of the store per pod.
+    let namespaces: std::collections::HashMap<String, Arc<Namespace>> = namespaces
+        .state()
+        .into_iter()
+        .filter_map(|n| Some((n.metadata.name.clone()?, n)))
+        .collect();
     for pod in pods.state() {
-        let ns_name = pod.metadata.namespace.clone().unwrap_or_default();
-        let ns = namespaces
-            .state()
-            .into_iter()
-            .find(|n| n.metadata.name.as_deref() == Some(ns_name.as_str()));
+        let ns = pod
+            .metadata
+            .namespace
+            .as_deref()
+            .and_then(|n| namespaces.get(n));
         let cx = pods::Context {
-            namespace: ns.as_deref(),
+            namespace: ns.map(|n| &**n),
             services: &services,
             node: None,
             settings: &settings,
