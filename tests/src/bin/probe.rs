@@ -98,11 +98,7 @@ fn parse(args: &[String], allowed: &[&str]) -> Result<Opts, String> {
                 o.hold_ms = Some(value()?.parse().map_err(|e| format!("--hold-ms: {e}"))?)
             }
             "--send-hex" => {
-                let h = value()?;
-                let bytes: Option<Vec<u8>> = (0..h.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
-                    .collect();
+                let bytes = passthrough_tests::from_hex(&value()?);
                 o.send_hex = Some(bytes.ok_or("--send-hex: not hex")?);
             }
             "--v4mapped" => o.v4mapped = true,
@@ -196,7 +192,7 @@ fn connect_cmd(args: &[String]) -> Result<(), String> {
             "pid": std::process::id(),
             "ok": true,
             "received": String::from_utf8_lossy(&received),
-            "receivedHex": received.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "receivedHex": passthrough_tests::to_hex(&received),
             "peer": peer.to_string(),
         }),
         Err((stage, e)) => json!({
