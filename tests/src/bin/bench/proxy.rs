@@ -316,50 +316,20 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
         } else {
             HAPROXY_TLS
         };
-        lat.extend(latency(
-            &topo, &direct, "direct", protocol, host, payload, count,
-        ));
-        lat.extend(latency(
-            &topo,
-            &workload,
-            "passthrough",
-            protocol,
-            host,
-            payload,
-            count,
-        ));
+        // The same connection three ways: direct, through passthrough, through HAProxy.
+        let mut paths = vec![
+            ("direct", &direct, *host),
+            ("passthrough", &workload, *host),
+        ];
         if haproxy.is_some() {
-            lat.extend(latency(
-                &topo,
-                &direct,
-                "haproxy",
-                protocol,
-                via_haproxy,
-                payload,
-                count,
-            ));
+            paths.push(("haproxy", &direct, via_haproxy));
         }
-        bulk.push(throughput(
-            &topo, &direct, "direct", protocol, host, payload, bytes,
-        ));
-        bulk.push(throughput(
-            &topo,
-            &workload,
-            "passthrough",
-            protocol,
-            host,
-            payload,
-            bytes,
-        ));
-        if haproxy.is_some() {
+        for &(path, cgroup, dest) in &paths {
+            lat.extend(latency(&topo, cgroup, path, protocol, dest, payload, count));
+        }
+        for &(path, cgroup, dest) in &paths {
             bulk.push(throughput(
-                &topo,
-                &direct,
-                "haproxy",
-                protocol,
-                via_haproxy,
-                payload,
-                bytes,
+                &topo, cgroup, path, protocol, dest, payload, bytes,
             ));
         }
     }
