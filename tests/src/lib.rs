@@ -646,6 +646,18 @@ pub struct ProbeOptions {
     pub udp: bool,
 }
 
+impl ProbeOptions {
+    /// An HTTP/1.1 GET naming `host` in its Host header, reading enough of the answer for
+    /// the greeting and the echoed request, or a refusal's body.
+    pub fn http_get(host: &str) -> Self {
+        Self {
+            send: Some(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")),
+            read: 4096,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for ProbeOptions {
     fn default() -> Self {
         Self {

@@ -109,11 +109,7 @@ fn proxy_decisions_are_events_with_the_name_the_client_sent() {
         "proxy: {listen: [127.0.0.1:15001]}\n",
     );
     for host in ["allowed.example", "evil.example"] {
-        let opts = ProbeOptions {
-            send: Some(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")),
-            ..ProbeOptions::default()
-        };
-        topo.connect(Some(&w), dest, &opts);
+        topo.connect(Some(&w), dest, &ProbeOptions::http_get(host));
     }
     let events = events_until(&agent, 2);
     let find = |name: &str| {
@@ -217,10 +213,7 @@ spec:
         &[("rollout.yaml", audit)],
         "proxy: {listen: [127.0.0.1:15001, \"[::1]:15001\"]}\n",
     );
-    let get = |host: &str| ProbeOptions {
-        send: Some(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")),
-        ..ProbeOptions::default()
-    };
+    let get = ProbeOptions::http_get;
     // Observed, and let through because the policy is audited.
     for (dest, opts) in [
         (seen_ip, ProbeOptions::default()),

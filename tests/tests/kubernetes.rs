@@ -365,10 +365,7 @@ fn a_domain_entry_works_through_the_proxy_listener_in_the_pods_namespace() {
             "proxy: {listen: [127.0.0.1:15001, \"[::1]:15001\"]}\n",
         ),
     );
-    let get = |host: &str| ProbeOptions {
-        send: Some(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")),
-        ..ProbeOptions::default()
-    };
+    let get = ProbeOptions::http_get;
     let mut r = topo.connect(Some(&web), dest, &get("allowed.example"));
     agent.wait_until(Duration::from_secs(3), || {
         r = topo.connect(Some(&web), dest, &get("allowed.example"));

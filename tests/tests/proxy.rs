@@ -34,14 +34,6 @@ fn start(topo: &Topology, w: &TestCgroup) -> AgentRun {
     AgentRun::start(topo, &[(w, &[][..])], &[("domains.yaml", DOMAINS)], PROXY)
 }
 
-fn http_get(host: &str) -> ProbeOptions {
-    ProbeOptions {
-        send: Some(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")),
-        read: 4096,
-        ..ProbeOptions::default()
-    }
-}
-
 #[test]
 fn http_host_decides_and_the_application_sees_the_original_peer() {
     let topo = Topology::new();
@@ -58,7 +50,7 @@ fn http_host_decides_and_the_application_sees_the_original_peer() {
             "a.wild.example",
             "deep.a.wild.example",
         ] {
-            let r = topo.connect(Some(&w), dest, &http_get(host));
+            let r = topo.connect(Some(&w), dest, &ProbeOptions::http_get(host));
             assert!(
                 r.received().starts_with(&format!("hello from {dest}")),
                 "{host} to {dest} must reach the server: {r:?}"
@@ -67,7 +59,7 @@ fn http_host_decides_and_the_application_sees_the_original_peer() {
             assert_eq!(r.peer(), Some(dest.to_string().as_str()), "getpeername");
         }
         for host in ["evil.example", "wild.example", "evilwild.example"] {
-            let r = topo.connect(Some(&w), dest, &http_get(host));
+            let r = topo.connect(Some(&w), dest, &ProbeOptions::http_get(host));
             assert!(
                 r.received().starts_with("HTTP/1.1 403 Forbidden"),
                 "{host} to {dest} must be refused: {r:?}"
@@ -145,7 +137,7 @@ fn an_ip_miss_falls_through_to_the_domain_entries_of_the_port() {
     );
     // Another address on the same port is not hidden by the IP entry: the Domain entry
     // decides.
-    let r = topo.connect(Some(&w), named, &http_get("allowed.example"));
+    let r = topo.connect(Some(&w), named, &ProbeOptions::http_get("allowed.example"));
     assert!(
         r.received().starts_with("hello from 203.0.113.10:80"),
         "{r:?}"
@@ -449,7 +441,7 @@ fn the_bounds_refuse_cleanly_and_are_counted() {
     std::thread::scope(|s| {
         let holder = s.spawn(|| topo.connect(Some(&w), dest, &holding));
         std::thread::sleep(Duration::from_millis(300));
-        let r = topo.connect(Some(&w), dest, &http_get("allowed.example"));
+        let r = topo.connect(Some(&w), dest, &ProbeOptions::http_get("allowed.example"));
         assert_eq!(
             r.received(),
             "",
@@ -492,7 +484,7 @@ fn the_bounds_refuse_cleanly_and_are_counted() {
         assert_eq!(refused[cause], n, "{cause}: {refused}");
     }
     // The proxy is still serving.
-    let r = topo.connect(Some(&w), dest, &http_get("allowed.example"));
+    let r = topo.connect(Some(&w), dest, &ProbeOptions::http_get("allowed.example"));
     assert!(r.received().starts_with("hello from"), "{r:?}");
 }
 
@@ -508,7 +500,7 @@ fn one_port_with_tls_and_http_entries_decides_by_what_the_client_sends() {
         read: 4096,
         ..ProbeOptions::default()
     };
-    let r = topo.connect(Some(&w), dest, &http_get("both.example"));
+    let r = topo.connect(Some(&w), dest, &ProbeOptions::http_get("both.example"));
     assert!(
         r.received().starts_with("hello from"),
         "HTTP both.example: {r:?}"
@@ -518,7 +510,7 @@ fn one_port_with_tls_and_http_entries_decides_by_what_the_client_sends() {
         r.received().starts_with("hello from"),
         "TLS both.example: {r:?}"
     );
-    let r = topo.connect(Some(&w), dest, &http_get("other.example"));
+    let r = topo.connect(Some(&w), dest, &ProbeOptions::http_get("other.example"));
     assert!(r.received().starts_with("HTTP/1.1 403"), "{r:?}");
     let r = topo.connect(Some(&w), dest, &tls("other.example"));
     assert_eq!(
@@ -527,6 +519,10 @@ fn one_port_with_tls_and_http_entries_decides_by_what_the_client_sends() {
     );
     // A name of one protocol does not open the other: the tls entry for tls.example is on
     // port 443 only, and an HTTP request naming a tls-only host is refused.
-    let r = topo.connect(Some(&w), sa("203.0.113.10:443"), &http_get("tls.example"));
+    let r = topo.connect(
+        Some(&w),
+        sa("203.0.113.10:443"),
+        &ProbeOptions::http_get("tls.example"),
+    );
     assert!(r.received().starts_with("HTTP/1.1 403"), "{r:?}");
 }
