@@ -100,6 +100,7 @@ pub fn run_demo() -> Result<()> {
     ]))?;
     explain_examples()?;
     println!();
+    let _lock = crate::privileged_lock()?;
     run(&mut Command::new(root().join("target/release/demo")))
 }
 

@@ -103,6 +103,46 @@ pub fn is_root() -> bool {
 unsafe extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
+    #[link_name = "flock"]
+    fn libc_flock(fd: i32, operation: i32) -> i32;
+}
+
+/// Where privileged runs (kernel tests, demo, benchmarks) take turns on this machine.
+const PRIVILEGED_LOCK: &str = "/run/lock/passthrough-privileged.lock";
+
+/// Held while a privileged run uses the machine: agents bind the admin port 127.0.0.1:9902
+/// and share bpffs, so two runs at once (two checkouts, a benchmark beside the tests) would
+/// disturb each other. A second run waits for the first instead.
+pub struct PrivilegedLock(
+    #[expect(dead_code, reason = "held for its file descriptor")] std::fs::File,
+);
+
+pub fn privileged_lock() -> Result<PrivilegedLock> {
+    use std::os::fd::AsRawFd as _;
+    const LOCK_EX: i32 = 2;
+    const LOCK_NB: i32 = 4;
+    let dir = Path::new(PRIVILEGED_LOCK)
+        .parent()
+        .unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(PRIVILEGED_LOCK)
+        .with_context(|| format!("opening {PRIVILEGED_LOCK}"))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc_flock(file.as_raw_fd(), LOCK_EX | LOCK_NB) } != 0 {
+        eprintln!("xtask: another privileged run holds {PRIVILEGED_LOCK}; waiting for it");
+        // SAFETY: as above.
+        if unsafe { libc_flock(file.as_raw_fd(), LOCK_EX) } != 0 {
+            bail!(
+                "locking {PRIVILEGED_LOCK}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(PrivilegedLock(file))
 }
 
 fn test(unprivileged: bool) -> Result<()> {
@@ -125,6 +165,7 @@ fn test(unprivileged: bool) -> Result<()> {
         );
     }
     // One at a time: they share the host's bpffs and cgroup tree, under unique names.
+    let _lock = privileged_lock()?;
     run(cargo().args([
         "test",
         "--package",
@@ -150,6 +191,7 @@ fn bench(which: &str, quick: bool) -> Result<()> {
         "passthrough-tests",
         "--bins",
     ]))?;
+    let _lock = privileged_lock()?;
     let mut cmd = Command::new(root().join("target/release/bench"));
     cmd.arg(which).args(["--out", "bench/results"]);
     if quick {
