@@ -324,11 +324,22 @@ pub enum Reason {
     DomainEntry = 14,
     /// The peek proxy found no Domain entry for the name the client sent (user space only).
     DomainNoMatch = 15,
+    /// `domainCheck: Verify`: the dialled address is not one of the allowed name's addresses
+    /// (user space only).
+    NameAddressMismatch = 16,
+    /// The allowed name could not be resolved in time (user space only).
+    DnsTimeout = 17,
+    /// The resolvers refused, failed or could not be reached (user space only).
+    DnsUnreachable = 18,
+    /// The allowed name does not exist (NXDOMAIN; user space only).
+    DnsNxDomain = 19,
+    /// The allowed name has no A or AAAA record (user space only).
+    DnsNoAddress = 20,
 }
 
 impl Reason {
     /// Number of reasons: the size of the `COUNTERS` array.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 21;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -348,6 +359,11 @@ impl Reason {
         Reason::Audit,
         Reason::DomainEntry,
         Reason::DomainNoMatch,
+        Reason::NameAddressMismatch,
+        Reason::DnsTimeout,
+        Reason::DnsUnreachable,
+        Reason::DnsNxDomain,
+        Reason::DnsNoAddress,
     ];
 
     /// Stable snake_case name, used in metrics labels and JSON.
@@ -369,6 +385,11 @@ impl Reason {
             Reason::Audit => "audit",
             Reason::DomainEntry => "domain_entry",
             Reason::DomainNoMatch => "domain_no_match",
+            Reason::NameAddressMismatch => "name_address_mismatch",
+            Reason::DnsTimeout => "dns_timeout",
+            Reason::DnsUnreachable => "dns_unreachable",
+            Reason::DnsNxDomain => "dns_nxdomain",
+            Reason::DnsNoAddress => "dns_no_address",
         }
     }
 
@@ -376,7 +397,15 @@ impl Reason {
     pub const fn allows(self) -> bool {
         !matches!(
             self,
-            Reason::ModeNone | Reason::NoMatch | Reason::DomainNoProxy | Reason::DomainNoMatch
+            Reason::ModeNone
+                | Reason::NoMatch
+                | Reason::DomainNoProxy
+                | Reason::DomainNoMatch
+                | Reason::NameAddressMismatch
+                | Reason::DnsTimeout
+                | Reason::DnsUnreachable
+                | Reason::DnsNxDomain
+                | Reason::DnsNoAddress
         )
     }
 }

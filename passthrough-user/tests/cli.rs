@@ -223,6 +223,40 @@ fn explain_names_the_deciding_entry_and_policy() {
 }
 
 #[test]
+fn explain_says_which_name_check_binds_an_allowed_name() {
+    let explain = |extra: &[&str]| {
+        run(bin()
+            .args(["-o", "json", "explain", "--policy"])
+            .arg(examples().join("allow-some.yaml"))
+            .args(["--tag", SERVICE, "--sni", "httpbin.org"])
+            .args(extra)
+            .arg("203.0.113.200:443"))
+    };
+    let (code, out, _) = explain(&[]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["verdict"]["reason"], "domain_entry");
+    let check = v["nameCheck"].as_str().expect("nameCheck");
+    assert!(check.starts_with("Pin: "), "the default check: {check}");
+    let (_, out, _) = explain(&["--domain-check", "Trust"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(
+        v["nameCheck"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("Trust: ")),
+        "{out}"
+    );
+    let (code, _, err) = explain(&["--domain-check", "resolve"]);
+    assert_eq!(code, 2, "{err}");
+    // A kernel verdict involves no name: no check is shown.
+    let (_, out, _) = run(bin()
+        .args(["explain", "--policy"])
+        .arg(examples().join("allow-some.yaml"))
+        .args(["--tag", SERVICE, "10.240.15.39:8888"]));
+    assert!(!out.contains("name check"), "{out}");
+}
+
+#[test]
 fn explain_unselected_workload_is_not_filtered() {
     let (code, out, _) = run(bin()
         .args(["explain", "--policy"])

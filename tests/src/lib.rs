@@ -49,7 +49,10 @@ pub const HOST_V4_E: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 200);
 pub const HOST_V6_A: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10);
 pub const HOST_V6_B: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x11);
 pub const HOST_V6_C: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x20);
-pub const TEST_HOSTS: [IpAddr; 8] = [
+/// The test topology's resolver ([`Topology::dns`]).
+pub const DNS_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 53);
+pub const DNS_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x53);
+pub const TEST_HOSTS: [IpAddr; 10] = [
     IpAddr::V4(HOST_V4_A),
     IpAddr::V4(HOST_V4_B),
     IpAddr::V4(HOST_V4_C),
@@ -58,6 +61,8 @@ pub const TEST_HOSTS: [IpAddr; 8] = [
     IpAddr::V6(HOST_V6_A),
     IpAddr::V6(HOST_V6_B),
     IpAddr::V6(HOST_V6_C),
+    IpAddr::V4(DNS_V4),
+    IpAddr::V6(DNS_V6),
 ];
 
 /// How long to wait for a spawned probe to report `ready`.
@@ -279,8 +284,16 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Lines a server printed after `ready`.
+type Lines = Arc<Mutex<Vec<String>>>;
+
 /// Spawns `cmd` and waits until it prints `ready`, forwarding its stderr afterwards.
-fn spawn_ready(mut cmd: Command, what: &str) -> Child {
+fn spawn_ready(cmd: Command, what: &str) -> Child {
+    spawn_ready_lines(cmd, what).0
+}
+
+/// [`spawn_ready`], keeping what the child prints on stdout after `ready`.
+fn spawn_ready_lines(mut cmd: Command, what: &str) -> (Child, Lines) {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -290,12 +303,18 @@ fn spawn_ready(mut cmd: Command, what: &str) -> Child {
         .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
+    let printed = Lines::default();
+    let keep = Arc::clone(&printed);
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
         let ready = matches!(lines.next(), Some(Ok(l)) if l == "ready");
         let _ = tx.send(ready);
         // Keep draining so that the child never blocks on a full pipe.
-        for _ in lines {}
+        for line in lines.map_while(Result::ok) {
+            keep.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(line);
+        }
     });
     let ready = rx.recv_timeout(READY_TIMEOUT).unwrap_or(false);
     if !ready {
@@ -314,7 +333,7 @@ fn spawn_ready(mut cmd: Command, what: &str) -> Child {
             }
         });
     }
-    child
+    (child, printed)
 }
 
 fn kill_pid(pid: u32) {
@@ -817,11 +836,211 @@ pub fn from_hex(h: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// An HTTP/2 prior-knowledge (h2c) client preface and a GET whose `:authority` is
+/// `authority`, HPACK-coded without Huffman or indexing, as a client sends it first.
+pub fn h2c_request(authority: &str) -> Vec<u8> {
+    let mut block = vec![
+        0x82, // :method GET (static index 2)
+        0x86, // :scheme http (6)
+        0x84, // :path / (4)
+        0x01, // :authority (name index 1), literal value without indexing
+    ];
+    block.push(u8::try_from(authority.len()).expect("an authority under 128 bytes"));
+    block.extend_from_slice(authority.as_bytes());
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // An empty SETTINGS frame.
+    out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    // HEADERS, END_STREAM | END_HEADERS, stream 1.
+    out.extend_from_slice(&(block.len() as u32).to_be_bytes()[1..]);
+    out.extend_from_slice(&[0x1, 0x5, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    out
+}
+
+/// A DNS server (dnsmasq) authoritative for `*.example` (a name it has no record for is
+/// NXDOMAIN), with a TTL of 1 s, in a test namespace. Stopped on drop.
+#[must_use = "dropping it stops the server"]
+pub struct DnsServer {
+    guard: Option<ServerGuard>,
+    listen: IpAddr,
+    dir: tempfile::TempDir,
+}
+
+/// What a [`DnsServer`] answers.
+#[derive(Clone, Debug, Default)]
+pub struct DnsRecords {
+    /// Exact names and their addresses (A or AAAA by the address).
+    pub hosts: Vec<(String, IpAddr)>,
+    /// `(domain, address)`: the domain and every name below it.
+    pub domains: Vec<(String, IpAddr)>,
+    /// Names that exist without an address (a TXT record only).
+    pub no_address: Vec<String>,
+    /// The answers' TTL in seconds (default 1, so tests see changes quickly).
+    pub ttl: Option<u32>,
+}
+
+impl DnsRecords {
+    /// Exact names only.
+    pub fn hosts(list: &[(&str, IpAddr)]) -> Self {
+        Self {
+            hosts: list.iter().map(|(n, a)| ((*n).to_string(), *a)).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Every name under `example` at the two test hosts most tests dial, 203.0.113.10 and
+    /// 2001:db8:1::10: with it, the default `domainCheck: Pin` keeps those destinations.
+    pub fn example_hosts() -> Self {
+        Self {
+            domains: vec![
+                ("example".into(), IpAddr::V4(HOST_V4_C)),
+                ("example".into(), IpAddr::V6(HOST_V6_A)),
+            ],
+            ..Self::default()
+        }
+    }
+}
+
+impl DnsServer {
+    /// dnsmasq in the namespace at `netns`, answering on port 53 of `listen` (addresses that
+    /// namespace has).
+    pub fn start(
+        netns: &Path,
+        listen: &[IpAddr],
+        records: &DnsRecords,
+        live: &Arc<Mutex<Vec<u32>>>,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_hosts(
+            dir.path(),
+            records.hosts.iter().map(|(n, a)| (n.as_str(), *a)),
+        );
+        let hosts = dir.path().join("hosts");
+        let mut cmd = Command::new(probe_bin());
+        cmd.arg("exec")
+            .arg("--netns")
+            .arg(netns)
+            .args(["--", "dnsmasq"])
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--port=53",
+                "--local=/example/",
+                "--user=root",
+                "--pid-file=",
+            ])
+            .arg(format!("--addn-hosts={}", hosts.display()))
+            .arg(format!("--local-ttl={}", records.ttl.unwrap_or(1)))
+            .args(listen.iter().map(|a| format!("--listen-address={a}")))
+            .args(
+                records
+                    .domains
+                    .iter()
+                    .map(|(d, a)| format!("--address=/{d}/{a}")),
+            )
+            .args(
+                records
+                    .no_address
+                    .iter()
+                    .map(|n| format!("--txt-record={n},none")),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning dnsmasq: {e}"));
+        live.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(child.id());
+        let guard = ServerGuard {
+            child: Some(child),
+            live: Arc::clone(live),
+            printed: Lines::default(),
+        };
+        let addr = SocketAddr::new(listen[0], 53);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let up = run_in_netns(netns, || {
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        });
+        assert!(up, "dnsmasq did not start answering on {addr}");
+        Self {
+            guard: Some(guard),
+            listen: listen[0],
+            dir,
+        }
+    }
+
+    /// Where the agent's `dns.servers` points.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.listen, 53)
+    }
+
+    /// The agent config section that uses this server.
+    pub fn config(&self) -> String {
+        format!("dns: {{servers: [\"{}\"], timeout: 1s}}\n", self.addr())
+    }
+
+    /// Replaces the exact names' addresses; the server re-reads them at once (SIGHUP).
+    pub fn set_hosts(&self, hosts: &[(&str, IpAddr)]) {
+        write_hosts(self.dir.path(), hosts.iter().map(|(n, a)| (*n, *a)));
+        if let Some(g) = &self.guard
+            && let Some(c) = &g.child
+            && let Ok(pid) = libc::pid_t::try_from(c.id())
+        {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid, libc::SIGHUP) };
+        }
+    }
+
+    /// Stops the server: lookups fail from now on.
+    pub fn stop(&mut self) {
+        self.guard = None;
+    }
+}
+
+fn write_hosts<'a>(dir: &Path, hosts: impl Iterator<Item = (&'a str, IpAddr)>) {
+    let text: String = hosts.map(|(n, a)| format!("{a} {n}\n")).collect();
+    fs::write(dir.join("hosts"), text).expect("write the DNS hosts file");
+}
+
 /// Listeners in the internet namespace (`probe serve`); killed on drop.
 #[must_use = "dropping the guard stops the servers"]
 pub struct ServerGuard {
     child: Option<Child>,
     live: Arc<Mutex<Vec<u32>>>,
+    printed: Lines,
+}
+
+impl ServerGuard {
+    /// The addresses connections arrived on so far (greeting test hosts only), in order:
+    /// what reached the far side, whatever the client was told.
+    pub fn accepted(&self) -> Vec<SocketAddr> {
+        self.printed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(|l| l.strip_prefix("accepted ")?.parse().ok())
+            .collect()
+    }
+
+    /// Forgets what [`ServerGuard::accepted`] reported so far.
+    pub fn clear_accepted(&self) {
+        self.printed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
 }
 
 impl Drop for ServerGuard {
@@ -863,6 +1082,18 @@ impl NodeNetns {
 
     pub fn path(&self) -> PathBuf {
         netns_path(&self.name)
+    }
+}
+
+impl NodeNetns {
+    /// A resolver on this namespace's own loopback (127.0.0.53), for an agent that runs here.
+    pub fn dns(&self, records: &DnsRecords) -> DnsServer {
+        DnsServer::start(
+            &self.path(),
+            &[IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53))],
+            records,
+            &Arc::default(),
+        )
     }
 }
 
@@ -1068,7 +1299,7 @@ impl Topology {
         cmd.arg("--netns")
             .arg(self.internet_netns_path())
             .args(addrs.iter().map(ToString::to_string));
-        let child = spawn_ready(cmd, "probe serve");
+        let (child, printed) = spawn_ready_lines(cmd, "probe serve");
         self.servers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -1076,6 +1307,7 @@ impl Topology {
         ServerGuard {
             child: Some(child),
             live: Arc::clone(&self.servers),
+            printed,
         }
     }
 
@@ -1144,6 +1376,7 @@ impl Topology {
         let guard = ServerGuard {
             child: Some(child),
             live: Arc::clone(&self.servers),
+            printed: Lines::default(),
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         let up = run_in_netns(self.internet_netns_path(), || {
@@ -1158,6 +1391,17 @@ impl Topology {
         });
         assert!(up, "{program} did not start listening on {ready}");
         guard
+    }
+
+    /// A real DNS server (dnsmasq) in the internet namespace at [`DNS_V4`]:53 and
+    /// [`DNS_V6`]:53 answering `records`; see [`DnsServer`].
+    pub fn dns(&self, records: &DnsRecords) -> DnsServer {
+        DnsServer::start(
+            &self.internet_netns_path(),
+            &[IpAddr::V4(DNS_V4), IpAddr::V6(DNS_V6)],
+            records,
+            &self.servers,
+        )
     }
 
     /// `probe flood`: `n` connects from `cgroup` as fast as one process can make them.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use passthrough_tests::{
-    ProbeOptions, TestCgroup, Topology,
+    DnsRecords, ProbeOptions, TestCgroup, Topology,
     agent::{AgentRun, sa},
 };
 
@@ -102,11 +102,12 @@ fn proxy_decisions_are_events_with_the_name_the_client_sent() {
     let dest = sa("203.0.113.10:80");
     let _servers = topo.serve(&[dest]);
     let w = TestCgroup::new();
+    let dns = topo.dns(&DnsRecords::example_hosts());
     let agent = AgentRun::start(
         &topo,
         &[(&w, &[][..])],
         &[("web.yaml", MATCHED)],
-        "proxy: {listen: [127.0.0.1:15001]}\n",
+        &format!("proxy: {{listen: [127.0.0.1:15001]}}\n{}", dns.config()),
     );
     for host in ["allowed.example", "evil.example"] {
         topo.connect(Some(&w), dest, &ProbeOptions::http_get(host));
@@ -207,11 +208,19 @@ spec:
       - {type: Domain, value: placeholder.invalid, port: 80, protocol: http}
 "#;
     let tags = [("kuma.io/service", "web_default_svc_80")];
+    // The names as the recommended Domain entries will bind them (domainCheck: Pin).
+    let dns = topo.dns(&DnsRecords::hosts(&[
+        ("api.example", named.ip()),
+        ("v6.example", seen_v6.ip()),
+    ]));
     let agent = AgentRun::start(
         &topo,
         &[(&w, &tags[..])],
         &[("rollout.yaml", audit)],
-        "proxy: {listen: [127.0.0.1:15001, \"[::1]:15001\"]}\n",
+        &format!(
+            "proxy: {{listen: [127.0.0.1:15001, \"[::1]:15001\"]}}\n{}",
+            dns.config()
+        ),
     );
     let get = ProbeOptions::http_get;
     // Observed, and let through because the policy is audited.

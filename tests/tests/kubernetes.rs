@@ -353,6 +353,9 @@ fn a_domain_entry_works_through_the_proxy_listener_in_the_pods_namespace() {
             {"type": "Domain", "value": "allowed.example", "port": 80, "protocol": "http"}]},
     })));
     let dir = tempfile::tempdir().expect("tmp");
+    // The agent resolves allowed names from the node's namespace (domainCheck: Pin), which
+    // has only its loopback: its resolver is there too.
+    let dns = node.dns(&passthrough_tests::DnsRecords::example_hosts());
     let agent = AgentRun::start_in_netns(
         &node.path(),
         &topo,
@@ -362,7 +365,10 @@ fn a_domain_entry_works_through_the_proxy_listener_in_the_pods_namespace() {
             &root,
             dir.path(),
             "",
-            "proxy: {listen: [127.0.0.1:15001, \"[::1]:15001\"]}\n",
+            &format!(
+                "proxy: {{listen: [127.0.0.1:15001, \"[::1]:15001\"]}}\n{}",
+                dns.config()
+            ),
         ),
     );
     let get = ProbeOptions::http_get;

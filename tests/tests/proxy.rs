@@ -5,7 +5,7 @@
 use std::{path::Path, time::Duration};
 
 use passthrough_tests::{
-    ProbeOptions, TestCgroup, Topology,
+    DnsRecords, DnsServer, ProbeOptions, TestCgroup, Topology,
     agent::{AgentRun, sa},
     client_hello,
 };
@@ -30,8 +30,18 @@ spec:
       - {type: IP, value: 203.0.113.20, port: 80, protocol: tcp}
 "#;
 
-fn start(topo: &Topology, w: &TestCgroup) -> AgentRun {
-    AgentRun::start(topo, &[(w, &[][..])], &[("domains.yaml", DOMAINS)], PROXY)
+/// The agent with its peek proxy, and a resolver that gives every `.example` name the test
+/// hosts these tests dial, so the default `domainCheck: Pin` keeps their destinations (the
+/// binding itself is tested in domain_check.rs).
+fn start(topo: &Topology, w: &TestCgroup) -> (AgentRun, DnsServer) {
+    start_with(topo, w, PROXY)
+}
+
+fn start_with(topo: &Topology, w: &TestCgroup, proxy: &str) -> (AgentRun, DnsServer) {
+    let dns = topo.dns(&DnsRecords::example_hosts());
+    let config = format!("{proxy}{}", dns.config());
+    let agent = AgentRun::start(topo, &[(w, &[][..])], &[("domains.yaml", DOMAINS)], &config);
+    (agent, dns)
 }
 
 #[test]
@@ -40,7 +50,7 @@ fn http_host_decides_and_the_application_sees_the_original_peer() {
     let hosts = [sa("203.0.113.10:80"), sa("[2001:db8:1::10]:80")];
     let _servers = topo.serve(&hosts);
     let w = TestCgroup::new();
-    let agent = start(&topo, &w);
+    let (agent, _dns) = start(&topo, &w);
     for dest in hosts {
         for host in [
             "allowed.example",
@@ -96,7 +106,7 @@ fn a_server_that_speaks_first_is_never_heard_without_an_allowed_name() {
     let dest = sa("203.0.113.10:80");
     let _servers = topo.serve(&[dest]);
     let w = TestCgroup::new();
-    let agent = start(&topo, &w);
+    let (agent, _dns) = start(&topo, &w);
     // The client sends nothing: the proxy waits for a name (peekTimeout 1s), then closes.
     let opts = ProbeOptions {
         timeout: Duration::from_secs(3),
@@ -128,7 +138,7 @@ fn an_ip_miss_falls_through_to_the_domain_entries_of_the_port() {
     let named = sa("203.0.113.10:80");
     let _servers = topo.serve(&[ip_host, named]);
     let w = TestCgroup::new();
-    let _agent = start(&topo, &w);
+    let (_agent, _dns) = start(&topo, &w);
     // The IP entry allows 203.0.113.20:80 in the kernel: the greeting arrives unasked.
     let r = topo.connect(Some(&w), ip_host, &ProbeOptions::default());
     assert!(
@@ -218,7 +228,7 @@ fn tls_sni_decides_for_curl() {
         host6,
     );
     let w = TestCgroup::new();
-    let _agent = start(&topo, &w);
+    let (_agent, _dns) = start(&topo, &w);
     let curl = |name: &str, addr: &str| {
         let resolve = format!("{name}:443:{addr}");
         let url = format!("https://{name}/");
@@ -286,7 +296,7 @@ fn tls_without_sni_and_a_client_hello_larger_than_a_segment() {
     let dest = sa("203.0.113.10:443");
     let _servers = topo.serve(&[dest]);
     let w = TestCgroup::new();
-    let _agent = start(&topo, &w);
+    let (_agent, _dns) = start(&topo, &w);
     let opts = |hello: Vec<u8>| ProbeOptions {
         send_bytes: Some(hello),
         read: 64 * 1024,
@@ -343,7 +353,7 @@ fn http2_prior_knowledge_authority_decides() {
         sa("203.0.113.10:8081"),
     );
     let w = TestCgroup::new();
-    let _agent = start(&topo, &w);
+    let (_agent, _dns) = start(&topo, &w);
     let curl = |name: &str| {
         let port = if name.starts_with("grpc") { 8081 } else { 8080 };
         let resolve = format!("{name}:{port}:203.0.113.10");
@@ -388,7 +398,7 @@ fn one_gibibyte_through_an_allowed_connection_arrives_intact() {
     let dest = sa("203.0.113.10:80");
     let _echo = topo.echo(&[dest]);
     let w = TestCgroup::new();
-    let _agent = start(&topo, &w);
+    let (_agent, _dns) = start(&topo, &w);
     let gib = 1u64 << 30;
     let head = "POST /upload HTTP/1.1\r\nHost: allowed.example\r\n\r\n";
     let report = topo.bulk(&w, dest, head, gib);
@@ -423,10 +433,9 @@ fn the_bounds_refuse_cleanly_and_are_counted() {
     let dest = sa("203.0.113.10:80");
     let _servers = topo.serve(&[dest]);
     let w = TestCgroup::new();
-    let agent = AgentRun::start(
+    let (agent, _dns) = start_with(
         &topo,
-        &[(&w, &[][..])],
-        &[("domains.yaml", DOMAINS)],
+        &w,
         "proxy: {listen: [127.0.0.1:15001], peekTimeout: 1s, peekBytes: 4096, maxConnections: 1}\n",
     );
     let quiet = ProbeOptions {
@@ -494,7 +503,7 @@ fn one_port_with_tls_and_http_entries_decides_by_what_the_client_sends() {
     let dest = sa("203.0.113.10:8443");
     let _servers = topo.serve(&[dest]);
     let w = TestCgroup::new();
-    let _agent = start(&topo, &w);
+    let (_agent, _dns) = start(&topo, &w);
     let tls = |sni: &str| ProbeOptions {
         send_bytes: Some(client_hello(Some(sni), 0)),
         read: 4096,

@@ -45,8 +45,10 @@ kubernetes: {}
 admin: {listen: 127.0.0.1:9902}
 bpffs: /sys/fs/bpf/passthrough
 # The peek proxy listens on this port in every pod's network namespace (and the node's).
-# Not 15001, 15006 or 15053: Kuma's sidecar uses them inside pods.
-proxy: {listen: [127.0.0.1:15100, \"[::1]:15100\"]}
+# Not 15001, 15006 or 15053: Kuma's sidecar uses them inside pods. An allowed name is
+# bound to the addresses the cluster's DNS gives it (domainCheck: Pin; dnsPolicy
+# ClusterFirstWithHostNet puts the cluster's DNS in the agent's /etc/resolv.conf).
+proxy: {listen: [127.0.0.1:15100, \"[::1]:15100\"], domainCheck: Pin}
 ";
 
 fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {

@@ -20,6 +20,9 @@ const PACKAGES: &[&str] = &[
     "openssl",
     // nghttpd: the HTTP/2 prior-knowledge (h2c) test server.
     "nghttp2-server",
+    // dnsmasq: the test topology's resolver. The -base package is the binary alone, without
+    // the system service that would answer on this machine's port 53.
+    "dnsmasq-base",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

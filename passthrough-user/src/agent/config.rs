@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{
+    bind::DomainCheck,
     model::{DEFAULT_MESH, DEFAULT_SYSTEM_NAMESPACE},
     workload::{ProxyType, Workload},
 };
@@ -56,6 +57,42 @@ pub struct AgentConfig {
     /// Kubernetes as a second source: MeshPassthrough objects and this node's pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesConfig>,
+    /// The resolver the peek proxy binds allowed names to their addresses with.
+    #[serde(default)]
+    pub dns: DnsConfig,
+}
+
+/// `dns`: where the peek proxy resolves the names Domain entries allow (`proxy.domainCheck`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DnsConfig {
+    /// Resolvers as `ADDR:PORT`; default: the nameservers of `/etc/resolv.conf` (port 53).
+    #[serde(default)]
+    pub servers: Vec<SocketAddr>,
+    /// Longest wait for an answer, e.g. `2s`; past it the connection is refused.
+    #[serde(default = "default_dns_timeout", with = "duration_text")]
+    pub timeout: std::time::Duration,
+    /// Answers kept (each for its TTL).
+    #[serde(default = "default_dns_cache_size")]
+    pub cache_size: usize,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            timeout: default_dns_timeout(),
+            cache_size: default_dns_cache_size(),
+        }
+    }
+}
+
+fn default_dns_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(2)
+}
+
+fn default_dns_cache_size() -> usize {
+    4096
 }
 
 /// `kubernetes`: the API server is found from the in-cluster service account or
@@ -115,6 +152,11 @@ pub struct ProxyConfig {
     /// Most connections through the proxy at once; more are refused and counted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// What an allowed name binds the connection to: `Pin` (the default: only the name's own
+    /// addresses), `Verify` (refuse unless the dialled address is one of them) or `Trust`
+    /// (the dialled address as given, Kuma 2.x).
+    #[serde(default)]
+    pub domain_check: DomainCheck,
 }
 
 impl ProxyConfig {
@@ -327,6 +369,7 @@ impl AgentConfig {
         if let Some(p) = &self.proxy {
             self.check_proxy(p)?;
         }
+        self.check_dns()?;
         let mut seen = BTreeSet::new();
         for (i, w) in self.workloads.iter().enumerate() {
             let field = format!("workloads[{i}].cgroup");
@@ -354,6 +397,30 @@ impl AgentConfig {
 }
 
 impl AgentConfig {
+    fn check_dns(&self) -> Result<(), (String, String)> {
+        for (i, s) in self.dns.servers.iter().enumerate() {
+            if s.port() == 0 || s.ip().is_unspecified() {
+                return Err((
+                    format!("dns.servers[{i}]"),
+                    format!("{s}: give a resolver's address and port, e.g. 10.96.0.10:53"),
+                ));
+            }
+        }
+        if self.dns.timeout.is_zero() || self.dns.timeout > std::time::Duration::from_secs(30) {
+            return Err((
+                "dns.timeout".into(),
+                "must be above zero and at most 30s, e.g. 2s (connections wait for it)".into(),
+            ));
+        }
+        if self.dns.cache_size == 0 {
+            return Err((
+                "dns.cacheSize".into(),
+                "must be at least 1, e.g. 4096".into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn check_proxy(&self, p: &ProxyConfig) -> Result<(), (String, String)> {
         if p.listen.is_empty() {
             return Err((
@@ -497,6 +564,33 @@ meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
             .expect("the shipped config loads");
         assert!(c.kubernetes.is_some());
         assert_eq!(c.proxy.expect("proxy").ports(), (15100, 15100));
+    }
+
+    #[test]
+    fn domain_check_and_dns_have_safe_defaults_and_checks() {
+        let c = load("policies: [p]\nproxy: {listen: [127.0.0.1:15001]}\n").expect("config");
+        assert_eq!(c.proxy.expect("proxy").domain_check, DomainCheck::Pin);
+        assert!(
+            c.dns.servers.is_empty(),
+            "default: /etc/resolv.conf at start"
+        );
+        assert_eq!(c.dns.timeout, std::time::Duration::from_secs(2));
+        let c = load(
+            "policies: [p]\nproxy: {listen: [127.0.0.1:15001], domainCheck: Verify}\ndns: {servers: [\"203.0.113.53:53\", \"[2001:db8::53]:5353\"], timeout: 500ms, cacheSize: 10}\n",
+        )
+        .expect("config");
+        assert_eq!(c.proxy.expect("proxy").domain_check, DomainCheck::Verify);
+        assert_eq!(c.dns.servers.len(), 2);
+        assert_eq!(c.dns.cache_size, 10);
+        let e = load("policies: [p]\nproxy: {listen: [127.0.0.1:1], domainCheck: pin}\n")
+            .expect_err("case");
+        assert_eq!(e.field, "proxy.domainCheck");
+        let e = load("policies: [p]\ndns: {servers: [\"0.0.0.0:53\"]}\n").expect_err("any");
+        assert_eq!(e.field, "dns.servers[0]");
+        let e = load("policies: [p]\ndns: {timeout: 0s}\n").expect_err("zero");
+        assert_eq!(e.field, "dns.timeout");
+        let e = load("policies: [p]\ndns: {server: []}\n").expect_err("unknown");
+        assert!(e.to_string().contains("unknown field server"), "{e}");
     }
 
     #[test]

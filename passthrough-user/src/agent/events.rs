@@ -53,6 +53,10 @@ pub struct EventRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
     pub destination: SocketAddr,
+    /// Where the peek proxy connected instead, when `domainCheck: Pin` bound the name to
+    /// another of its addresses than the one dialled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_to: Option<SocketAddr>,
     /// The name the client sent (proxy events): SNI, Host or `:authority`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -259,6 +263,7 @@ fn kernel_record(e: &Event, view: &SharedView) -> EventRecord {
         pid: Some((e.pid_tgid >> 32) as u32),
         command: Some(String::from_utf8_lossy(&e.comm[..comm_len]).into_owned()),
         destination: SocketAddr::new(ip, e.port),
+        pinned_to: None,
         name: None,
         protocol: None,
         verdict: if e.audit != 0 { "would-deny" } else { "deny" }.into(),
@@ -283,6 +288,7 @@ mod tests {
             pid: Some(7),
             command: Some("curl".into()),
             destination: dest.parse().expect("addr"),
+            pinned_to: None,
             name: None,
             protocol: None,
             verdict: "deny".into(),

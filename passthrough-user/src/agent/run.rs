@@ -14,10 +14,11 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::{Agent, AgentError, admin, config::ProxyConfig, events};
 use crate::{
-    policy::load::policy_files_in,
+    policy::{bind::DomainCheck, load::policy_files_in},
     proxy::{
         netns::{Netns, pid_in_cgroup},
-        server::{Bounds, Proxy},
+        resolve::NameResolver,
+        server::{Bounds, NameBinding, Proxy},
     },
 };
 
@@ -195,12 +196,29 @@ async fn start_proxy(agent: &mut Agent, cfg: ProxyConfig) -> Result<Arc<Proxy>, 
         peek_timeout: cfg.peek_timeout,
         max_connections: cfg.max_connections,
     };
+    let resolver = match cfg.domain_check {
+        DomainCheck::Trust => None,
+        check => {
+            let r = NameResolver::new(&agent.config().dns)
+                .map_err(|e| AgentError::Other(e.to_string()))?;
+            tracing::info!(
+                domain_check = %check,
+                servers = ?r.servers(),
+                "allowed names are bound to the addresses these resolvers give"
+            );
+            Some(Arc::new(r))
+        }
+    };
     let proxy = Arc::new(Proxy::new(
         agent.proxy_view.clone(),
         peers,
         bounds,
         agent.proxy_stats.clone(),
         agent.events.clone(),
+        NameBinding {
+            check: cfg.domain_check,
+            resolver,
+        },
     ));
     for (i, addr) in cfg.listen.iter().enumerate() {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {

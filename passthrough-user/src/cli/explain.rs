@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use super::{Output, fail, print_json, selector::WorkloadArgs};
 use crate::policy::{
-    compile::{CompiledPolicy, EffectiveMode, compile},
+    bind::DomainCheck,
+    compile::{CompiledPolicy, EffectiveMode, NamePattern, compile},
     decide::{Action, Exemptions, Peeked, Verdict, decide},
     merge::{Merged, MergedEntry, PolicyRef, merged_for},
     workload::Workload,
@@ -30,6 +31,11 @@ pub struct Args {
     /// The HTTP/2 :authority the client sends (decides http2 and grpc Domain entries).
     #[arg(long, group = "peeked")]
     pub authority: Option<String>,
+
+    /// The agent's `proxy.domainCheck`: what an allowed name binds the connection to
+    /// (Pin, Verify or Trust).
+    #[arg(long = "domain-check", value_name = "CHECK", default_value = "Pin")]
+    pub domain_check: DomainCheck,
 
     /// A mesh CIDR of the agent config, always allowed (repeatable).
     #[arg(long = "mesh-cidr", value_name = "CIDR")]
@@ -57,6 +63,10 @@ pub struct Explanation {
     pub rule: Option<MergedEntry>,
     /// For a proxy verdict: the Domain entries that could admit the connection.
     pub candidates: Vec<MergedEntry>,
+    /// For a name a Domain entry admits (or may admit): the name to address binding the
+    /// proxy applies before it connects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name_check: Option<String>,
     pub summary: String,
 }
 
@@ -91,7 +101,7 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
         mesh_cidrs: args.mesh_cidrs.clone(),
     };
     let verdict = decide(&compiled, &exemptions, args.destination, peeked.as_ref());
-    let e = explanation(
+    let mut e = explanation(
         workload,
         args.destination,
         &merged,
@@ -99,6 +109,7 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
         peeked,
         verdict,
     );
+    e.name_check = name_check(&compiled, &e.verdict, args.domain_check);
     match output {
         Output::Json => print_json(&e),
         Output::Text => print_text(&e),
@@ -143,8 +154,29 @@ fn explanation(
         verdict,
         rule,
         candidates,
+        name_check: None,
         summary,
     }
+}
+
+/// The binding that applies to a verdict the peek proxy makes or made: every Domain entry but
+/// `*`, which admits any name and so any address.
+fn name_check(c: &CompiledPolicy, v: &Verdict, check: DomainCheck) -> Option<String> {
+    use passthrough_common::Reason as R;
+    let binds = match v.reason {
+        R::DomainEntry => v
+            .rule
+            .is_some_and(|r| c.domain_pattern(r) != Some(&NamePattern::Any)),
+        R::ToProxy => true,
+        _ => false,
+    };
+    binds.then(|| {
+        let mut s = check.describe().to_string();
+        if check != DomainCheck::Trust {
+            s.push_str("; a name that does not resolve is refused");
+        }
+        s
+    })
 }
 
 fn summary(
@@ -221,5 +253,8 @@ fn print_text(e: &Explanation) {
     for (i, c) in e.candidates.iter().enumerate() {
         let label = if i == 0 { "candidates" } else { "" };
         println!("{label:<12} {c}");
+    }
+    if let Some(check) = &e.name_check {
+        println!("name check   {check}");
     }
 }

@@ -253,6 +253,7 @@ mod tests {
             pid: None,
             command: None,
             destination: dest.parse().expect("addr"),
+            pinned_to: None,
             name: name.map(|(n, _)| n.to_string()),
             protocol: name.map(|(_, p)| p.to_string()),
             verdict: verdict.into(),

@@ -178,6 +178,17 @@ pub struct CompiledPolicy {
     pub domains: BTreeMap<u16, Vec<DomainRule>>,
 }
 
+impl CompiledPolicy {
+    /// The name pattern of Domain rule `rule` (an index into [`CompiledPolicy::rules`]).
+    pub fn domain_pattern(&self, rule: u32) -> Option<&NamePattern> {
+        self.domains
+            .values()
+            .flatten()
+            .find(|d| d.rule == rule)
+            .map(|d| &d.pattern)
+    }
+}
+
 /// JSON object keys must be strings: tables keyed by tuples are written as
 /// `[[key...], rule]` pairs.
 fn entries<S: serde::Serializer, K: Serialize, V: Serialize>(

@@ -84,6 +84,12 @@ impl Verdict {
         }
     }
 
+    /// A name the proxy allowed that the name to address binding refused (`policy::bind`),
+    /// naming the entry that admitted the name. Audit mode still applies ([`Verdict::audited`]).
+    pub fn refused(reason: Reason, rule: Option<u32>) -> Self {
+        Verdict::new(Action::Deny, reason, rule)
+    }
+
     /// The same verdict where no peek proxy runs: a hand-off becomes a denial.
     pub fn without_proxy(self) -> Self {
         match self.action {
@@ -248,19 +254,26 @@ pub fn host_name(authority: &str) -> String {
     normalize_name(host)
 }
 
+/// The host a client named, normalised as Domain entries are matched: the SNI, or the host
+/// part of `Host` / `:authority`. `None` when it sent none.
+pub fn peeked_host(peek: &Peeked) -> Option<String> {
+    match peek {
+        Peeked::Tls(sni) => sni.as_deref().map(normalize_name),
+        Peeked::Http1(host) | Peeked::Http2(host) => host.as_deref().map(host_name),
+        Peeked::Unknown => None,
+    }
+}
+
 /// The most specific Domain rule that admits what the client sent: an exact name before the
 /// longest `*.` suffix before `*`, the port's own rules before port-less ones.
 fn domain_match(candidates: &[&DomainRule], peek: &Peeked) -> Option<u32> {
-    let (name, accepts): (Option<String>, fn(NameProtocol) -> bool) = match peek {
-        Peeked::Tls(sni) => (sni.as_deref().map(normalize_name), |p| {
-            p == NameProtocol::Tls
-        }),
-        Peeked::Http1(host) => (host.as_deref().map(host_name), |p| p == NameProtocol::Http),
-        Peeked::Http2(auth) => (auth.as_deref().map(host_name), |p| {
-            matches!(p, NameProtocol::Http2 | NameProtocol::Grpc)
-        }),
+    let accepts: fn(NameProtocol) -> bool = match peek {
+        Peeked::Tls(_) => |p| p == NameProtocol::Tls,
+        Peeked::Http1(_) => |p| p == NameProtocol::Http,
+        Peeked::Http2(_) => |p| matches!(p, NameProtocol::Http2 | NameProtocol::Grpc),
         Peeked::Unknown => return None,
     };
+    let name = peeked_host(peek);
     let specificity = |p: &NamePattern| match p {
         NamePattern::Exact(_) => usize::MAX,
         NamePattern::Subdomains(s) => s.len() + 1,

@@ -6,6 +6,7 @@
 //! `decide` is the reference decision the kernel programs and the peek proxy implement.
 //! Nothing here needs root or touches the kernel.
 
+pub mod bind;
 pub mod compile;
 pub mod decide;
 pub mod load;

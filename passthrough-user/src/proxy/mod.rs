@@ -4,11 +4,13 @@
 //! - [`peek`]: pure parsers that read that name from the client's first bytes.
 //! - [`hpack`]: the HPACK (RFC 7541) decoder that reads an HTTP/2 request's header block.
 //! - [`server`]: the proxy itself: accept, peek, decide, splice or refuse.
+//! - [`resolve`]: the names Domain entries allow, resolved, for the name to address binding.
 //! - [`netns`]: listeners and upstream sockets inside pods' network namespaces.
 //! - [`splice`]: zero-copy forwarding of an allowed connection.
 
 pub mod hpack;
 pub mod netns;
 pub mod peek;
+pub mod resolve;
 pub mod server;
 pub mod splice;

@@ -25,12 +25,14 @@ use tokio::{
 use super::{
     netns::{self, Netns},
     peek::{Progress, peek},
+    resolve::NameResolver,
 };
 use crate::{
     agent::events::{EventLog, EventRecord, rfc3339},
     policy::{
-        compile::CompiledPolicy,
-        decide::{Action, Exemptions, Peeked, Verdict, decide},
+        bind::{Binding, DomainCheck, bind},
+        compile::{CompiledPolicy, NamePattern},
+        decide::{Action, Exemptions, Peeked, Verdict, decide, peeked_host},
         merge::MergedEntry,
     },
 };
@@ -48,6 +50,13 @@ pub struct Bounds {
     pub peek_bytes: usize,
     pub peek_timeout: Duration,
     pub max_connections: usize,
+}
+
+/// How an allowed name is bound to its addresses (`proxy.domainCheck`, `dns`).
+pub struct NameBinding {
+    pub check: DomainCheck,
+    /// The resolver; `None` only with [`DomainCheck::Trust`].
+    pub resolver: Option<Arc<NameResolver>>,
 }
 
 /// How long an allowed connection may take to reach its destination.
@@ -141,6 +150,7 @@ pub struct Proxy {
     slots: Arc<Semaphore>,
     pub stats: Arc<Stats>,
     events: Arc<EventLog>,
+    binding: NameBinding,
 }
 
 impl Proxy {
@@ -150,6 +160,7 @@ impl Proxy {
         bounds: Bounds,
         stats: Arc<Stats>,
         events: Arc<EventLog>,
+        binding: NameBinding,
     ) -> Self {
         Self {
             view,
@@ -158,6 +169,7 @@ impl Proxy {
             bounds,
             stats,
             events,
+            binding,
         }
     }
 
@@ -246,6 +258,9 @@ impl Proxy {
             }
         };
         let verdict = decide(&workload.policy, &view.exemptions, dest, Some(&peeked));
+        let (verdict, upstream) = self
+            .bind_name(&workload.policy, verdict, &peeked, dest)
+            .await;
         let rule = describe(&workload.policy, &verdict);
         self.stats.decided(DecisionKey {
             workload: workload.name.clone(),
@@ -263,6 +278,7 @@ impl Proxy {
             pid: None,
             command: None,
             destination: dest,
+            pinned_to: (upstream != dest).then_some(upstream),
             name: (name != "-").then(|| name.to_string()),
             protocol: peeked_protocol(&peeked).map(str::to_string),
             verdict: verdict_label(&verdict).replace('_', "-"),
@@ -278,9 +294,52 @@ impl Proxy {
             refuse(&mut client, &peeked).await;
             return;
         }
-        tracing::debug!(workload = %workload.name, %dest, name, rule, "proxy allowed");
-        if let Err(e) = splice(client, dest, &buf, place.netns.as_deref()).await {
-            tracing::debug!(%dest, "proxied connection ended: {e}");
+        tracing::debug!(workload = %workload.name, %dest, %upstream, name, rule, "proxy allowed");
+        if let Err(e) = splice(client, upstream, &buf, place.netns.as_deref()).await {
+            tracing::debug!(%upstream, "proxied connection ended: {e}");
+        }
+    }
+
+    /// The name to address binding (`proxy.domainCheck`) of a name a Domain entry allowed:
+    /// where the connection goes, or the refusal that replaces the verdict. `*` entries admit
+    /// every name, so they bind to nothing; audit mode reports a refusal and lets it through
+    /// to the dialled address.
+    async fn bind_name(
+        &self,
+        policy: &CompiledPolicy,
+        verdict: Verdict,
+        peeked: &Peeked,
+        dest: SocketAddr,
+    ) -> (Verdict, SocketAddr) {
+        if verdict.action != Action::Allow
+            || verdict.reason != passthrough_common::Reason::DomainEntry
+            || self.binding.check == DomainCheck::Trust
+        {
+            return (verdict, dest);
+        }
+        let Some(rule) = verdict.rule else {
+            return (verdict, dest);
+        };
+        if policy.domain_pattern(rule) == Some(&NamePattern::Any) {
+            return (verdict, dest);
+        }
+        let (Some(resolver), Some(name)) = (&self.binding.resolver, peeked_host(peeked)) else {
+            // A Domain entry other than `*` only admits a named client, and a resolver exists
+            // whenever the check is not Trust: refuse rather than guess.
+            let refused = Verdict::refused(passthrough_common::Reason::DnsNoAddress, Some(rule));
+            return (refused.audited(policy.audit), dest);
+        };
+        let refuse = |reason| Verdict::refused(reason, Some(rule)).audited(policy.audit);
+        match resolver.resolve(&name).await {
+            Err(e) => (refuse(e.reason()), dest),
+            Ok(addrs) => match bind(self.binding.check, dest, &addrs) {
+                Binding::Dialled => (verdict, dest),
+                Binding::Pinned(to) => (verdict, to),
+                Binding::Mismatch => (
+                    refuse(passthrough_common::Reason::NameAddressMismatch),
+                    dest,
+                ),
+            },
         }
     }
 

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, process::ExitCode};
 
 use passthrough::policy::decide::{Action, Peeked};
 use passthrough_tests::{
-    ProbeOptions, TestCgroup, Topology,
+    DnsRecords, ProbeOptions, TestCgroup, Topology,
     agent::{ADMIN, AgentRun, sa},
     client_hello,
 };
@@ -159,6 +159,15 @@ fn main() -> ExitCode {
             false,
             Sni("example.com"),
         ),
+        // A forged name: an allowed SNI sent to an unrelated server. domainCheck: Pin sends
+        // the connection to the name's own address instead.
+        (
+            "demo-app",
+            DEMO_APP,
+            sa("203.0.113.200:443"),
+            false,
+            Sni("en.wikipedia.org"),
+        ),
         (
             "demo-app",
             DEMO_APP,
@@ -199,6 +208,14 @@ fn main() -> ExitCode {
     println!("creating the demo topology: client netns -- veth -- internet netns with test hosts");
     let topo = Topology::new();
     let _servers = topo.serve(&listen);
+    // The demo's resolver: the names of the policy's Domain entries at the demo's hosts (the
+    // peek proxy binds each allowed name to these addresses).
+    let ip = |s: &str| s.parse().expect("address");
+    let dns = topo.dns(&DnsRecords::hosts(&[
+        ("httpbin.org", ip("2001:db8:1::11")),
+        ("en.wikipedia.org", ip("198.51.100.11")),
+        ("httpbin.dev", ip("203.0.113.20")),
+    ]));
     let demo_app = TestCgroup::new();
     let batch = TestCgroup::new();
     println!(
@@ -210,7 +227,10 @@ fn main() -> ExitCode {
         &topo,
         &[(&demo_app, &[DEMO_APP][..]), (&batch, &[BATCH][..])],
         &[("demo.yaml", POLICIES)],
-        "proxy: {listen: [127.0.0.1:15001, \"[::1]:15001\"]}\n",
+        &format!(
+            "proxy: {{listen: [127.0.0.1:15001, \"[::1]:15001\"]}}\n{}",
+            dns.config()
+        ),
     );
     println!("agent ready; connecting from each workload:\n");
     println!(
@@ -247,9 +267,18 @@ fn main() -> ExitCode {
             Some(p) => agent.oracle_peeked(&[*tag], *dest, p),
             None => agent.oracle(&[*tag], *dest),
         };
+        let reached = got
+            .received()
+            .strip_prefix("hello from ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse::<SocketAddr>().ok());
         let result = if got.is_eperm() {
             "EPERM"
-        } else if got.received().starts_with("hello from") {
+        } else if reached
+            .is_some_and(|a| a.ip() != passthrough::policy::decide::canonical(dest.ip()))
+        {
+            "pinned"
+        } else if reached.is_some() {
             "allowed"
         } else if got.received().starts_with("HTTP/1.1 403") {
             "HTTP 403"
@@ -261,6 +290,8 @@ fn main() -> ExitCode {
         // What the verdict means for the client: a kernel denial fails connect(); the
         // proxy's refusal is an answer in the client's protocol.
         let expected = match (verdict.action, verdict.reason.name(), sent) {
+            // The policy engine allows the name; where it goes is the resolver's answer.
+            (Action::Allow, "domain_entry", _) if result == "pinned" => "pinned",
             (Action::Allow, _, _) => "allowed",
             (_, "domain_no_match", Sni(_)) => "TLS alert",
             (_, "domain_no_match", Host(_)) => "HTTP 403",
@@ -281,6 +312,10 @@ fn main() -> ExitCode {
             ("domain_no_match", _) => format!(
                 "peek proxy: no Domain entry of port {} admits this name",
                 dest.port()
+            ),
+            (_, Some(r)) if result == "pinned" => format!(
+                "{r}; Pin: connected to {} instead",
+                reached.map_or_else(String::new, |a| a.to_string())
             ),
             (_, Some(r)) => r.to_string(),
             (other, None) => other.to_string(),

@@ -596,6 +596,8 @@ fn echo(mut s: TcpStream) -> io::Result<()> {
 /// closing avoids a reset that could discard the greeting on the client's side.
 fn greet(mut s: TcpStream) -> io::Result<()> {
     let local = s.local_addr()?;
+    // The far side's own record of what reached it, for the harness (`ServerGuard::accepted`).
+    println!("accepted {local}");
     s.write_all(format!("hello from {local}\n").as_bytes())?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut got = Vec::new();
