@@ -29,6 +29,8 @@ pub mod map_names {
     pub const PROXY_PEERS: &str = "PROXY_PEERS";
     pub const EVENTS: &str = "EVENTS";
     pub const EVENTS_DROPPED: &str = "EVENTS_DROPPED";
+    pub const DNS_V4: &str = "DNS_V4";
+    pub const DNS_V6: &str = "DNS_V6";
 }
 
 /// Names of the programs in the object.
@@ -38,7 +40,14 @@ pub mod program_names {
     pub const GETPEERNAME4: &str = "passthrough_getpeername4";
     pub const GETPEERNAME6: &str = "passthrough_getpeername6";
     pub const SOCK_OPS: &str = "passthrough_sock_ops";
+    pub const SENDMSG4: &str = "passthrough_sendmsg4";
+    pub const SENDMSG6: &str = "passthrough_sendmsg6";
+    pub const SOCK_CREATE: &str = "passthrough_sock_create";
+    pub const SOCKET_CREATE_LSM: &str = "passthrough_socket_create";
 }
+
+/// The LSM hook `SOCKET_CREATE_LSM` is attached to (per cgroup, `lsm_cgroup`).
+pub const SOCKET_CREATE_HOOK: &str = "socket_create";
 
 /// Capacities of the maps. User space refuses a policy that does not fit, before writing.
 pub mod capacity {
@@ -63,6 +72,8 @@ pub mod capacity {
     pub const PROXY_PEERS: u32 = 65_536;
     /// Bytes of the deny-event ring buffer: 16 384 events of 64 bytes (plus headers).
     pub const EVENTS_BYTES: u32 = 1 << 21;
+    /// Resolver addresses UDP to port 53 may reach under `udp: Deny`, over all sets.
+    pub const DNS: u32 = 4_096;
 }
 
 /// The merged `passthroughMode` of a workload, as the kernel reads it.
@@ -81,6 +92,12 @@ pub mod mode {
 pub mod workload_flags {
     /// Connects the policy would deny are allowed and counted as such (audit mode).
     pub const AUDIT: u8 = 1;
+    /// `udp: Deny`: UDP datagrams (and ping sockets) are refused, except DNS to the
+    /// workload's resolver set, loopback and the mesh. Only set for `None` / `Matched`.
+    pub const UDP_DENY: u8 = 2;
+    /// `rawSockets: Deny`: raw IP sockets (and packet sockets, where the BPF LSM is
+    /// active) cannot be created. Only set for `None` / `Matched`.
+    pub const RAW_DENY: u8 = 4;
 }
 
 /// Value of the `WORKLOADS` map, keyed by cgroup id (`u64`): which policy slot a workload
@@ -94,9 +111,31 @@ pub struct Workload {
     pub mode: u8,
     /// Bits from [`workload_flags`].
     pub flags: u8,
-    pub _pad: [u8; 2],
+    /// The resolver set (`DNS_V4/6` keys) UDP to port 53 may reach under `udp: Deny`.
+    pub dns_set: u16,
 }
 const _: () = assert!(size_of::<Workload>() == 8);
+
+/// Bits of an LPM key of `DNS_V4` / `DNS_V6` that precede the address: the resolver set.
+pub const DNS_FIXED_BITS: u32 = 16;
+
+/// Data part of a `DNS_V4` LPM key: (resolver set BE, address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DnsV4Data {
+    pub set: [u8; 2],
+    pub addr: [u8; 4],
+}
+const _: () = assert!(size_of::<DnsV4Data>() == 6);
+
+/// Data part of a `DNS_V6` LPM key: (resolver set BE, address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DnsV6Data {
+    pub set: [u8; 2],
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<DnsV6Data>() == 18);
 
 /// Key of `EXACT_V4`: an IP entry (or a /32 CIDR) of one slot, for one port or [`PORT_ANY`].
 #[repr(C)]
@@ -148,6 +187,24 @@ pub struct CidrV6Data {
     pub addr: [u8; 16],
 }
 const _: () = assert!(size_of::<CidrV6Data>() == 22);
+
+impl DnsV4Data {
+    pub const fn new(set: u16, addr: [u8; 4]) -> Self {
+        Self {
+            set: set.to_be_bytes(),
+            addr,
+        }
+    }
+}
+
+impl DnsV6Data {
+    pub const fn new(set: u16, addr: [u8; 16]) -> Self {
+        Self {
+            set: set.to_be_bytes(),
+            addr,
+        }
+    }
+}
 
 impl CidrV4Data {
     pub const fn new(slot: u32, port: u16, addr: [u8; 4]) -> Self {
@@ -244,9 +301,25 @@ pub struct Event {
     pub reason: u8,
     /// Non-zero: audit mode let the connect through.
     pub audit: u8,
-    pub _pad: [u8; 4],
+    /// What was refused: one of [`event_kind`].
+    pub kind: u8,
+    /// For [`event_kind::SOCKET`]: the socket's family (`AF_*`) and type (`SOCK_*`); its
+    /// protocol is in `port` and `addr` is zero.
+    pub family: u8,
+    pub sock_type: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(size_of::<Event>() == 64);
+
+/// Values of [`Event::kind`].
+pub mod event_kind {
+    /// A `connect()` (TCP, or a UDP / ping socket's default destination).
+    pub const CONNECT: u8 = 0;
+    /// A UDP datagram sent to an address (`sendmsg`, `sendto`).
+    pub const DATAGRAM: u8 = 1;
+    /// A socket that may not be created (raw, packet, ping).
+    pub const SOCKET: u8 = 2;
+}
 
 /// `addr` as IPv6 bytes, IPv4-mapped (`::ffff:a.b.c.d`).
 pub const fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
@@ -292,7 +365,8 @@ const _: () = assert!(size_of::<Config>() == 16);
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {
-    /// Not a TCP socket (UDP, used by resolvers): out of scope, passes untouched.
+    /// Not a TCP socket (UDP, used by resolvers) of a workload whose UDP is not judged
+    /// (`udp: Allow`, or mode `All`): passes untouched.
     NotTcp = 0,
     /// The caller is in no managed workload cgroup.
     Unmanaged = 1,
@@ -335,11 +409,19 @@ pub enum Reason {
     DnsNxDomain = 19,
     /// The allowed name has no A or AAAA record (user space only).
     DnsNoAddress = 20,
+    /// `udp: Deny`: a datagram to port 53 of the workload's resolvers, allowed.
+    UdpDns = 21,
+    /// `udp: Deny`: a datagram (or a ping socket) refused.
+    UdpDenied = 22,
+    /// `rawSockets: Deny`: a raw IP socket refused.
+    RawSocket = 23,
+    /// `rawSockets: Deny`: a packet socket (`AF_PACKET`, `AF_XDP`) refused (BPF LSM).
+    PacketSocket = 24,
 }
 
 impl Reason {
     /// Number of reasons: the size of the `COUNTERS` array.
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 25;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -364,6 +446,10 @@ impl Reason {
         Reason::DnsUnreachable,
         Reason::DnsNxDomain,
         Reason::DnsNoAddress,
+        Reason::UdpDns,
+        Reason::UdpDenied,
+        Reason::RawSocket,
+        Reason::PacketSocket,
     ];
 
     /// Stable snake_case name, used in metrics labels and JSON.
@@ -390,6 +476,10 @@ impl Reason {
             Reason::DnsUnreachable => "dns_unreachable",
             Reason::DnsNxDomain => "dns_nxdomain",
             Reason::DnsNoAddress => "dns_no_address",
+            Reason::UdpDns => "udp_dns",
+            Reason::UdpDenied => "udp_denied",
+            Reason::RawSocket => "raw_socket",
+            Reason::PacketSocket => "packet_socket",
         }
     }
 
@@ -406,6 +496,9 @@ impl Reason {
                 | Reason::DnsUnreachable
                 | Reason::DnsNxDomain
                 | Reason::DnsNoAddress
+                | Reason::UdpDenied
+                | Reason::RawSocket
+                | Reason::PacketSocket
         )
     }
 }
@@ -427,6 +520,8 @@ mod pod {
     unsafe impl aya::Pod for OrigDst {}
     unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for DnsV4Data {}
+    unsafe impl aya::Pod for DnsV6Data {}
 }
 
 #[cfg(test)]

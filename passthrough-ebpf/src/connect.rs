@@ -2,37 +2,27 @@
 //! steps 1 to 5, for the caller's workload. `passthrough::policy::decide` in user space is
 //! the reference these lines must agree with; the privileged tests check that they do.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
-    maps::lpm_trie::Key,
-    programs::SockAddrContext,
-};
+use aya_ebpf::{maps::lpm_trie::Key, programs::SockAddrContext};
 use aya_log_ebpf::debug;
 use passthrough_common::{
     CidrV4Data, CidrV6Data, DomainPortKey, ExactV4Key, ExactV6Key, LPM_FIXED_BITS, PORT_ANY,
     Reason, Workload, mode, v4_mapped, workload_flags,
 };
 
+pub use crate::decision::DENY;
 use crate::{
-    events::report,
-    maps::{
-        CIDR_V4, CIDR_V6, CONFIG, COUNTERS, DOMAIN_PORTS, EXACT_V4, EXACT_V6, MESH_V4, MESH_V6,
-        WORKLOADS,
-    },
+    datagram,
+    decision::{Judged, settle, verdict},
+    events::Subject,
+    maps::{CIDR_V4, CIDR_V6, CONFIG, DOMAIN_PORTS, EXACT_V4, EXACT_V6, MESH_V4, MESH_V6},
     redirect::{PROXY_V6, Socket, redirect},
+    workload::caller,
 };
 
-/// Return value of a cgroup sock_addr program that lets the connect proceed.
-pub const ALLOW: i32 = 1;
-/// Return value that makes `connect()` fail with `EPERM`.
-pub const DENY: i32 = 0;
-
-/// Sockets of this type are judged (TCP, and MPTCP and SCTP in stream mode, which would
-/// otherwise be a way around the filter); datagram sockets (DNS over UDP) pass.
+/// Sockets of this type are judged as connections (TCP, and MPTCP and SCTP in stream mode,
+/// which would otherwise be a way around the filter); datagram sockets (UDP, ping) by the
+/// workload's `udp` setting.
 const SOCK_STREAM: u32 = 1;
-
-/// Deepest cgroup level searched for a workload. Kubernetes pods sit at level 3 to 5.
-const MAX_CGROUP_DEPTH: i32 = 32;
 
 /// Why reading the context failed; any error denies (see the entry points).
 pub struct ContextError;
@@ -40,17 +30,19 @@ pub struct ContextError;
 /// An IPv4 connect.
 pub fn connect4(ctx: &SockAddrContext) -> Result<i32, ContextError> {
     let sa = unsafe { ctx.sock_addr.as_mut() }.ok_or(ContextError)?;
-    if sa.type_ != SOCK_STREAM {
-        return Ok(verdict(Reason::NotTcp));
-    }
     // `user_ip4` and `user_port` are in network byte order.
     let addr = sa.user_ip4.to_ne_bytes();
     let port = u16::from_be(sa.user_port as u16);
+    if sa.type_ != SOCK_STREAM {
+        // A UDP or ping socket's default destination: judged as its datagrams will be.
+        let j = datagram::judge_v4(addr, port);
+        return Ok(verdict(settle(&j, Subject::Connect(v4_mapped(addr), port))));
+    }
     let mut j = judge_v4(addr, port);
     if j.reason == Reason::ToProxy {
         j.reason = redirect(sa, Socket::V4, j.workload, v4_mapped(addr), port, true);
     }
-    let reason = settle(&j, v4_mapped(addr), port);
+    let reason = settle(&j, Subject::Connect(v4_mapped(addr), port));
     if debug_enabled() {
         debug!(ctx, "connect4 {:i}:{} {}", addr, port, reason.name());
     }
@@ -61,105 +53,45 @@ pub fn connect4(ctx: &SockAddrContext) -> Result<i32, ContextError> {
 /// uses for IPv4) is judged by the IPv4 rules, so it cannot bypass them.
 pub fn connect6(ctx: &SockAddrContext) -> Result<i32, ContextError> {
     let sa = unsafe { ctx.sock_addr.as_mut() }.ok_or(ContextError)?;
-    if sa.type_ != SOCK_STREAM {
-        return Ok(verdict(Reason::NotTcp));
-    }
-    let w = sa.user_ip6;
-    let mut addr = [0u8; 16];
-    for (i, word) in w.iter().enumerate() {
-        addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-    }
+    let addr = user_ip6(sa);
     let port = u16::from_be(sa.user_port as u16);
-    let mapped = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
-    let mut j = if mapped {
-        judge_v4([addr[12], addr[13], addr[14], addr[15]], port)
-    } else {
-        judge_v6(addr, port)
+    let mapped = passthrough_common::unmapped_v4(&addr);
+    if sa.type_ != SOCK_STREAM {
+        let j = match mapped {
+            Some(v4) => datagram::judge_v4(v4, port),
+            None => datagram::judge_v6(addr, port),
+        };
+        return Ok(verdict(settle(&j, Subject::Connect(addr, port))));
+    }
+    let mut j = match mapped {
+        Some(v4) => judge_v4(v4, port),
+        None => judge_v6(addr, port),
     };
     if j.reason == Reason::ToProxy {
-        j.reason = redirect(sa, Socket::V6, j.workload, addr, port, mapped);
+        j.reason = redirect(sa, Socket::V6, j.workload, addr, port, mapped.is_some());
     }
-    let reason = settle(&j, addr, port);
+    let reason = settle(&j, Subject::Connect(addr, port));
     if debug_enabled() {
         debug!(ctx, "connect6 [{:i}]:{} {}", addr, port, reason.name());
     }
     Ok(verdict(reason))
 }
 
-/// What the policy says about a connect, before audit mode: the reason, the workload's
-/// cgroup id (0 outside every workload) and whether the workload is audited.
-struct Judged {
-    reason: Reason,
-    workload: u64,
-    audit: bool,
-}
-
-impl Judged {
-    /// A verdict that does not depend on a workload's policy.
-    #[inline(always)]
-    const fn fixed(reason: Reason) -> Self {
-        Self {
-            reason,
-            workload: 0,
-            audit: false,
-        }
-    }
-}
-
-/// The final reason: a denial is reported as an event and, for an audited workload, let
-/// through as `Audit`.
+/// The destination of a sock_addr context as IPv6 bytes.
 #[inline(always)]
-fn settle(j: &Judged, addr: [u8; 16], port: u16) -> Reason {
-    if j.reason.allows() {
-        return j.reason;
+pub fn user_ip6(sa: &aya_ebpf::bindings::bpf_sock_addr) -> [u8; 16] {
+    let w = sa.user_ip6;
+    let mut addr = [0u8; 16];
+    for (i, word) in w.iter().enumerate() {
+        addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
     }
-    report(j.workload, j.reason, j.audit, addr, port);
-    if j.audit { Reason::Audit } else { j.reason }
+    addr
 }
 
 /// `debug: true` in the agent config: log each decision through aya-log.
 #[inline(always)]
 fn debug_enabled() -> bool {
     CONFIG.get(0).is_some_and(|c| c.debug != 0)
-}
-
-/// Counts the decision and turns it into the program's return value.
-#[inline(always)]
-fn verdict(reason: Reason) -> i32 {
-    if let Some(c) = COUNTERS.get_ptr_mut(reason as u32) {
-        // Per-CPU slot: no other CPU writes it.
-        unsafe { *c += 1 };
-    }
-    if reason.allows() { ALLOW } else { DENY }
-}
-
-/// The caller's workload and its cgroup id: the deepest cgroup on its path that the agent
-/// manages, so a process in a container cgroup below a pod's cgroup belongs to the pod.
-/// `Err` carries the reason to pass untouched (the agent itself, or no workload).
-#[inline(always)]
-fn workload() -> Result<(u64, Workload), Reason> {
-    // The agent's cgroup and everything below it (its children; on Kubernetes, the
-    // containers of the agent's pod). User space never sets it to the root cgroup.
-    let agent = CONFIG.get(0).map_or(0, |c| c.agent_cgroup);
-    let current = unsafe { bpf_get_current_cgroup_id() };
-    if agent != 0 && agent == current {
-        return Err(Reason::Agent);
-    }
-    let mut found = None;
-    for level in 0..MAX_CGROUP_DEPTH {
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
-        if id == 0 {
-            // Past the caller's own level.
-            break;
-        }
-        if agent != 0 && id == agent {
-            return Err(Reason::Agent);
-        }
-        if let Some(w) = unsafe { WORKLOADS.get(id) } {
-            found = Some((id, *w));
-        }
-    }
-    found.ok_or(Reason::Unmanaged)
 }
 
 /// Steps 2 and the final denial, shared by both families: the mode decides unless it is
@@ -199,8 +131,9 @@ fn domain_or_deny(slot: u32, port: u16) -> Reason {
     }
 }
 
+#[inline(always)]
 fn judge_v4(addr: [u8; 4], port: u16) -> Judged {
-    let (id, w) = match workload() {
+    let (id, w) = match caller() {
         Ok(w) => w,
         Err(reason) => return Judged::fixed(reason),
     };
@@ -233,8 +166,9 @@ fn judge_v4(addr: [u8; 4], port: u16) -> Judged {
     })
 }
 
+#[inline(always)]
 fn judge_v6(addr: [u8; 16], port: u16) -> Judged {
-    let (id, w) = match workload() {
+    let (id, w) = match caller() {
         Ok(w) => w,
         Err(reason) => return Judged::fixed(reason),
     };

@@ -6,13 +6,17 @@
 #![no_main]
 
 mod connect;
+mod datagram;
+mod decision;
 mod events;
 mod maps;
 mod redirect;
+mod socket;
+mod workload;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, sock_ops},
-    programs::{SockAddrContext, SockOpsContext},
+    macros::{cgroup_sock, cgroup_sock_addr, lsm_cgroup, sock_ops},
+    programs::{LsmContext, SockAddrContext, SockContext, SockOpsContext},
 };
 
 /// `cgroup/connect4`: decides every IPv4 `connect()` of a workload.
@@ -29,6 +33,33 @@ pub fn passthrough_connect4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(connect6)]
 pub fn passthrough_connect6(ctx: SockAddrContext) -> i32 {
     connect::connect6(&ctx).unwrap_or(connect::DENY)
+}
+
+/// `cgroup/sendmsg4`: decides every UDP datagram a workload sends to an IPv4 address
+/// (`udp: Deny`). Fails closed, as `passthrough_connect4`.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn passthrough_sendmsg4(ctx: SockAddrContext) -> i32 {
+    datagram::sendmsg4(&ctx).unwrap_or(connect::DENY)
+}
+
+/// `cgroup/sendmsg6`: as `passthrough_sendmsg4`, for IPv6 (IPv4-mapped judged as IPv4).
+#[cgroup_sock_addr(sendmsg6)]
+pub fn passthrough_sendmsg6(ctx: SockAddrContext) -> i32 {
+    datagram::sendmsg6(&ctx).unwrap_or(connect::DENY)
+}
+
+/// `cgroup/sock_create`: raw IP sockets (`rawSockets: Deny`) and ping sockets
+/// (`udp: Deny`) cannot be created. Fails closed.
+#[cgroup_sock(sock_create)]
+pub fn passthrough_sock_create(ctx: SockContext) -> i32 {
+    socket::sock_create(&ctx).unwrap_or(connect::DENY)
+}
+
+/// `lsm_cgroup/socket_create`, attached per workload cgroup (never globally): packet
+/// sockets (`AF_PACKET`, `AF_XDP`) cannot be created under `rawSockets: Deny`.
+#[lsm_cgroup(hook = "socket_create")]
+pub fn passthrough_socket_create(ctx: LsmContext) -> i32 {
+    socket::socket_create_lsm(&ctx)
 }
 
 /// `cgroup/getpeername4`: a connect handed to the peek proxy reports its original

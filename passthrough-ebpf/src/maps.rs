@@ -12,8 +12,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use passthrough_common::{
-    CidrV4Data, CidrV6Data, Config, DomainPortKey, ExactV4Key, ExactV6Key, OrigDst, PeerKey,
-    Reason, RuleRef, Workload, capacity,
+    CidrV4Data, CidrV6Data, Config, DnsV4Data, DnsV6Data, DomainPortKey, ExactV4Key, ExactV6Key,
+    OrigDst, PeerKey, Reason, RuleRef, Workload, capacity,
 };
 
 /// cgroup id -> [`Workload`] (policy slot, mode, flags). Written by the agent; one update flips
@@ -53,6 +53,15 @@ pub static MESH_V4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(capacity::MESH, 0);
 /// LPM IPv6 prefix -> index: the agent's `meshCIDRs`, allowed for every workload.
 #[map]
 pub static MESH_V6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(capacity::MESH, 0);
+
+/// LPM (resolver set, IPv4 prefix) -> index: where UDP to port 53 may go under `udp: Deny`.
+/// Written by the agent.
+#[map]
+pub static DNS_V4: LpmTrie<DnsV4Data, u32> = LpmTrie::pinned(capacity::DNS, 0);
+
+/// LPM (resolver set, IPv6 prefix) -> index; see [`DNS_V4`]. Written by the agent.
+#[map]
+pub static DNS_V6: LpmTrie<DnsV6Data, u32> = LpmTrie::pinned(capacity::DNS, 0);
 
 /// Index 0 -> [`Config`]: agent-wide settings. Written by the agent.
 #[map]

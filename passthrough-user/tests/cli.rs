@@ -257,6 +257,47 @@ fn explain_says_which_name_check_binds_an_allowed_name() {
 }
 
 #[test]
+fn explain_judges_a_datagram_by_the_udp_setting() {
+    let explain = |extra: &[&str], dest: &str| {
+        run(bin()
+            .args(["-o", "json", "explain", "--policy"])
+            .arg(examples().join("allow-some.yaml"))
+            .args(["--tag", SERVICE, "--datagram"])
+            .args(extra)
+            .arg(dest))
+    };
+    let reason = |out: &str| {
+        let v: serde_json::Value = serde_json::from_str(out).expect("json");
+        v["verdict"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // Kuma's default: UDP is not judged.
+    let (code, out, _) = explain(&[], "203.0.113.200:443");
+    assert_eq!((code, reason(&out).as_str()), (0, "not_tcp"), "{out}");
+    let (code, out, _) = explain(&["--udp", "Deny"], "203.0.113.200:443");
+    assert_eq!((code, reason(&out).as_str()), (1, "udp_denied"), "{out}");
+    let (code, out, _) = explain(
+        &["--udp", "Deny", "--dns", "10.96.0.10/32"],
+        "10.96.0.10:53",
+    );
+    assert_eq!((code, reason(&out).as_str()), (0, "udp_dns"), "{out}");
+    let (code, out, _) = explain(
+        &["--udp", "Deny", "--dns", "10.96.0.10/32"],
+        "10.96.0.11:53",
+    );
+    assert_eq!((code, reason(&out).as_str()), (1, "udp_denied"), "{out}");
+    // The text shows the settings that bind the workload.
+    let (_, out, _) = run(bin()
+        .args(["explain", "--policy"])
+        .arg(examples().join("allow-some.yaml"))
+        .args(["--tag", SERVICE, "--udp", "Deny", "10.240.15.39:8888"]));
+    assert!(out.contains("udp          Deny"), "{out}");
+    assert!(out.contains("raw sockets  Deny"), "{out}");
+}
+
+#[test]
 fn explain_unselected_workload_is_not_filtered() {
     let (code, out, _) = run(bin()
         .args(["explain", "--policy"])

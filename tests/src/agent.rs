@@ -50,6 +50,12 @@ impl Expect {
 }
 
 /// A `passthrough run` process inside the topology's client namespace.
+/// A workload's tags.
+type WorkloadTags<'a> = &'a [(&'a str, &'a str)];
+
+/// A workload of the config: its cgroup, its tags, and lines of its own config.
+type WorkloadLines<'a> = (&'a Path, &'a [(&'a str, &'a str)], &'a str);
+
 pub struct AgentRun {
     dir: tempfile::TempDir,
     config: PathBuf,
@@ -111,8 +117,28 @@ impl AgentRun {
         policies: &[(&str, &str)],
         extra_config: &str,
     ) -> Self {
-        let mut run = Self::prepare(agent_cgroup, topo, workloads, policies, extra_config);
+        let workloads: Vec<WorkloadLines<'_>> =
+            workloads.iter().map(|(p, t)| (*p, *t, "")).collect();
+        let mut run = Self::prepare(agent_cgroup, topo, &workloads, policies, extra_config);
         run.spawn();
+        run
+    }
+
+    /// As [`AgentRun::start`], each workload with lines of its own config (`udp: ...`,
+    /// `rawSockets: ...`, at the workload's indentation).
+    pub fn start_workloads(
+        topo: &Topology,
+        workloads: &[(&TestCgroup, WorkloadTags<'_>, &str)],
+        policies: &[(&str, &str)],
+        extra_config: &str,
+    ) -> Self {
+        let workloads: Vec<WorkloadLines<'_>> = workloads
+            .iter()
+            .map(|(c, t, e)| (c.path(), *t, *e))
+            .collect();
+        let mut run = Self::prepare(None, topo, &workloads, policies, extra_config);
+        run.spawn();
+        run.wait_ready();
         run
     }
 
@@ -120,7 +146,7 @@ impl AgentRun {
     fn prepare(
         agent_cgroup: Option<&TestCgroup>,
         topo: &Topology,
-        workloads: &[(&Path, &[(&str, &str)])],
+        workloads: &[WorkloadLines<'_>],
         policies: &[(&str, &str)],
         extra_config: &str,
     ) -> Self {
@@ -136,7 +162,7 @@ impl AgentRun {
         } else {
             "workloads:\n"
         });
-        for (cg, tags) in workloads {
+        for (cg, tags, extra) in workloads {
             cfg.push_str(&format!("  - cgroup: {}\n    tags: {{", cg.display()));
             let t: Vec<String> = tags
                 .iter()
@@ -144,6 +170,9 @@ impl AgentRun {
                 .collect();
             cfg.push_str(&t.join(", "));
             cfg.push_str("}\n");
+            for line in extra.lines() {
+                cfg.push_str(&format!("    {}\n", line.trim()));
+            }
         }
         cfg.push_str(&format!(
             "admin: {{listen: \"{ADMIN}\"}}\nbpffs: {}\n{extra_config}",

@@ -836,6 +836,74 @@ pub fn from_hex(h: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// What [`Topology::capture`] saw arrive on the internet side.
+#[must_use = "dropping it stops the capture"]
+pub struct Capture {
+    _guard: ServerGuard,
+    printed: Lines,
+}
+
+/// One captured IP packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet {
+    /// 4 or 6.
+    pub ip: u8,
+    /// The IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6).
+    pub proto: u8,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub dport: Option<u16>,
+    /// It carries the probe's side-door payload.
+    pub payload: bool,
+}
+
+impl Capture {
+    /// Every packet so far.
+    pub fn packets(&self) -> Vec<Packet> {
+        self.printed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                Some(Packet {
+                    ip: u8::try_from(v["ip"].as_u64()?).ok()?,
+                    proto: u8::try_from(v["proto"].as_u64()?).ok()?,
+                    src: v["src"].as_str()?.parse().ok()?,
+                    dst: v["dst"].as_str()?.parse().ok()?,
+                    dport: v["dport"].as_u64().and_then(|p| u16::try_from(p).ok()),
+                    payload: v["sideDoorPayload"].as_bool().unwrap_or(false),
+                })
+            })
+            .collect()
+    }
+
+    /// The packets of protocol `proto` to `dst` seen within `wait` (captures trail the
+    /// sender by a little; absence is only claimed after the wait).
+    pub fn to(&self, proto: u8, dst: IpAddr, wait: Duration) -> Vec<Packet> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let found: Vec<Packet> = self
+                .packets()
+                .into_iter()
+                .filter(|p| p.proto == proto && p.dst == dst)
+                .collect();
+            if !found.is_empty() || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Forgets what was captured so far.
+    pub fn clear(&self) {
+        self.printed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
 /// An HTTP/2 prior-knowledge (h2c) client preface and a GET whose `:authority` is
 /// `authority`, HPACK-coded without Huffman or indexing, as a client sends it first.
 pub fn h2c_request(authority: &str) -> Vec<u8> {
@@ -1121,6 +1189,9 @@ impl Drop for NodeNetns {
 pub struct Topology {
     client: String,
     internet: String,
+    /// The veth ends: in the client namespace, and in the internet one.
+    client_if: String,
+    internet_if: String,
     servers: Arc<Mutex<Vec<u32>>>,
 }
 
@@ -1138,6 +1209,8 @@ impl Topology {
         let topo = Self {
             client: format!("{NETNS_PREFIX}c-{pid}-{n}"),
             internet: format!("{NETNS_PREFIX}i-{pid}-{n}"),
+            client_if: format!("ptc{n}"),
+            internet_if: format!("pti{n}"),
             servers: Arc::default(),
         };
         // The guard exists before the first namespace does: a failure below cleans up.
@@ -1146,11 +1219,11 @@ impl Topology {
         topo
     }
 
-    fn setup(&self, n: u32) -> Result<(), String> {
+    fn setup(&self, _n: u32) -> Result<(), String> {
         let (c, i) = (self.client.as_str(), self.internet.as_str());
         // Interface names live inside the namespaces, so the counter alone keeps them
         // unique and within IFNAMSIZ.
-        let (cif, iif) = (format!("ptc{n}"), format!("pti{n}"));
+        let (cif, iif) = (self.client_if.clone(), self.internet_if.clone());
         ip(&["netns", "add", c])?;
         ip(&["netns", "add", i])?;
         // Created inside the client namespace with its peer placed directly in the internet
@@ -1215,7 +1288,62 @@ impl Topology {
                 ])?;
             }
         }
+        // Ping sockets for every group in the client namespace, as container runtimes set it
+        // (the kernel default allows none): the tests can then show what they do.
+        run_in_netns(netns_path(c), || {
+            fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
+        })
+        .map_err(|e| format!("net.ipv4.ping_group_range in {c}: {e}"))?;
         Ok(())
+    }
+
+    /// The client end of the veth, in the client namespace.
+    pub fn client_iface(&self) -> &str {
+        &self.client_if
+    }
+
+    /// A capture on the internet side of the veth: every IP packet that arrives from the
+    /// client namespace. What did (or did not) get out, whatever the client was told.
+    pub fn capture(&self) -> Capture {
+        let mut cmd = Command::new(probe_bin());
+        cmd.arg("capture")
+            .arg("--netns")
+            .arg(self.internet_netns_path())
+            .args(["--iface", &self.internet_if]);
+        let (child, printed) = spawn_ready_lines(cmd, "probe capture");
+        self.servers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(child.id());
+        Capture {
+            _guard: ServerGuard {
+                child: Some(child),
+                live: Arc::clone(&self.servers),
+                printed: Arc::clone(&printed),
+            },
+            printed,
+        }
+    }
+
+    /// `probe udp|raw|dns ARGS` from `cgroup` in the client namespace: its JSON outcome.
+    pub fn side_door(&self, cgroup: &TestCgroup, args: &[&str]) -> serde_json::Value {
+        let out = Command::new(probe_bin())
+            .arg(args[0])
+            .arg("--cgroup")
+            .arg(cgroup.path())
+            .arg("--netns")
+            .arg(self.client_netns_path())
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running probe");
+        assert!(
+            out.status.success(),
+            "probe {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("probe {args:?} prints JSON: {e}"))
     }
 
     pub fn client_netns(&self) -> &str {

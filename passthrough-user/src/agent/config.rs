@@ -9,6 +9,7 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use crate::policy::containment::{Containment, RawSockets, UdpMode};
 use crate::policy::{
     bind::DomainCheck,
     model::{DEFAULT_MESH, DEFAULT_SYSTEM_NAMESPACE},
@@ -60,6 +61,34 @@ pub struct AgentConfig {
     /// The resolver the peek proxy binds allowed names to their addresses with.
     #[serde(default)]
     pub dns: DnsConfig,
+    /// UDP (and ping sockets) of workloads in mode `None` or `Matched`.
+    #[serde(default)]
+    pub udp: UdpConfig,
+    /// Raw IP and packet sockets of workloads in mode `None` or `Matched`.
+    #[serde(default)]
+    pub raw_sockets: RawSockets,
+}
+
+/// `udp`: whether workloads in mode `None` or `Matched` may send UDP.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UdpConfig {
+    /// `Allow` (the default, as Kuma: UDP is not judged) or `Deny`.
+    #[serde(default)]
+    pub mode: UdpMode,
+    /// Under `Deny`, where UDP to port 53 may go; default: any address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<IpNet>>,
+}
+
+/// A workload's own `udp` settings; what it leaves out comes from the agent's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadUdpConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<UdpMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<IpNet>>,
 }
 
 /// `dns`: where the peek proxy resolves the names Domain entries allow (`proxy.domainCheck`).
@@ -261,9 +290,25 @@ pub struct WorkloadConfig {
     /// Audit mode for this workload only.
     #[serde(default)]
     pub audit: bool,
+    /// This workload's UDP settings, over the agent's `udp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<WorkloadUdpConfig>,
+    /// This workload's raw socket setting, over the agent's `rawSockets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_sockets: Option<RawSockets>,
 }
 
 impl WorkloadConfig {
+    /// The agent's settings, overridden by this workload's.
+    pub fn containment(&self, agent: &AgentConfig) -> Containment {
+        let own = self.udp.clone().unwrap_or_default();
+        Containment {
+            udp: own.mode.unwrap_or(agent.udp.mode),
+            dns: own.dns.or_else(|| agent.udp.dns.clone()),
+            raw_sockets: self.raw_sockets.unwrap_or(agent.raw_sockets),
+        }
+    }
+
     pub fn identity(&self) -> Workload {
         Workload {
             mesh: self.mesh.clone(),

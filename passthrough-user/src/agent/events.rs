@@ -14,7 +14,7 @@ use std::{
 };
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use passthrough_common::{Event, Reason, unmapped_v4};
+use passthrough_common::{Event, Reason, event_kind, unmapped_v4};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -52,7 +52,15 @@ pub struct EventRecord {
     pub pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
-    pub destination: SocketAddr,
+    /// What was refused: a connection, a datagram, or a socket.
+    #[serde(default)]
+    pub kind: EventKind,
+    /// Where it was going (connections and datagrams).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<SocketAddr>,
+    /// The socket that was to be created (socket events): family, type and protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
     /// Where the peek proxy connected instead, when `domainCheck: Pin` bound the name to
     /// another of its addresses than the one dialled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,12 +91,45 @@ impl EventRecord {
         self.source == other.source
             && self.workload == other.workload
             && self.pid == other.pid
+            && self.kind == other.kind
             && self.destination == other.destination
+            && self.socket == other.socket
             && self.name == other.name
             && self.verdict == other.verdict
             && self.reason == other.reason
             && self.rule == other.rule
     }
+}
+
+/// What an event is about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A `connect()` (or a connection through the peek proxy).
+    #[default]
+    Connect,
+    /// A UDP datagram sent to an address.
+    Datagram,
+    /// A socket that was to be created (raw, packet, ping).
+    Socket,
+}
+
+/// `AF_INET SOCK_RAW protocol 6`: a socket's description for events.
+pub fn describe_socket(family: u8, sock_type: u8, protocol: u16) -> String {
+    let family = match family {
+        2 => "AF_INET".to_string(),
+        10 => "AF_INET6".to_string(),
+        17 => "AF_PACKET".to_string(),
+        44 => "AF_XDP".to_string(),
+        f => format!("family {f}"),
+    };
+    let kind = match sock_type {
+        1 => "SOCK_STREAM".to_string(),
+        2 => "SOCK_DGRAM".to_string(),
+        3 => "SOCK_RAW".to_string(),
+        t => format!("type {t}"),
+    };
+    format!("{family} {kind} protocol {protocol}")
 }
 
 /// Counters of the event path, for `/status` and `/metrics`.
@@ -253,6 +294,20 @@ fn kernel_record(e: &Event, view: &SharedView) -> EventRecord {
         .map_or("unknown", |r| r.name());
     let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
     let mode = w.map_or_else(|| "?".to_string(), |w| format!("{:?}", w.policy.mode));
+    let (kind, destination, socket) = match e.kind {
+        event_kind::SOCKET => (
+            EventKind::Socket,
+            None,
+            Some(describe_socket(e.family, e.sock_type, e.port)),
+        ),
+        event_kind::DATAGRAM => (EventKind::Datagram, Some(SocketAddr::new(ip, e.port)), None),
+        _ => (EventKind::Connect, Some(SocketAddr::new(ip, e.port)), None),
+    };
+    let rule = match kind {
+        EventKind::Connect => format!("no entry matched (mode {mode})"),
+        EventKind::Datagram => "udp: Deny (MeshPassthrough has no UDP entries)".into(),
+        EventKind::Socket => "rawSockets or udp: Deny".into(),
+    };
     EventRecord {
         time: rfc3339(wall_time(e.boot_ns)),
         source: "kernel".into(),
@@ -262,13 +317,15 @@ fn kernel_record(e: &Event, view: &SharedView) -> EventRecord {
         tags: w.map(|w| w.tags.clone()).unwrap_or_default(),
         pid: Some((e.pid_tgid >> 32) as u32),
         command: Some(String::from_utf8_lossy(&e.comm[..comm_len]).into_owned()),
-        destination: SocketAddr::new(ip, e.port),
+        kind,
+        destination,
+        socket,
         pinned_to: None,
         name: None,
         protocol: None,
         verdict: if e.audit != 0 { "would-deny" } else { "deny" }.into(),
         reason: reason.into(),
-        rule: format!("no entry matched (mode {mode})"),
+        rule,
         count: 1,
     }
 }
@@ -287,7 +344,9 @@ mod tests {
             tags: vec![],
             pid: Some(7),
             command: Some("curl".into()),
-            destination: dest.parse().expect("addr"),
+            kind: EventKind::Connect,
+            destination: Some(dest.parse().expect("addr")),
+            socket: None,
             pinned_to: None,
             name: None,
             protocol: None,
@@ -323,7 +382,7 @@ mod tests {
         }
         let recent = log.recent(None);
         assert_eq!(recent.len(), RECENT);
-        assert_eq!(recent[0].destination.port(), 10);
+        assert_eq!(recent[0].destination.map(|d| d.port()), Some(10));
     }
 
     #[test]

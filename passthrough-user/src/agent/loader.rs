@@ -14,13 +14,13 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, LsmCgroup, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
-use passthrough_common::program_names;
+use passthrough_common::{SOCKET_CREATE_HOOK, program_names};
 
 /// Directory names under the bpffs directory.
 pub const MAPS_DIR: &str = "maps";
@@ -56,23 +56,40 @@ pub struct Loader {
     ebpf: Ebpf,
     bpffs: PathBuf,
     instance: String,
+    /// Why packet sockets cannot be refused on this kernel, if they cannot (no BPF LSM).
+    packet_sockets: PacketSockets,
 }
 
-/// The cgroup sock_addr programs; each workload cgroup also gets [`program_names::SOCK_OPS`].
-const SOCK_ADDR_PROGRAMS: [&str; 4] = [
-    program_names::CONNECT4,
-    program_names::CONNECT6,
-    program_names::GETPEERNAME4,
-    program_names::GETPEERNAME6,
-];
+/// Whether `lsm_cgroup/socket_create` can refuse packet sockets here.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", tag = "state", content = "reason")]
+pub enum PacketSockets {
+    /// The program is loaded and attached with the others.
+    Refused,
+    /// It cannot be: why, and what to do.
+    Open(String),
+}
 
-/// Every program attached to a workload cgroup.
-const PROGRAMS: [&str; 5] = [
-    program_names::CONNECT4,
-    program_names::CONNECT6,
-    program_names::GETPEERNAME4,
-    program_names::GETPEERNAME6,
-    program_names::SOCK_OPS,
+/// How a program is attached to a workload cgroup.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    SockAddr,
+    SockOps,
+    Sock,
+    Lsm,
+}
+
+/// Every program attached to a workload cgroup, and how.
+const PROGRAMS: [(&str, Kind); 9] = [
+    (program_names::CONNECT4, Kind::SockAddr),
+    (program_names::CONNECT6, Kind::SockAddr),
+    (program_names::GETPEERNAME4, Kind::SockAddr),
+    (program_names::GETPEERNAME6, Kind::SockAddr),
+    (program_names::SENDMSG4, Kind::SockAddr),
+    (program_names::SENDMSG6, Kind::SockAddr),
+    (program_names::SOCK_OPS, Kind::SockOps),
+    (program_names::SOCK_CREATE, Kind::Sock),
+    (program_names::SOCKET_CREATE_LSM, Kind::Lsm),
 ];
 
 impl Loader {
@@ -86,13 +103,43 @@ impl Loader {
             .default_map_pin_directory(&maps)
             .load(OBJECT)
             .map_err(LoadError::Object)?;
-        for name in SOCK_ADDR_PROGRAMS {
-            let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            p.load().map_err(|e| prog_err(name, verifier_message(&e)))?;
+        let mut packet_sockets = PacketSockets::Refused;
+        for (name, kind) in PROGRAMS {
+            let loaded = match kind {
+                Kind::SockAddr => program::<CgroupSockAddr>(&mut ebpf, name)?.load(),
+                Kind::SockOps => program::<SockOps>(&mut ebpf, name)?.load(),
+                Kind::Sock => program::<CgroupSock>(&mut ebpf, name)?.load(),
+                Kind::Lsm => {
+                    if let Err(why) = bpf_lsm_active() {
+                        packet_sockets = PacketSockets::Open(why);
+                        continue;
+                    }
+                    let btf = match Btf::from_sys_fs() {
+                        Ok(b) => b,
+                        Err(e) => {
+                            packet_sockets = PacketSockets::Open(format!(
+                                "no kernel BTF at /sys/kernel/btf/vmlinux ({e}): the LSM hook cannot be loaded"
+                            ));
+                            continue;
+                        }
+                    };
+                    let p = program::<LsmCgroup>(&mut ebpf, name)?;
+                    if let Err(e) = p.load(SOCKET_CREATE_HOOK, &btf) {
+                        packet_sockets = PacketSockets::Open(format!(
+                            "the kernel refused the BPF LSM program lsm_cgroup/{SOCKET_CREATE_HOOK} ({}); BPF LSM programs need Linux 6.0 with the BPF LSM active and BPF trampolines (`bpftool feature probe kernel | grep lsm` shows whether this kernel loads them)",
+                            error_chain(&e).trim()
+                        ));
+                    }
+                    continue;
+                }
+            };
+            loaded.map_err(|e| prog_err(name, verifier_message(&e)))?;
         }
-        let name = program_names::SOCK_OPS;
-        let p: &mut SockOps = program(&mut ebpf, name)?;
-        p.load().map_err(|e| prog_err(name, verifier_message(&e)))?;
+        if let PacketSockets::Open(why) = &packet_sockets {
+            tracing::warn!(
+                "packet sockets (AF_PACKET, AF_XDP) cannot be refused on this kernel: {why}"
+            );
+        }
         let instance = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos().to_string())
@@ -101,7 +148,13 @@ impl Loader {
             ebpf,
             bpffs: bpffs.to_path_buf(),
             instance,
+            packet_sockets,
         })
+    }
+
+    /// Whether packet sockets are refused (under `rawSockets: Deny`) on this kernel.
+    pub fn packet_sockets(&self) -> &PacketSockets {
+        &self.packet_sockets
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
@@ -113,7 +166,10 @@ impl Loader {
     pub fn attach(&mut self, cgroup: &Path, cgroup_id: u64) -> Result<(), LoadError> {
         let dir = links_dir(&self.bpffs, cgroup_id);
         fs::create_dir_all(&dir).map_err(|e| fs_err(&dir, e))?;
-        for name in PROGRAMS {
+        for (name, kind) in PROGRAMS {
+            if kind == Kind::Lsm && self.packet_sockets != PacketSockets::Refused {
+                continue;
+            }
             let pin = dir.join(format!("{name}-{}", self.instance));
             if pin.exists() {
                 continue;
@@ -128,20 +184,38 @@ impl Loader {
             // A bpf_link takes no attach flags: links on a cgroup always coexist with each
             // other (and with programs attached in multi mode), which is what lets a new run
             // attach before the old one detaches.
-            let link = if name == program_names::SOCK_OPS {
-                let p: &mut SockOps = program(&mut self.ebpf, name)?;
-                let id = p
-                    .attach(&file, CgroupAttachMode::Single)
-                    .map_err(attach_err)?;
-                let link = p.take_link(id).map_err(|e| prog_err(name, e))?;
-                FdLink::try_from(link).map_err(|e| prog_err(name, e))?
-            } else {
-                let p: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-                let id = p
-                    .attach(&file, CgroupAttachMode::Single)
-                    .map_err(attach_err)?;
-                let link = p.take_link(id).map_err(|e| prog_err(name, e))?;
-                FdLink::try_from(link).map_err(|e| prog_err(name, e))?
+            let link = match kind {
+                Kind::SockOps => {
+                    let p: &mut SockOps = program(&mut self.ebpf, name)?;
+                    let id = p
+                        .attach(&file, CgroupAttachMode::Single)
+                        .map_err(attach_err)?;
+                    let link = p.take_link(id).map_err(|e| prog_err(name, e))?;
+                    FdLink::try_from(link).map_err(|e| prog_err(name, e))?
+                }
+                Kind::SockAddr => {
+                    let p: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+                    let id = p
+                        .attach(&file, CgroupAttachMode::Single)
+                        .map_err(attach_err)?;
+                    let link = p.take_link(id).map_err(|e| prog_err(name, e))?;
+                    FdLink::try_from(link).map_err(|e| prog_err(name, e))?
+                }
+                Kind::Sock => {
+                    let p: &mut CgroupSock = program(&mut self.ebpf, name)?;
+                    let id = p
+                        .attach(&file, CgroupAttachMode::Single)
+                        .map_err(attach_err)?;
+                    let link = p.take_link(id).map_err(|e| prog_err(name, e))?;
+                    FdLink::try_from(link).map_err(|e| prog_err(name, e))?
+                }
+                Kind::Lsm => {
+                    // Per cgroup (BPF_LSM_CGROUP): it runs only for this cgroup's tasks.
+                    let p: &mut LsmCgroup = program(&mut self.ebpf, name)?;
+                    let id = p.attach(&file).map_err(attach_err)?;
+                    let link = p.take_link(id).map_err(|e| prog_err(name, e))?;
+                    FdLink::from(link)
+                }
             };
             link.pin(&pin)
                 .map_err(|e| prog_err(name, format!("pin {}: {e}", pin.display())))?;
@@ -257,6 +331,50 @@ fn verifier_message(e: &aya::programs::ProgramError) -> String {
     }
 }
 
+/// Where securityfs shows the active LSMs.
+const LSM_LIST: &str = "/sys/kernel/security/lsm";
+
+/// `Ok` when the BPF LSM is active (its hooks run); otherwise why not, and what to do.
+/// Mounts securityfs to find out when nothing has.
+fn bpf_lsm_active() -> Result<(), String> {
+    let read = || fs::read_to_string(LSM_LIST);
+    let list = match read() {
+        Ok(l) => l,
+        Err(_) => {
+            let target = c"/sys/kernel/security";
+            let kind = c"securityfs";
+            // SAFETY: valid NUL-terminated strings for the call's duration.
+            unsafe {
+                libc::mount(
+                    kind.as_ptr(),
+                    target.as_ptr(),
+                    kind.as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            read().map_err(|e| {
+                format!(
+                    "cannot read {LSM_LIST} ({e}): mount securityfs there to let the agent see whether the BPF LSM is active"
+                )
+            })?
+        }
+    };
+    lsm_list_has_bpf(&list)
+}
+
+/// Whether an LSM list (`lockdown,capability,bpf`) includes the BPF LSM.
+fn lsm_list_has_bpf(list: &str) -> Result<(), String> {
+    if list.trim().split(',').any(|l| l == "bpf") {
+        Ok(())
+    } else {
+        Err(format!(
+            "the BPF LSM is not active (active: {}): add bpf to the kernel's lsm= boot parameter",
+            list.trim()
+        ))
+    }
+}
+
 /// Where bpffs is conventionally mounted; the agent mounts it there when nothing is.
 pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 
@@ -305,4 +423,17 @@ fn ensure_bpffs(bpffs: &Path) -> Result<(), LoadError> {
         bpffs,
         "not on a bpf filesystem: mount one (mount -t bpf bpf /sys/fs/bpf) or set `bpffs` to a directory under one",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bpf_lsm_is_found_in_the_active_list_only() {
+        assert!(lsm_list_has_bpf("lockdown,capability,landlock,bpf\n").is_ok());
+        let e = lsm_list_has_bpf("lockdown,capability,apparmor").expect_err("absent");
+        assert!(e.contains("lsm= boot parameter"), "{e}");
+        assert!(lsm_list_has_bpf("bpfx,capability").is_err());
+    }
 }

@@ -8,8 +8,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use passthrough_common::{
-    CidrV4Data, CidrV6Data, Config, DomainPortKey, ExactV4Key, ExactV6Key, Reason, RuleRef,
-    Workload, map_names as names,
+    CidrV4Data, CidrV6Data, Config, DNS_FIXED_BITS, DnsV4Data, DnsV6Data, DomainPortKey,
+    ExactV4Key, ExactV6Key, Reason, RuleRef, Workload, map_names as names,
 };
 
 use crate::policy::compile::CompiledPolicy;
@@ -40,6 +40,8 @@ pub struct Maps {
     domain_ports: HashMap<MapData, DomainPortKey, RuleRef>,
     mesh_v4: LpmTrie<MapData, [u8; 4], u32>,
     mesh_v6: LpmTrie<MapData, [u8; 16], u32>,
+    dns_v4: LpmTrie<MapData, DnsV4Data, u32>,
+    dns_v6: LpmTrie<MapData, DnsV6Data, u32>,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
 }
@@ -94,6 +96,8 @@ impl Maps {
                 .map_err(at(names::DOMAIN_PORTS))?,
             mesh_v4: LpmTrie::try_from(take(names::MESH_V4)?).map_err(at(names::MESH_V4))?,
             mesh_v6: LpmTrie::try_from(take(names::MESH_V6)?).map_err(at(names::MESH_V6))?,
+            dns_v4: LpmTrie::try_from(take(names::DNS_V4)?).map_err(at(names::DNS_V4))?,
+            dns_v6: LpmTrie::try_from(take(names::DNS_V6)?).map_err(at(names::DNS_V6))?,
             config: Array::try_from(take(names::CONFIG)?).map_err(at(names::CONFIG))?,
             counters: PerCpuArray::try_from(take(names::COUNTERS)?).map_err(at(names::COUNTERS))?,
         })
@@ -228,6 +232,50 @@ impl Maps {
         for k in old {
             if !want_v6.contains(&(k.prefix_len(), k.data())) {
                 let _ = self.mesh_v6.remove(&k);
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the resolver sets: set `i` holds the networks of `sets[i]` (both families:
+    /// `0.0.0.0/0` and `::/0` stand for "any address").
+    pub fn set_dns_sets(&mut self, sets: &[Vec<IpNet>]) -> Result<(), MapsError> {
+        let mut want_v4 = BTreeSet::new();
+        let mut want_v6 = BTreeSet::new();
+        for (set, nets) in sets.iter().enumerate() {
+            let set = u16::try_from(set).unwrap_or(u16::MAX);
+            for (i, n) in nets.iter().enumerate() {
+                let i = u32::try_from(i).unwrap_or(u32::MAX);
+                match n.trunc() {
+                    IpNet::V4(n) => {
+                        let k = Key::new(
+                            DNS_FIXED_BITS + u32::from(n.prefix_len()),
+                            DnsV4Data::new(set, n.network().octets()),
+                        );
+                        self.dns_v4.insert(&k, i, 0).map_err(at(names::DNS_V4))?;
+                        want_v4.insert((k.prefix_len(), k.data()));
+                    }
+                    IpNet::V6(n) => {
+                        let k = Key::new(
+                            DNS_FIXED_BITS + u32::from(n.prefix_len()),
+                            DnsV6Data::new(set, n.network().octets()),
+                        );
+                        self.dns_v6.insert(&k, i, 0).map_err(at(names::DNS_V6))?;
+                        want_v6.insert((k.prefix_len(), k.data()));
+                    }
+                }
+            }
+        }
+        let old: Vec<Key<DnsV4Data>> = self.dns_v4.keys().filter_map(Result::ok).collect();
+        for k in old {
+            if !want_v4.contains(&(k.prefix_len(), k.data())) {
+                let _ = self.dns_v4.remove(&k);
+            }
+        }
+        let old: Vec<Key<DnsV6Data>> = self.dns_v6.keys().filter_map(Result::ok).collect();
+        for k in old {
+            if !want_v6.contains(&(k.prefix_len(), k.data())) {
+                let _ = self.dns_v6.remove(&k);
             }
         }
         Ok(())

@@ -21,11 +21,14 @@ use std::{
     time::SystemTime,
 };
 
+use ipnet::IpNet;
 use passthrough_common::{Config, Workload as KernelWorkload, workload_flags};
 use serde::Serialize;
 
 use self::{
-    config::{AgentConfig, DefaultMode, UnknownPods, WorkloadConfig},
+    config::{
+        AgentConfig, Containment, DefaultMode, RawSockets, UdpMode, UnknownPods, WorkloadConfig,
+    },
     events::{EventCounts, EventLog},
     loader::Loader,
     maps::{EntryCounts, Maps, MapsError},
@@ -56,6 +59,7 @@ struct Slot {
 #[derive(Clone, Debug)]
 struct Applied {
     cgroup_id: u64,
+    containment: Containment,
     compiled: CompiledPolicy,
     policies: Vec<PolicyRef>,
     mode_from: Option<PolicyRef>,
@@ -116,6 +120,9 @@ pub struct Agent {
     kubepods: Option<(PathBuf, u64)>,
     /// Entries written for pods outside the mesh (`unknownPods: deny` only).
     left_alone: BTreeSet<u64>,
+    /// The resolver sets in `DNS_V4/6`: set 0 is the agent's `udp.dns`, then each
+    /// workload's own list.
+    dns_sets: Vec<Option<Vec<IpNet>>>,
 }
 
 /// A MeshPassthrough object the agent refused, and why.
@@ -187,6 +194,8 @@ impl Agent {
             ..Config::default()
         })?;
         maps.set_mesh_cidrs(&config.mesh_cidrs)?;
+        let dns_sets = dns_sets(&config);
+        maps.set_dns_sets(&dns_networks(&dns_sets))?;
         let adopted: BTreeSet<u32> = maps
             .workloads()
             .iter()
@@ -227,6 +236,7 @@ impl Agent {
             kube_problems: Arc::default(),
             kubepods: None,
             left_alone: BTreeSet::new(),
+            dns_sets,
         })
     }
 
@@ -250,6 +260,9 @@ impl Agent {
             tracing::warn!("bpffs, admin and proxy changes take effect after a restart");
         }
         self.maps.set_mesh_cidrs(&new.mesh_cidrs)?;
+        let sets = dns_sets(&new);
+        self.maps.set_dns_sets(&dns_networks(&sets))?;
+        self.dns_sets = sets;
         self.config = new;
         self.sync_workloads();
         Ok(())
@@ -483,9 +496,11 @@ impl Agent {
             compiled.mode = EffectiveMode::None;
         }
         compiled.audit |= self.config.audit || wc.audit;
+        let containment = wc.containment(&self.config);
         if let Some(a) = &self.workloads[i].applied
             && a.cgroup_id == cgroup_id
             && a.compiled == compiled
+            && a.containment == containment
         {
             return Ok(false);
         }
@@ -494,16 +509,9 @@ impl Agent {
                 "cannot write the policy into the kernel maps: {e}; keeping the last good state"
             )
         })?;
-        let flags = if compiled.audit {
-            workload_flags::AUDIT
-        } else {
-            0
-        };
         let entry = KernelWorkload {
             slot,
-            mode: compiled.mode.kernel(),
-            flags,
-            _pad: [0; 2],
+            ..self.kernel_entry(compiled.mode.kernel(), compiled.audit, &containment)
         };
         if let Err(e) = self.maps.set_workload(cgroup_id, entry) {
             self.release(slot);
@@ -511,6 +519,7 @@ impl Agent {
         }
         let old = self.workloads[i].applied.replace(Applied {
             cgroup_id,
+            containment,
             compiled,
             policies: merged.policies,
             mode_from: merged.mode_from,
@@ -525,6 +534,45 @@ impl Agent {
             self.release(old.slot);
         }
         Ok(true)
+    }
+
+    /// The `WORKLOADS` value for a workload of kernel mode `mode` (slot left empty): the
+    /// datagram and raw socket settings apply to modes `None` and `Matched` only.
+    fn kernel_entry(&self, mode: u8, audit: bool, c: &Containment) -> KernelWorkload {
+        use passthrough_common::mode as m;
+        let judged = mode == m::NONE || mode == m::MATCHED;
+        let mut flags = 0;
+        if audit {
+            flags |= workload_flags::AUDIT;
+        }
+        if judged && c.udp == UdpMode::Deny {
+            flags |= workload_flags::UDP_DENY;
+        }
+        if judged && c.raw_sockets == RawSockets::Deny {
+            flags |= workload_flags::RAW_DENY;
+        }
+        let dns_set = self
+            .dns_sets
+            .iter()
+            .position(|s| *s == c.dns)
+            .and_then(|i| u16::try_from(i).ok())
+            .unwrap_or(0);
+        KernelWorkload {
+            slot: EMPTY_SLOT,
+            mode,
+            flags,
+            dns_set,
+        }
+    }
+
+    /// The agent's own settings, for entries no workload config stands behind (the
+    /// kubepods default).
+    fn agent_containment(&self) -> Containment {
+        Containment {
+            udp: self.config.udp.mode,
+            dns: self.config.udp.dns.clone(),
+            raw_sockets: self.config.raw_sockets,
+        }
     }
 
     /// A slot holding `c`'s tables: an existing identical one, or a new one written in full.
@@ -631,9 +679,14 @@ impl Agent {
         // Pods the agent has not been told about yet: as the config says. The entry is
         // written before the programs are attached, so no pod is ever judged without it.
         if k.unknown_pods == UnknownPods::Deny
-            && let Err(e) = self
-                .maps
-                .set_workload(id, mode_only(passthrough_common::mode::NONE))
+            && let Err(e) = self.maps.set_workload(
+                id,
+                self.kernel_entry(
+                    passthrough_common::mode::NONE,
+                    self.config.audit,
+                    &self.agent_containment(),
+                ),
+            )
         {
             tracing::error!("kubepods default entry: {e}");
             return;
@@ -677,10 +730,14 @@ impl Agent {
             if self.left_alone.contains(&id) {
                 continue;
             }
-            match self
-                .maps
-                .set_workload(id, mode_only(passthrough_common::mode::UNFILTERED))
-            {
+            match self.maps.set_workload(
+                id,
+                self.kernel_entry(
+                    passthrough_common::mode::UNFILTERED,
+                    false,
+                    &self.agent_containment(),
+                ),
+            ) {
                 Ok(()) => {
                     self.left_alone.insert(id);
                 }
@@ -862,11 +919,13 @@ impl Agent {
                         .map(|a| EntryCounts::of(&a.compiled))
                         .unwrap_or_default(),
                     slot: w.applied.as_ref().map(|a| a.slot),
+                    containment: w.applied.as_ref().map(|a| a.containment.clone()),
                     generation: w.applied.as_ref().map(|a| a.generation),
                     error: w.error.clone(),
                 })
                 .collect(),
             counters,
+            packet_sockets: self.loader.packet_sockets().clone(),
             proxy: self
                 .config
                 .proxy
@@ -911,6 +970,9 @@ pub struct Status {
     pub workloads: Vec<WorkloadStatus>,
     /// Connects decided in the kernel, by reason, since the maps were created.
     pub counters: BTreeMap<String, u64>,
+    /// Whether packet sockets can be refused on this kernel (`rawSockets: Deny`).
+    #[serde(default = "packet_sockets_unknown")]
+    pub packet_sockets: loader::PacketSockets,
     /// The peek proxy's decisions and refusals since the agent started, when it runs.
     #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<StatsSnapshot>,
@@ -942,9 +1004,17 @@ pub struct WorkloadStatus {
     #[serde(skip_deserializing)]
     pub entries: EntryCounts,
     pub slot: Option<u32>,
+    /// The UDP and raw socket settings that apply (in the kernel for modes None and
+    /// Matched only).
+    #[serde(skip_deserializing)]
+    pub containment: Option<Containment>,
     pub generation: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+fn packet_sockets_unknown() -> loader::PacketSockets {
+    loader::PacketSockets::Open("not reported by this agent".into())
 }
 
 /// The cgroup whose processes (and those below it) are never filtered: the agent's own.
@@ -981,14 +1051,31 @@ fn agent_cgroup(config: &AgentConfig, root: &Path) -> Result<u64, AgentError> {
         .map_err(|e| AgentError::Other(format!("the agent's cgroup {}: {e}", own.display())))
 }
 
-/// A `WORKLOADS` entry decided by its mode alone (no entries: the empty slot).
-fn mode_only(mode: u8) -> KernelWorkload {
-    KernelWorkload {
-        slot: EMPTY_SLOT,
-        mode,
-        flags: 0,
-        _pad: [0; 2],
+/// The resolver sets a config needs: the agent's `udp.dns` first (set 0), then each
+/// workload's own list, once each.
+fn dns_sets(config: &AgentConfig) -> Vec<Option<Vec<IpNet>>> {
+    let mut sets = vec![config.udp.dns.clone()];
+    for w in &config.workloads {
+        if let Some(dns) = w.udp.as_ref().and_then(|u| u.dns.clone()).map(Some)
+            && !sets.contains(&dns)
+        {
+            sets.push(dns);
+        }
     }
+    sets
+}
+
+/// The networks of each resolver set, "any address" spelled out for both families.
+fn dns_networks(sets: &[Option<Vec<IpNet>>]) -> Vec<Vec<IpNet>> {
+    sets.iter()
+        .map(|s| match s {
+            Some(nets) => nets.clone(),
+            None => vec![
+                IpNet::V4(ipnet::Ipv4Net::default()),
+                IpNet::V6(ipnet::Ipv6Net::default()),
+            ],
+        })
+        .collect()
 }
 
 fn unix_now() -> u64 {

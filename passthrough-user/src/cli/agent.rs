@@ -132,10 +132,16 @@ pub fn status(args: &StatusArgs, output: Output) -> ExitCode {
             println!("  {}", p.as_str().unwrap_or(""));
         }
     }
+    match &status.packet_sockets {
+        loader::PacketSockets::Refused => {
+            println!("packet sockets: refused where rawSockets is Deny (BPF LSM)");
+        }
+        loader::PacketSockets::Open(why) => println!("packet sockets: OPEN on this kernel: {why}"),
+    }
     println!();
     println!(
-        "{:<50} {:<9} {:<10} {:<6} {:<8} POLICIES",
-        "WORKLOAD", "ENFORCED", "MODE", "AUDIT", "ENTRIES"
+        "{:<50} {:<9} {:<10} {:<6} {:<8} {:<6} {:<6} POLICIES",
+        "WORKLOAD", "ENFORCED", "MODE", "AUDIT", "ENTRIES", "UDP", "RAW"
     );
     for (w, raw_w) in status
         .workloads
@@ -152,13 +158,24 @@ pub fn status(args: &StatusArgs, output: Output) -> ExitCode {
             .flatten()
             .filter_map(|p| p["name"].as_str())
             .collect();
+        // The settings bind modes None and Matched only.
+        let judged = matches!(raw_w["mode"].as_str(), Some("None" | "Matched"));
+        let setting = |key: &str| {
+            raw_w["containment"][key]
+                .as_str()
+                .filter(|_| judged)
+                .unwrap_or("-")
+                .to_string()
+        };
         println!(
-            "{:<50} {:<9} {:<10} {:<6} {:<8} {}",
+            "{:<50} {:<9} {:<10} {:<6} {:<8} {:<6} {:<6} {}",
             w.cgroup.display(),
             if w.enforced { "yes" } else { "NO" },
             raw_w["mode"].as_str().unwrap_or("-"),
             if w.audit { "on" } else { "off" },
             entries,
+            setting("udp"),
+            setting("rawSockets"),
             policies.join(",")
         );
         if let Some(e) = &w.error {

@@ -15,7 +15,10 @@ use super::{
     agent::{fetch, no_agent},
     fail,
 };
-use crate::agent::{config::DEFAULT_ADMIN, events::EventRecord};
+use crate::agent::{
+    config::DEFAULT_ADMIN,
+    events::{EventKind, EventRecord},
+};
 
 #[derive(Debug, ClapArgs)]
 pub struct Args {
@@ -112,9 +115,15 @@ fn render(r: &EventRecord, output: Output) -> String {
     } else {
         String::new()
     };
+    let target = match (r.kind, r.destination, &r.socket) {
+        (EventKind::Socket, _, Some(s)) => format!("socket({s})"),
+        (EventKind::Datagram, Some(d), _) => format!("udp {d}"),
+        (_, Some(d), _) => d.to_string(),
+        _ => "?".to_string(),
+    };
     format!(
         "{} {:<10} {}{} -> {}{} {} by {}{}",
-        r.time, r.verdict, r.workload, who, r.destination, name, r.reason, r.rule, count
+        r.time, r.verdict, r.workload, who, target, name, r.reason, r.rule, count
     )
 }
 

@@ -10,6 +10,7 @@ use super::{Output, fail, print_json, selector::WorkloadArgs};
 use crate::policy::{
     bind::DomainCheck,
     compile::{CompiledPolicy, EffectiveMode, NamePattern, compile},
+    containment::{Containment, RawSockets, UdpMode, decide_datagram},
     decide::{Action, Exemptions, Peeked, Verdict, decide},
     merge::{Merged, MergedEntry, PolicyRef, merged_for},
     workload::Workload,
@@ -36,6 +37,23 @@ pub struct Args {
     /// (Pin, Verify or Trust).
     #[arg(long = "domain-check", value_name = "CHECK", default_value = "Pin")]
     pub domain_check: DomainCheck,
+
+    /// The agent's `udp.mode` for this workload: Allow (Kuma's default) or Deny.
+    #[arg(long = "udp", value_name = "MODE", default_value = "Allow", value_parser = parse_udp)]
+    pub udp: UdpMode,
+
+    /// Under `--udp Deny`, a resolver network UDP to port 53 may reach (repeatable;
+    /// default: any address).
+    #[arg(long = "dns", value_name = "CIDR")]
+    pub dns: Vec<IpNet>,
+
+    /// The agent's `rawSockets` for this workload: Deny (the default) or Allow.
+    #[arg(long = "raw-sockets", value_name = "SETTING", default_value = "Deny", value_parser = parse_raw)]
+    pub raw_sockets: RawSockets,
+
+    /// Explain a UDP datagram to DESTINATION instead of a TCP connect.
+    #[arg(long, conflicts_with = "peeked")]
+    pub datagram: bool,
 
     /// A mesh CIDR of the agent config, always allowed (repeatable).
     #[arg(long = "mesh-cidr", value_name = "CIDR")]
@@ -67,6 +85,10 @@ pub struct Explanation {
     /// proxy applies before it connects.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name_check: Option<String>,
+    /// The UDP and raw socket settings and whether they bind this workload (modes None and
+    /// Matched only).
+    pub containment: Containment,
+    pub containment_applies: bool,
     pub summary: String,
 }
 
@@ -100,7 +122,16 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
     let exemptions = Exemptions {
         mesh_cidrs: args.mesh_cidrs.clone(),
     };
-    let verdict = decide(&compiled, &exemptions, args.destination, peeked.as_ref());
+    let containment = Containment {
+        udp: args.udp,
+        dns: (!args.dns.is_empty()).then(|| args.dns.clone()),
+        raw_sockets: args.raw_sockets,
+    };
+    let verdict = if args.datagram {
+        decide_datagram(&compiled, &containment, &exemptions, args.destination)
+    } else {
+        decide(&compiled, &exemptions, args.destination, peeked.as_ref())
+    };
     let mut e = explanation(
         workload,
         args.destination,
@@ -110,6 +141,8 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
         verdict,
     );
     e.name_check = name_check(&compiled, &e.verdict, args.domain_check);
+    e.containment_applies = Containment::applies_to(compiled.mode);
+    e.containment = containment;
     match output {
         Output::Json => print_json(&e),
         Output::Text => print_text(&e),
@@ -155,7 +188,29 @@ fn explanation(
         rule,
         candidates,
         name_check: None,
+        containment: Containment {
+            udp: UdpMode::Allow,
+            dns: None,
+            raw_sockets: RawSockets::Deny,
+        },
+        containment_applies: false,
         summary,
+    }
+}
+
+fn parse_udp(s: &str) -> Result<UdpMode, String> {
+    match s {
+        "Allow" => Ok(UdpMode::Allow),
+        "Deny" => Ok(UdpMode::Deny),
+        other => Err(format!("{other:?}: write Allow or Deny")),
+    }
+}
+
+fn parse_raw(s: &str) -> Result<RawSockets, String> {
+    match s {
+        "Allow" => Ok(RawSockets::Allow),
+        "Deny" => Ok(RawSockets::Deny),
+        other => Err(format!("{other:?}: write Allow or Deny")),
     }
 }
 
@@ -200,6 +255,9 @@ fn summary(
         ),
         R::ToProxy => "no IP or CIDR entry allows it, but Domain entries exist for this port: the peek proxy decides from the name the client sends".into(),
         R::DomainEntry => format!("the name the client sends is allowed{}", by_rule()),
+        R::NotTcp => "a UDP datagram of a workload whose UDP is not judged (udp: Allow, or mode All / unfiltered)".into(),
+        R::UdpDns => "udp: Deny keeps DNS: port 53 of the workload's resolvers".into(),
+        R::UdpDenied => "udp: Deny refuses UDP outside loopback, the mesh and DNS; sendmsg() or connect() fails with EPERM (MeshPassthrough has no UDP entries)".into(),
         R::DomainNoMatch => match peeked {
             Some(Peeked::Tls(Some(n))) => format!("no tls Domain entry on this port allows SNI {n}"),
             Some(Peeked::Http1(Some(n))) => format!("no http Domain entry on this port allows Host {n}"),
@@ -256,5 +314,35 @@ fn print_text(e: &Explanation) {
     }
     if let Some(check) = &e.name_check {
         println!("name check   {check}");
+    }
+    let k = &e.containment;
+    if e.containment_applies {
+        let dns = k.dns.as_ref().map_or_else(
+            || "port 53 of any address".to_string(),
+            |d| {
+                let nets: Vec<String> = d.iter().map(ToString::to_string).collect();
+                format!("port 53 of {}", nets.join(", "))
+            },
+        );
+        println!(
+            "udp          {:?}{}",
+            k.udp,
+            if k.udp == UdpMode::Deny {
+                format!(" (except loopback, the mesh and DNS: {dns}; ping sockets refused)")
+            } else {
+                " (not judged, as Kuma)".into()
+            }
+        );
+        println!(
+            "raw sockets  {:?}{}",
+            k.raw_sockets,
+            if k.raw_sockets == RawSockets::Deny {
+                " (raw IP sockets refused; packet sockets too where the BPF LSM runs)"
+            } else {
+                ""
+            }
+        );
+    } else {
+        println!("udp, raw     not judged for mode {}", e.mode);
     }
 }

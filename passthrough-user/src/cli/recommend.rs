@@ -12,7 +12,7 @@ use super::{Output, agent::fetch, fail};
 use crate::{
     agent::{
         config::{DEFAULT_ADMIN, duration_text},
-        events::{EventRecord, rfc3339},
+        events::{EventKind, EventRecord, rfc3339},
     },
     policy::decide::host_name,
 };
@@ -111,27 +111,43 @@ pub fn recommend(events: &[EventRecord]) -> String {
     out
 }
 
-fn entry_of(e: &EventRecord) -> Entry {
-    match (&e.name, &e.protocol) {
+/// The appendMatch entry a connection event asks for; `None` for what MeshPassthrough has no
+/// entry for (datagrams, sockets).
+fn entry_of(e: &EventRecord) -> Option<Entry> {
+    let dest = e.destination.filter(|_| e.kind == EventKind::Connect)?;
+    Some(match (&e.name, &e.protocol) {
         (Some(name), Some(protocol)) => Entry {
             kind: "Domain",
             value: host_name(name),
-            port: e.destination.port(),
+            port: dest.port(),
             protocol: protocol.clone(),
         },
         _ => Entry {
             kind: "IP",
-            value: e.destination.ip().to_string(),
-            port: e.destination.port(),
+            value: dest.ip().to_string(),
+            port: dest.port(),
             protocol: "tcp".into(),
         },
-    }
+    })
 }
 
 fn render(out: &mut String, workload: &str, events: &[&EventRecord]) {
     let mut entries: BTreeMap<Entry, Seen> = BTreeMap::new();
+    // Datagram destinations and refused sockets: MeshPassthrough cannot allow them, so they
+    // are listed for the operator (the agent's `udp` and `rawSockets` settings decide them).
+    let mut other: BTreeMap<String, u64> = BTreeMap::new();
     for e in events {
-        let seen = entries.entry(entry_of(e)).or_default();
+        let Some(entry) = entry_of(e) else {
+            let what = match (e.kind, e.destination, &e.socket) {
+                (EventKind::Datagram, Some(d), _) => format!("UDP to {d}"),
+                (_, _, Some(s)) => format!("socket {s}"),
+                (_, Some(d), _) => format!("{d}"),
+                _ => "unknown".into(),
+            };
+            *other.entry(what).or_default() += e.count;
+            continue;
+        };
+        let seen = entries.entry(entry).or_default();
         seen.count += e.count;
         *seen.verdicts.entry(e.verdict.clone()).or_default() += e.count;
         if e.time > seen.last {
@@ -161,6 +177,16 @@ fn render(out: &mut String, workload: &str, events: &[&EventRecord]) {
         out.push_str("    kind: MeshSubset\n    tags:\n");
         for (k, v) in &first.tags {
             let _ = writeln!(out, "      {}: {}", quote(k), quote(v));
+        }
+    }
+    if !other.is_empty() {
+        out.push_str("# Also observed, which MeshPassthrough has no entry for (UDP and raw or packet\n# sockets are decided by the agent's `udp` and `rawSockets` settings):\n");
+        for (what, n) in &other {
+            let _ = writeln!(
+                out,
+                "#   {what}: {n} time{}",
+                if *n == 1 { "" } else { "s" }
+            );
         }
     }
     out.push_str("  default:\n    passthroughMode: Matched\n    appendMatch:\n");
@@ -252,7 +278,9 @@ mod tests {
             tags: vec![("kuma.io/service".into(), "web_default_svc_80".into())],
             pid: None,
             command: None,
-            destination: dest.parse().expect("addr"),
+            kind: EventKind::Connect,
+            destination: Some(dest.parse().expect("addr")),
+            socket: None,
             pinned_to: None,
             name: name.map(|(n, _)| n.to_string()),
             protocol: name.map(|(_, p)| p.to_string()),

@@ -386,6 +386,8 @@ fn desired(
             namespace: w.namespace,
             labels: w.labels,
             audit: false,
+            udp: None,
+            raw_sockets: None,
         });
     }
     let policies = policies.state().iter().map(|o| document(o)).collect();

@@ -84,6 +84,11 @@ impl Verdict {
         }
     }
 
+    /// A datagram's verdict (`policy::containment`): no entry decides it.
+    pub fn datagram(action: Action, reason: Reason) -> Self {
+        Verdict::new(action, reason, None)
+    }
+
     /// A name the proxy allowed that the name to address binding refused (`policy::bind`),
     /// naming the entry that admitted the name. Audit mode still applies ([`Verdict::audited`]).
     pub fn refused(reason: Reason, rule: Option<u32>) -> Self {

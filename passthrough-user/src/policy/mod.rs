@@ -8,6 +8,7 @@
 
 pub mod bind;
 pub mod compile;
+pub mod containment;
 pub mod decide;
 pub mod load;
 pub mod merge;

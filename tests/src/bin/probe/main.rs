@@ -12,7 +12,12 @@
 //! - `probe exec [--cgroup DIR] [--netns PATH] -- PROGRAM ARGS...` runs a real client (curl,
 //!   openssl) or server from the cgroup, in the namespace.
 //!
+//! - `probe udp|dns|raw|capture ...`: what does not go through `connect()`; see
+//!   [`sidedoor`].
+//!
 //! Exit status 2 means a usage or setup error; a refused connect is a result, not an error.
+
+mod sidedoor;
 
 use std::{
     io::{self, Read as _, Write as _},
@@ -39,6 +44,10 @@ fn main() -> ExitCode {
         Some("exec") => exec_cmd(&args[1..]),
         Some("bulk") => bulk_cmd(&args[1..]),
         Some("flood") => flood_cmd(&args[1..]),
+        Some("udp") => sidedoor::udp_cmd(&args[1..]),
+        Some("dns") => sidedoor::dns_cmd(&args[1..]),
+        Some("raw") => sidedoor::raw_cmd(&args[1..]),
+        Some("capture") => sidedoor::capture_cmd(&args[1..]),
         _ => Err(usage()),
     };
     match result {
@@ -68,6 +77,7 @@ struct Opts {
     hold_ms: Option<u64>,
     v4mapped: bool,
     udp: bool,
+    connected: bool,
     sink: bool,
     echo: bool,
     bytes: Option<u64>,
@@ -103,6 +113,7 @@ fn parse(args: &[String], allowed: &[&str]) -> Result<Opts, String> {
             }
             "--v4mapped" => o.v4mapped = true,
             "--udp" => o.udp = true,
+            "--connected" => o.connected = true,
             "--sink" => o.sink = true,
             "--echo" => o.echo = true,
             "--bytes" => o.bytes = Some(value()?.parse().map_err(|e| format!("--bytes: {e}"))?),
