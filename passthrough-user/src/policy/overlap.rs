@@ -157,10 +157,13 @@ fn may_conflict(a: &BTreeSet<(u32, &str)>, b: &BTreeSet<(u32, &str)>) -> bool {
     })
 }
 
+/// A policy with L7 entries: what a workload needs for it to apply, and its L7 ports.
+type Candidate<'a> = (&'a Policy, Needs, BTreeSet<(u32, &'a str)>);
+
 /// Every merge conflict any workload of the set could meet, once each, with a workload that
 /// meets it. The policies must be valid.
 pub fn conflicts(policies: &[Policy], opts: &SelectOptions) -> Vec<(Conflict, Workload)> {
-    let candidates: Vec<(&Policy, Needs, BTreeSet<(u32, &str)>)> = policies
+    let candidates: Vec<Candidate<'_>> = policies
         .iter()
         .filter_map(|p| {
             let ports = l7_ports(p);
