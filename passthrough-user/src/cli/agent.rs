@@ -112,15 +112,18 @@ pub fn run(args: &RunArgs, output: Output) -> ExitCode {
     };
     match rt.block_on(crate::agent::run::run(&args.config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(AgentError::Config(e)) => config_refused(&e, output),
+        Err(AgentError::Config(e)) => config_refused(
+            &e,
+            "the config is refused: nothing was loaded into the kernel; check it with `passthrough validate --config`",
+            output,
+        ),
         Err(e) => fail(output, &e.to_string()),
     }
 }
 
 /// A config (or its policies) the agent will not start with: every error, and with JSON the
 /// config's as `{file, field, message}` objects.
-fn config_refused(e: &ConfigError, output: Output) -> ExitCode {
-    let message = "the config is refused: nothing was loaded into the kernel; check it with `passthrough validate --config`";
+fn config_refused(e: &ConfigError, message: &str, output: Output) -> ExitCode {
     match output {
         Output::Text => {
             for f in &e.config {
@@ -281,7 +284,13 @@ pub fn uninstall(args: &UninstallArgs, output: Output) -> ExitCode {
     // (a workload gone wrong) can still be uninstalled.
     let config = match AgentConfig::parse(&args.config) {
         Ok(c) => c,
-        Err(e) => return fail(output, &e.finding().line()),
+        Err(e) => {
+            let e = ConfigError {
+                config: vec![e.finding().clone()],
+                policies: Vec::new(),
+            };
+            return config_refused(&e, "the config cannot be read: nothing was removed", output);
+        }
     };
     if let Ok((_, _)) = admin_get(config.admin.listen, "/ready") {
         return fail(

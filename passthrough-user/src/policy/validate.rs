@@ -274,20 +274,34 @@ fn validate_tags(tags: Option<&BTreeMap<String, String>>, out: &mut Vec<Violatio
                 "tag name must be non-empty",
             ));
         }
+        let offending = |s: &str, extra: &str| {
+            s.chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || extra.contains(*c)))
+                .map_or_else(String::new, |c| format!(": {c:?} is not accepted"))
+        };
         if !only(key, KEY_CHARS) {
-            out.push(Violation::new(
-                at_key(),
-                "tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores",
-            ));
+            out.push(
+                Violation::new(
+                    at_key(),
+                    "tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores",
+                )
+                .with_hint(format!("tag name {key:?}{}", offending(key, KEY_CHARS))),
+            );
         }
         if value.is_empty() {
-            out.push(Violation::new(at_key(), "tag value must be non-empty"));
+            out.push(
+                Violation::new(at_key(), "tag value must be non-empty")
+                    .with_hint(format!("give tag {key:?} a value, or remove it")),
+            );
         }
         if !only(value, VALUE_CHARS) {
-            out.push(Violation::new(
-                at_key(),
-                "tag value must consist of alphanumeric characters, dots, dashes and underscores",
-            ));
+            out.push(
+                Violation::new(
+                    at_key(),
+                    "tag value must consist of alphanumeric characters, dots, dashes and underscores",
+                )
+                .with_hint(format!("tag value {value:?}{}", offending(value, VALUE_CHARS))),
+            );
         }
     }
 }
