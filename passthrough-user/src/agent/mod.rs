@@ -340,10 +340,11 @@ impl Agent {
         let set = PolicySet::load_with(&self.config.policies, self.kube.policies.clone(), &opts);
         let at = humantime_now();
         self.report_kube_problems(&set);
-        let warnings: Vec<String> = set.warnings().iter().map(Finding::line).collect();
-        for w in set.warnings() {
+        let warned = set.warnings();
+        for w in &warned {
             tracing::warn!(hint = w.hint.as_deref().unwrap_or(""), "{}", w.line());
         }
+        let warnings: Vec<String> = warned.iter().map(Finding::line).collect();
         if set.has_errors() {
             let errors = set.errors();
             for e in &errors {

@@ -35,12 +35,16 @@ pub enum Output {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate MeshPassthrough policies exactly as Kuma does.
+    /// Validate MeshPassthrough policies exactly as Kuma does and the agent applies them, or
+    /// an agent config (--config) offline.
     ///
-    /// Exit code 0: every policy is valid; 1: at least one violation; 2: a file could not be
-    /// read as YAML. One line per violation: `FILE#DOC NAME: FIELD: MESSAGE`.
+    /// The agent refuses exactly what this refuses: Kuma's rules, names defined twice, and
+    /// two of http/http2/grpc on one port for a workload two policies both select. One line
+    /// per finding, `FILE#DOC NAME: FIELD: MESSAGE` (Kuma's message), then an indented
+    /// `hint:` with the value and the fix; warnings start with `warning: `. Exit code 0:
+    /// valid (warnings allowed, unless --strict); 1: refused; 2: a file could not be read.
     ///
-    /// Example: passthrough validate policies/ extra.yaml
+    /// Example: passthrough validate --strict policies/ extra.yaml
     Validate(validate::Args),
 
     /// Explain the verdict for one destination of one workload.
