@@ -180,7 +180,7 @@ impl AgentRun {
         ));
         let config = dir.path().join("agent.yaml");
         fs::write(&config, &cfg).expect("write config");
-        let parsed = passthrough::agent::config::AgentConfig::load(&config).expect("config");
+        let parsed = passthrough::agent::config::AgentConfig::parse(&config).expect("config");
         Self {
             dir,
             config,
@@ -418,8 +418,8 @@ impl AgentRun {
         dest: SocketAddr,
         peeked: Option<&Peeked>,
     ) -> (Verdict, CompiledPolicy) {
-        let set = PolicySet::load(&[self.policies_dir()]);
-        assert!(set.problems.is_empty(), "test policies must be valid");
+        let set = PolicySet::load(&[self.policies_dir()], &SelectOptions::default());
+        assert!(!set.has_errors(), "test policies must be valid");
         let w = Workload {
             tags: tags
                 .iter()

@@ -403,4 +403,113 @@ mod tests {
         );
         assert_eq!(percent_decode("a+b%zz%4"), "a b%zz%4");
     }
+
+    /// Keys of ours are camelCase; maps keyed by data (counter reasons, refusal causes) are
+    /// only looked into.
+    fn camel_case_keys(v: &serde_json::Value, at: &str, bad: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                let data = at.ends_with(".counters") || at.ends_with(".refused");
+                for (k, v) in m {
+                    if !data && !k.chars().all(|c| c.is_ascii_alphanumeric()) {
+                        bad.push(format!("{at}.{k}"));
+                    }
+                    camel_case_keys(v, &format!("{at}.{k}"), bad);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| camel_case_keys(v, at, bad)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn status_and_event_json_keys_are_camel_case() {
+        use crate::{
+            agent::{KubeStatus, MapFill, ReloadReport, WorkloadStatus, maps::EntryCounts},
+            policy::compile::EffectiveMode,
+            proxy::server::{DecisionKey, StatsSnapshot},
+        };
+        let status = Status {
+            ready: false,
+            not_ready: vec!["x".into()],
+            generation: 1,
+            last_reload: Some(ReloadReport {
+                at: "t".into(),
+                unix: 1,
+                result: "applied",
+                problems: vec!["p".into()],
+                warnings: vec!["w".into()],
+            }),
+            bpffs: "/sys/fs/bpf/passthrough".into(),
+            slots: 1,
+            maps: vec![MapFill {
+                map: "EXACT_V4".into(),
+                entries: 1,
+                capacity: 2,
+            }],
+            workloads: vec![WorkloadStatus {
+                cgroup: "/w".into(),
+                cgroup_id: Some(1),
+                name: Some("n".into()),
+                namespace: Some("ns".into()),
+                enforced: true,
+                mode: Some(EffectiveMode::Matched),
+                mode_from: None,
+                audit: false,
+                policies: Vec::new(),
+                entries: EntryCounts::default(),
+                slot: Some(1),
+                containment: Some(crate::policy::containment::Containment {
+                    udp: crate::policy::containment::UdpMode::Deny,
+                    dns: None,
+                    raw_sockets: crate::policy::containment::RawSockets::Deny,
+                }),
+                generation: Some(1),
+                error: Some("e".into()),
+            }],
+            counters: [("no_match".to_string(), 1)].into(),
+            packet_sockets: crate::agent::loader::PacketSockets::Open("r".into()),
+            proxy: Some(StatsSnapshot {
+                active: 1,
+                decisions: vec![(
+                    DecisionKey {
+                        workload: "/w".into(),
+                        verdict: "allow",
+                        rule: "r".into(),
+                    },
+                    1,
+                )],
+                refused: [("peek_timeout", 1)].into(),
+            }),
+            events: Default::default(),
+            kubernetes: Some(KubeStatus {
+                error: Some("e".into()),
+                ..KubeStatus::default()
+            }),
+        };
+        let event = EventRecord {
+            time: "t".into(),
+            source: "proxy".into(),
+            workload: "/w".into(),
+            workload_name: Some("ns/n".into()),
+            mesh: "default".into(),
+            tags: vec![("k".into(), "v".into())],
+            pid: Some(1),
+            command: Some("c".into()),
+            kind: crate::agent::events::EventKind::Datagram,
+            destination: Some("192.0.2.1:443".parse().expect("addr")),
+            socket: Some("AF_PACKET SOCK_RAW protocol 768".into()),
+            pinned_to: Some("192.0.2.2:443".parse().expect("addr")),
+            name: Some("example.com".into()),
+            protocol: Some("tls".into()),
+            verdict: "would-deny".into(),
+            reason: "domain_no_match".into(),
+            rule: "r".into(),
+            count: 1,
+        };
+        let mut bad = Vec::new();
+        camel_case_keys(&serde_json::to_value(&status).expect("json"), "", &mut bad);
+        camel_case_keys(&serde_json::to_value(&event).expect("json"), "", &mut bad);
+        assert!(bad.is_empty(), "keys not in camelCase: {bad:?}");
+    }
 }

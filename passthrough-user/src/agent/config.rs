@@ -2,17 +2,23 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    fmt,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::{Component, Path, PathBuf},
 };
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::cgroup;
 pub use crate::policy::containment::{Containment, RawSockets, UdpMode};
 use crate::policy::{
+    Severity,
     bind::DomainCheck,
+    describe, hints,
+    merge::{SelectOptions, select},
     model::{DEFAULT_MESH, DEFAULT_SYSTEM_NAMESPACE},
+    set::{Finding, PolicySet},
     workload::{ProxyType, Workload},
 };
 
@@ -213,11 +219,14 @@ fn default_max_connections() -> usize {
     4096
 }
 
-/// Durations written as `5s`, `500ms` or `2m`.
+/// Durations written as `500ms`, `5s`, `2m` or `1h`.
 pub mod duration_text {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    /// What a duration looks like, for messages.
+    pub const EXPECTED: &str = "write a whole number with ms, s, m or h, e.g. 500ms, 5s, 30m, 2h";
 
     pub fn parse(s: &str) -> Option<Duration> {
         let s = s.trim();
@@ -228,17 +237,29 @@ pub mod duration_text {
             "ms" => Some(Duration::from_millis(n)),
             "s" => Some(Duration::from_secs(n)),
             "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+            "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
             _ => None,
         }
     }
 
+    /// A duration as written: text, or a bare number (which lacks its unit).
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Text(String),
+        Number(u64),
+    }
+
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        parse(&s).ok_or_else(|| {
-            D::Error::custom(format!(
-                "{s:?} is not a duration: write a whole number with ms, s or m, e.g. 5s"
-            ))
-        })
+        match Written::deserialize(d)
+            .map_err(|_| D::Error::custom(format!("not a duration: {EXPECTED}")))?
+        {
+            Written::Text(s) => parse(&s)
+                .ok_or_else(|| D::Error::custom(format!("{s:?} is not a duration: {EXPECTED}"))),
+            Written::Number(n) => Err(D::Error::custom(format!(
+                "{n} has no unit: write {n}s, {n}ms, {n}m or {n}h"
+            ))),
+        }
     }
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -339,33 +360,154 @@ fn default_system_namespace() -> String {
     DEFAULT_SYSTEM_NAMESPACE.into()
 }
 
-/// A configuration file that cannot be used; the message names the file, the field and the fix.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}: {field}{sep}{message}", sep = if field.is_empty() { "" } else { ": " })]
-pub struct ConfigError {
+/// One finding about a configuration file: the file, the field path
+/// (`workloads[0].cgroup`), and a message that quotes the value and says what to write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConfigFinding {
+    pub severity: Severity,
     pub file: String,
+    /// Empty for the file as a whole.
     pub field: String,
     pub message: String,
 }
 
+impl ConfigFinding {
+    /// `FILE: FIELD: MESSAGE`, with `warning: ` in front of a warning.
+    pub fn line(&self) -> String {
+        let prefix = match self.severity {
+            Severity::Error => "",
+            Severity::Warning => "warning: ",
+        };
+        if self.field.is_empty() {
+            format!("{prefix}{}: {}", self.file, self.message)
+        } else {
+            format!("{prefix}{}: {}: {}", self.file, self.field, self.message)
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+impl fmt::Display for ConfigFinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.line())
+    }
+}
+
+/// A config file the agent will not run with, or the policies it names: every error.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.lines().join("\n"))]
+pub struct ConfigError {
+    /// The config file's errors.
+    pub config: Vec<ConfigFinding>,
+    /// The errors of the policies it names.
+    pub policies: Vec<Finding>,
+}
+
+impl ConfigError {
+    pub fn lines(&self) -> Vec<String> {
+        self.config
+            .iter()
+            .map(ConfigFinding::line)
+            .chain(self.policies.iter().map(Finding::line))
+            .collect()
+    }
+}
+
+/// Why a config file could not be parsed at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not readable, or not YAML: nothing in it can be checked (exit code 2).
+    Unreadable(ConfigFinding),
+    /// YAML, but an unknown key or a value of the wrong type (exit code 1).
+    Invalid(ConfigFinding),
+}
+
+impl ParseError {
+    pub fn finding(&self) -> &ConfigFinding {
+        match self {
+            ParseError::Unreadable(f) | ParseError::Invalid(f) => f,
+        }
+    }
+}
+
+/// What the checks need to know about the machine the agent runs on.
+#[derive(Clone, Debug)]
+pub struct Environment {
+    /// The cgroup v2 mount, or why none was found.
+    pub cgroup_root: Result<PathBuf, String>,
+    /// `NODE_NAME`, which the DaemonSet sets from `spec.nodeName`.
+    pub node_name: Option<String>,
+}
+
+impl Environment {
+    /// This machine: the cgroup2 mount from `/proc/self/mountinfo`, `NODE_NAME` from the
+    /// environment.
+    pub fn this_machine() -> Self {
+        Self {
+            cgroup_root: cgroup::cgroup2_root().map_err(|e| e.to_string()),
+            node_name: std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()),
+        }
+    }
+}
+
+/// Collects the findings of one file; each section of the config adds its own.
+struct Findings<'a> {
+    file: &'a str,
+    out: Vec<ConfigFinding>,
+}
+
+impl Findings<'_> {
+    fn push(&mut self, severity: Severity, field: impl Into<String>, message: impl Into<String>) {
+        self.out.push(ConfigFinding {
+            severity,
+            file: self.file.to_string(),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.push(Severity::Error, field, message);
+    }
+
+    fn warning(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.push(Severity::Warning, field, message);
+    }
+}
+
 impl AgentConfig {
-    /// Reads and checks a configuration file. Relative policy paths are relative to the file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads a configuration file: its YAML, its keys and the types of its values. Relative
+    /// policy paths are made relative to the file. Nothing is checked beyond that (see
+    /// [`AgentConfig::check`]).
+    pub fn parse(path: &Path) -> Result<Self, ParseError> {
         let file = path.display().to_string();
-        let err = |field: &str, message: String| ConfigError {
+        let finding = |field: &str, message: String| ConfigFinding {
+            severity: Severity::Error,
             file: file.clone(),
             field: field.to_string(),
             message,
         };
-        let text =
-            std::fs::read_to_string(path).map_err(|e| err("", format!("cannot read: {e}")))?;
-        let de = serde_yaml::Deserializer::from_str(&text);
-        let mut cfg: AgentConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ParseError::Unreadable(finding("", format!("cannot read: {e}"))))?;
+        let value: serde_yaml::Value = serde_yaml::from_str(&text)
+            .map_err(|e| ParseError::Unreadable(finding("", format!("not valid YAML: {e}"))))?;
+        // An empty file is a config with every default, which `check` then judges.
+        let value = if value.is_null() {
+            serde_yaml::Value::Mapping(serde_yaml::Mapping::new())
+        } else {
+            value
+        };
+        let mut cfg: AgentConfig = serde_path_to_error::deserialize(&value).map_err(|e| {
             let field = e.path().to_string();
-            err(
-                if field == "." { "" } else { &field },
-                e.inner().to_string().replace('`', ""),
-            )
+            let field = if field == "." { String::new() } else { field };
+            let found = describe::value_at(&value, e.path());
+            ParseError::Invalid(finding(
+                &field,
+                value_message(&e.inner().to_string(), found),
+            ))
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in &mut cfg.policies {
@@ -373,148 +515,453 @@ impl AgentConfig {
                 *p = base.join(&*p);
             }
         }
-        cfg.check()
-            .map_err(|(field, message)| err(&field, message))?;
         Ok(cfg)
     }
 
-    /// Checks what serde cannot: paths, duplicates.
-    pub fn check(&self) -> Result<(), (String, String)> {
-        if self.policies.is_empty() && self.kubernetes.is_none() {
-            return Err((
-                "policies".into(),
-                "list at least one policy file or directory (or configure `kubernetes`)".into(),
-            ));
+    /// Reads and checks a configuration file on this machine: any error refuses it; the
+    /// warnings are returned with it.
+    pub fn load_checked(
+        path: &Path,
+        env: &Environment,
+    ) -> Result<(Self, Vec<ConfigFinding>), ConfigError> {
+        let cfg = Self::parse(path).map_err(|e| ConfigError {
+            config: vec![e.finding().clone()],
+            policies: Vec::new(),
+        })?;
+        let (errors, warnings): (Vec<_>, Vec<_>) = cfg
+            .check(&path.display().to_string(), env)
+            .into_iter()
+            .partition(ConfigFinding::is_error);
+        if errors.is_empty() {
+            Ok((cfg, warnings))
+        } else {
+            Err(ConfigError {
+                config: errors,
+                policies: Vec::new(),
+            })
         }
+    }
+
+    /// [`AgentConfig::load_checked`] on this machine, warnings dropped.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_checked(path, &Environment::this_machine()).map(|(cfg, _)| cfg)
+    }
+
+    /// Every check of the values that serde cannot make: paths, addresses, bounds, and the
+    /// workloads' cgroups on the machine `env` describes. `file` names the file in findings.
+    /// A new section of the config adds its own `check` here.
+    pub fn check(&self, file: &str, env: &Environment) -> Vec<ConfigFinding> {
+        let mut c = Findings {
+            file,
+            out: Vec::new(),
+        };
+        self.check_policies(&mut c);
         if let Some(k) = &self.kubernetes {
-            if k.node().is_none() {
-                return Err((
-                    "kubernetes.nodeName".into(),
-                    "set it, or set the NODE_NAME environment variable (the DaemonSet does, from spec.nodeName)".into(),
-                ));
-            }
-            if let Some(r) = &k.cgroup_root
-                && !r.is_absolute()
-            {
-                return Err((
-                    "kubernetes.cgroupRoot".into(),
-                    format!(
-                        "{} is not absolute: give a directory such as /sys/fs/cgroup",
-                        r.display()
-                    ),
-                ));
-            }
+            k.check(env, &mut c);
         }
         if !self.bpffs.is_absolute() {
-            return Err((
-                "bpffs".into(),
-                format!("must be an absolute path under a bpf filesystem, e.g. {DEFAULT_BPFFS}"),
-            ));
+            c.error(
+                "bpffs",
+                format!(
+                    "{:?} is not absolute: give a directory under a bpf filesystem, e.g. {DEFAULT_BPFFS}",
+                    self.bpffs.display().to_string()
+                ),
+            );
         }
+        self.admin.check(self.proxy.as_ref(), &mut c);
         if let Some(p) = &self.proxy {
-            self.check_proxy(p)?;
+            p.check(&mut c);
         }
-        self.check_dns()?;
+        self.dns.check(&mut c);
+        for (i, net) in self.mesh_cidrs.iter().enumerate() {
+            if net.addr() != net.network() {
+                c.warning(
+                    format!("meshCIDRs[{i}]"),
+                    format!(
+                        "{net} has host bits set: it is read as {}, the network it lies in; write {}",
+                        net.trunc(),
+                        net.trunc()
+                    ),
+                );
+            }
+        }
         let mut seen = BTreeSet::new();
         for (i, w) in self.workloads.iter().enumerate() {
             let field = format!("workloads[{i}].cgroup");
-            if !w.cgroup.is_absolute() {
-                return Err((
-                    field,
-                    format!(
-                        "{} is not absolute: give the cgroup v2 directory, e.g. /sys/fs/cgroup/system.slice/app.service",
-                        w.cgroup.display()
-                    ),
-                ));
-            }
-            if !seen.insert(w.cgroup.clone()) {
-                return Err((
+            if w.cgroup.is_absolute() && !seen.insert(w.cgroup.clone()) {
+                c.error(
                     field,
                     format!(
                         "{} is listed twice; list each cgroup once",
                         w.cgroup.display()
                     ),
-                ));
+                );
+                continue;
+            }
+            w.check(&field, env, &mut c);
+        }
+        c.out
+    }
+
+    fn check_policies(&self, c: &mut Findings<'_>) {
+        if self.policies.is_empty() && self.kubernetes.is_none() {
+            c.error(
+                "policies",
+                "list at least one policy file or directory (or configure `kubernetes`)",
+            );
+        }
+        for (i, p) in self.policies.iter().enumerate() {
+            match std::fs::metadata(p) {
+                Err(e) => c.error(
+                    format!("policies[{i}]"),
+                    format!(
+                        "{} cannot be read ({e}): create it, or fix the path (a relative path is relative to this file)",
+                        p.display()
+                    ),
+                ),
+                Ok(m) if !m.is_dir() && !m.is_file() => c.error(
+                    format!("policies[{i}]"),
+                    format!("{} is neither a file nor a directory", p.display()),
+                ),
+                Ok(_) => {}
             }
         }
-        Ok(())
     }
 }
 
-impl AgentConfig {
-    fn check_dns(&self) -> Result<(), (String, String)> {
-        for (i, s) in self.dns.servers.iter().enumerate() {
-            if s.port() == 0 || s.ip().is_unspecified() {
-                return Err((
-                    format!("dns.servers[{i}]"),
-                    format!("{s}: give a resolver's address and port, e.g. 10.96.0.10:53"),
-                ));
+/// A serde message about a config value, with what to write for the types serde only names.
+fn value_message(msg: &str, value: Option<&serde_yaml::Value>) -> String {
+    let text = value.and_then(serde_yaml::Value::as_str);
+    if msg == "invalid socket address syntax" {
+        return format!(
+            "{:?} is not an address with a port: write IP:PORT, e.g. 127.0.0.1:9902 or [::1]:9902",
+            text.unwrap_or_default()
+        );
+    }
+    if msg == "invalid IP address syntax"
+        && let Some(t) = text
+    {
+        return hints::cidr(t);
+    }
+    describe::message(msg, value)
+}
+
+impl KubernetesConfig {
+    fn check(&self, env: &Environment, c: &mut Findings<'_>) {
+        if self.node_name.is_none() && env.node_name.is_none() {
+            c.error(
+                "kubernetes.nodeName",
+                "not set, and NODE_NAME is not set in this environment: set one (the DaemonSet sets NODE_NAME from spec.nodeName)",
+            );
+        }
+        if let Some(r) = &self.cgroup_root {
+            if !r.is_absolute() {
+                c.error(
+                    "kubernetes.cgroupRoot",
+                    format!(
+                        "{} is not absolute: give a directory such as /sys/fs/cgroup",
+                        r.display()
+                    ),
+                );
+            } else if !r.is_dir() {
+                c.error(
+                    "kubernetes.cgroupRoot",
+                    format!("{} is not a directory on this machine", r.display()),
+                );
             }
         }
-        if self.dns.timeout.is_zero() || self.dns.timeout > std::time::Duration::from_secs(30) {
-            return Err((
-                "dns.timeout".into(),
-                "must be above zero and at most 30s, e.g. 2s (connections wait for it)".into(),
-            ));
+        if let Some(k) = &self.kubeconfig
+            && let Err(e) = std::fs::metadata(k)
+        {
+            c.error(
+                "kubernetes.kubeconfig",
+                format!("{} cannot be read ({e})", k.display()),
+            );
         }
-        if self.dns.cache_size == 0 {
-            return Err((
-                "dns.cacheSize".into(),
-                "must be at least 1, e.g. 4096".into(),
-            ));
-        }
-        Ok(())
     }
+}
 
-    fn check_proxy(&self, p: &ProxyConfig) -> Result<(), (String, String)> {
-        if p.listen.is_empty() {
-            return Err((
-                "proxy.listen".into(),
-                "list 127.0.0.1:PORT and/or [::1]:PORT, or remove `proxy`".into(),
-            ));
+impl AdminConfig {
+    fn check(&self, proxy: Option<&ProxyConfig>, c: &mut Findings<'_>) {
+        if self.listen.port() == 0 {
+            c.error(
+                "admin.listen",
+                format!(
+                    "{}: give a fixed port, e.g. {DEFAULT_ADMIN}: `status`, `events` and probes connect to it",
+                    self.listen
+                ),
+            );
+        }
+        if proxy.is_some_and(|p| p.listen.contains(&self.listen)) {
+            c.error(
+                "admin.listen",
+                format!(
+                    "{} is also a proxy.listen address: give the admin endpoint its own port",
+                    self.listen
+                ),
+            );
+        }
+    }
+}
+
+impl ProxyConfig {
+    fn check(&self, c: &mut Findings<'_>) {
+        if self.listen.is_empty() {
+            c.error(
+                "proxy.listen",
+                "list 127.0.0.1:PORT and/or [::1]:PORT, or remove `proxy`",
+            );
         }
         let (mut v4, mut v6) = (false, false);
-        for (i, a) in p.listen.iter().enumerate() {
+        for (i, a) in self.listen.iter().enumerate() {
             let field = format!("proxy.listen[{i}]");
             let seen = if a.is_ipv4() { &mut v4 } else { &mut v6 };
             if *seen {
-                return Err((field, "one listener per address family".into()));
+                c.error(
+                    field,
+                    format!("{a}: one listener per address family (127.0.0.1 and ::1)"),
+                );
+                continue;
             }
             *seen = true;
             if a.ip() != std::net::Ipv4Addr::LOCALHOST && a.ip() != std::net::Ipv6Addr::LOCALHOST {
-                return Err((
+                c.error(
                     field,
                     format!(
                         "{a}: the kernel redirects to the workload's own loopback address, so listen on 127.0.0.1:PORT or [::1]:PORT"
                     ),
-                ));
-            }
-            if a.port() == 0 {
-                return Err((field, format!("{a}: give a fixed port, e.g. 15001")));
+                );
+            } else if a.port() == 0 {
+                c.error(field, format!("{a}: give a fixed port, e.g. 15001"));
             }
         }
-        if p.peek_bytes < 512 || p.peek_bytes > 1024 * 1024 {
-            return Err((
-                "proxy.peekBytes".into(),
+        if self.peek_bytes < 512 || self.peek_bytes > 1024 * 1024 {
+            c.error(
+                "proxy.peekBytes",
                 format!(
                     "{} is out of range: between 512 and 1048576 (a ClientHello can exceed 1500 bytes)",
-                    p.peek_bytes
+                    self.peek_bytes
                 ),
-            ));
+            );
         }
-        if p.peek_timeout.is_zero() {
-            return Err((
-                "proxy.peekTimeout".into(),
-                "must be above zero, e.g. 5s".into(),
-            ));
+        if self.peek_timeout.is_zero() {
+            c.error(
+                "proxy.peekTimeout",
+                "0 is not a timeout: give a duration above zero, e.g. 5s",
+            );
         }
-        if p.max_connections == 0 {
-            return Err((
-                "proxy.maxConnections".into(),
-                "must be at least 1, e.g. 4096".into(),
-            ));
+        if self.max_connections == 0 {
+            c.error(
+                "proxy.maxConnections",
+                "0 connections would refuse every one: give at least 1, e.g. 4096",
+            );
         }
-        Ok(())
+    }
+}
+
+impl DnsConfig {
+    fn check(&self, c: &mut Findings<'_>) {
+        for (i, s) in self.servers.iter().enumerate() {
+            if s.port() == 0 || s.ip().is_unspecified() {
+                c.error(
+                    format!("dns.servers[{i}]"),
+                    format!("{s}: give a resolver's address and port, e.g. 10.96.0.10:53"),
+                );
+            }
+        }
+        if self.timeout.is_zero() || self.timeout > std::time::Duration::from_secs(30) {
+            c.error(
+                "dns.timeout",
+                format!(
+                    "{}ms is out of range: above zero and at most 30s, e.g. 2s (connections wait for it)",
+                    self.timeout.as_millis()
+                ),
+            );
+        }
+        if self.cache_size == 0 {
+            c.error(
+                "dns.cacheSize",
+                "0 would keep no answer: give at least 1, e.g. 4096",
+            );
+        }
+    }
+}
+
+impl WorkloadConfig {
+    /// The cgroup: absolute, below the cgroup v2 mount, not its root; one that does not exist
+    /// yet is waited for (a warning).
+    fn check(&self, field: &str, env: &Environment, c: &mut Findings<'_>) {
+        let cg = &self.cgroup;
+        if !cg.is_absolute() {
+            c.error(
+                field,
+                format!(
+                    "{} is not absolute: give the cgroup v2 directory, e.g. /sys/fs/cgroup/system.slice/app.service",
+                    cg.display()
+                ),
+            );
+            return;
+        }
+        if cg
+            .components()
+            .any(|p| matches!(p, Component::ParentDir | Component::CurDir))
+        {
+            c.error(
+                field,
+                format!("{}: write the path without . or .. parts", cg.display()),
+            );
+            return;
+        }
+        let root = match &env.cgroup_root {
+            Ok(root) => root,
+            Err(e) => {
+                c.error(field, format!("{}: cannot be checked: {e}", cg.display()));
+                return;
+            }
+        };
+        // A link into the tree is judged by where it leads.
+        let real = std::fs::canonicalize(cg).unwrap_or_else(|_| cg.clone());
+        if let Err(e) = cgroup::check_workload_cgroup(root, &real) {
+            c.error(field, e);
+            return;
+        }
+        match std::fs::metadata(cg) {
+            Err(_) => c.warning(
+                field,
+                format!(
+                    "{} does not exist (yet): the agent waits for it and enforces once it appears; check the path if the workload is already running",
+                    cg.display()
+                ),
+            ),
+            Ok(m) if !m.is_dir() || !cg.join("cgroup.procs").exists() => c.error(
+                field,
+                format!(
+                    "{} is not a cgroup v2 directory (no cgroup.procs in it): give the workload's cgroup directory",
+                    cg.display()
+                ),
+            ),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// `passthrough validate --config` and the agent's start: a config file and the policies it
+/// names, checked without touching the kernel.
+#[derive(Debug)]
+pub struct Preflight {
+    pub file: String,
+    /// The config, when it could be parsed.
+    pub config: Option<AgentConfig>,
+    /// The config file's errors and warnings.
+    pub findings: Vec<ConfigFinding>,
+    /// The policies it names (those that exist), read and validated as the agent reads them.
+    pub policies: Option<PolicySet>,
+    /// The config file could not be read as YAML.
+    pub unreadable: bool,
+}
+
+impl Preflight {
+    /// Checks `path` on the machine `env` describes.
+    pub fn run(path: &Path, env: &Environment) -> Self {
+        let file = path.display().to_string();
+        let config = match AgentConfig::parse(path) {
+            Ok(c) => c,
+            Err(e) => {
+                return Self {
+                    file,
+                    config: None,
+                    findings: vec![e.finding().clone()],
+                    policies: None,
+                    unreadable: matches!(e, ParseError::Unreadable(_)),
+                };
+            }
+        };
+        let mut findings = config.check(&file, env);
+        let present: Vec<PathBuf> = config
+            .policies
+            .iter()
+            .filter(|p| p.exists())
+            .cloned()
+            .collect();
+        let opts = SelectOptions {
+            system_namespace: config.system_namespace.clone(),
+        };
+        let policies = (!present.is_empty()).then(|| PolicySet::load(&present, &opts));
+        if let Some(set) = &policies
+            && config.kubernetes.is_none()
+            && config.default_mode != Some(DefaultMode::None)
+            && !set.has_errors()
+        {
+            for (i, w) in config.workloads.iter().enumerate() {
+                if select(&set.policies, &w.identity(), &opts).is_empty() {
+                    findings.push(ConfigFinding {
+                        severity: Severity::Warning,
+                        file: file.clone(),
+                        field: format!("workloads[{i}]"),
+                        message: format!(
+                            "no policy selects this workload ({}): it is not filtered, as in Kuma; write a policy that selects it, or set defaultMode: None",
+                            w.identity()
+                        ),
+                    });
+                }
+            }
+        }
+        Self {
+            file,
+            config: Some(config),
+            findings,
+            policies,
+            unreadable: false,
+        }
+    }
+
+    /// Whether the agent would refuse to start (or, `strict`, whether anything was found).
+    pub fn fails(&self, strict: bool) -> bool {
+        let config = self.findings.iter().any(|f| strict || f.is_error());
+        let policies = self
+            .policies
+            .as_ref()
+            .is_some_and(|s| s.has_errors() || (strict && !s.problems.is_empty()));
+        config || policies || self.unreadable
+    }
+
+    /// Whether some input could not be read at all (`validate`'s exit code 2).
+    pub fn unreadable(&self) -> bool {
+        self.unreadable
+            || self
+                .policies
+                .as_ref()
+                .is_some_and(PolicySet::has_unreadable)
+    }
+
+    /// Every warning, as lines.
+    pub fn warnings(&self) -> Vec<String> {
+        self.findings
+            .iter()
+            .filter(|f| !f.is_error())
+            .map(ConfigFinding::line)
+            .chain(
+                self.policies
+                    .iter()
+                    .flat_map(PolicySet::warnings)
+                    .map(|f| f.line()),
+            )
+            .collect()
+    }
+
+    /// The config to run with, or every error that stops the agent from starting.
+    pub fn into_config(self) -> Result<AgentConfig, ConfigError> {
+        match self.config {
+            Some(c) if !self.fails(false) => Ok(c),
+            _ => Err(ConfigError {
+                config: self
+                    .findings
+                    .into_iter()
+                    .filter(ConfigFinding::is_error)
+                    .collect(),
+                policies: self.policies.map(|s| s.errors()).unwrap_or_default(),
+            }),
+        }
     }
 }
 
@@ -524,11 +971,55 @@ mod tests {
 
     use super::*;
 
+    /// A directory holding a config file, a `policies` directory and a fake cgroup v2 tree
+    /// (`cgroup/`, with `cgroup/app` a cgroup), and the environment that describes it.
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("tmp");
+            std::fs::create_dir(dir.path().join("policies")).expect("policies");
+            for cg in ["cgroup", "cgroup/app"] {
+                std::fs::create_dir(dir.path().join(cg)).expect("cgroup");
+                std::fs::write(dir.path().join(cg).join("cgroup.procs"), "").expect("procs");
+            }
+            Self { dir }
+        }
+
+        fn root(&self) -> String {
+            self.dir.path().join("cgroup").display().to_string()
+        }
+
+        fn env(&self) -> Environment {
+            Environment {
+                cgroup_root: Ok(self.dir.path().join("cgroup")),
+                node_name: None,
+            }
+        }
+
+        /// `{root}` in the text stands for the fake cgroup mount.
+        fn write(&self, text: &str) -> PathBuf {
+            let p = self.dir.path().join("agent.yaml");
+            std::fs::write(&p, text.replace("{root}", &self.root())).expect("write");
+            p
+        }
+
+        /// Every finding: the parse error, or the checks'.
+        fn findings(&self, text: &str) -> Vec<ConfigFinding> {
+            let p = self.write(text);
+            match AgentConfig::parse(&p) {
+                Ok(c) => c.check("agent.yaml", &self.env()),
+                Err(e) => vec![e.finding().clone()],
+            }
+        }
+    }
+
     fn load(text: &str) -> Result<AgentConfig, ConfigError> {
-        let dir = tempfile::tempdir().expect("tmp");
-        let p = dir.path().join("agent.yaml");
-        std::fs::write(&p, text).expect("write");
-        AgentConfig::load(&p)
+        let f = Fixture::new();
+        let p = f.write(text);
+        AgentConfig::load_checked(&p, &f.env()).map(|(c, _)| c)
     }
 
     #[test]
@@ -537,7 +1028,7 @@ mod tests {
             r#"
 policies: [policies]
 workloads:
-  - cgroup: /sys/fs/cgroup/system.slice/app.service
+  - cgroup: {root}/app
     tags: {kuma.io/service: demo}
 meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
 "#,
@@ -551,49 +1042,385 @@ meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
         assert_eq!(c.bpffs, PathBuf::from(DEFAULT_BPFFS));
     }
 
+    /// One case per field path an error can name: the path is named once, right, and the
+    /// message says what was found and what to write.
     #[test]
-    fn unknown_key_names_file_and_field() {
-        let e =
-            load("policies: [p]\nworkloads:\n  - cgroup: /x\n    tag: {}\n").expect_err("unknown");
-        let text = e.to_string();
-        assert!(text.contains("agent.yaml: workloads[0]"), "{text}");
-        assert!(text.contains("unknown field tag"), "{text}");
+    fn each_error_names_its_field_once_with_the_value_and_the_fix() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("[1, 2]", "", "expected a mapping of keys"),
+            (
+                "workloads: []\n",
+                "policies",
+                "list at least one policy file",
+            ),
+            ("polices: [policies]\n", "polices", "did you mean policies?"),
+            (
+                "policies: policies\n",
+                "policies",
+                "wrong type: string \"policies\", expected a sequence",
+            ),
+            (
+                "policies: [policies, nope]\n",
+                "policies[1]",
+                "nope cannot be read",
+            ),
+            (
+                "policies: [policies]\nworkloads: {}\n",
+                "workloads",
+                "expected a sequence",
+            ),
+            (
+                "policies: [policies]\nworkloads: [{cgroup: app}]\n",
+                "workloads[0].cgroup",
+                "app is not absolute",
+            ),
+            (
+                "policies: [policies]\nworkloads: [{cgroup: \"{root}/app/..\"}]\n",
+                "workloads[0].cgroup",
+                "without . or .. parts",
+            ),
+            (
+                "policies: [policies]\nworkloads: [{cgroup: \"{root}\"}]\n",
+                "workloads[0].cgroup",
+                "is the root cgroup",
+            ),
+            (
+                "policies: [policies]\nworkloads: [{cgroup: /elsewhere}]\n",
+                "workloads[0].cgroup",
+                "/elsewhere is not below the cgroup v2 mount",
+            ),
+            (
+                "policies: [policies]\nworkloads: [{cgroup: \"{root}/app/cgroup.procs\"}]\n",
+                "workloads[0].cgroup",
+                "is not a cgroup v2 directory",
+            ),
+            (
+                "policies: [policies]\nworkloads: [{cgroup: \"{root}/app\"}, {cgroup: \"{root}/app\"}]\n",
+                "workloads[1].cgroup",
+                "is listed twice",
+            ),
+            (
+                "policies: [policies]\nworkloads: [{cgroup: \"{root}/app\", proxyType: Sidecr}]\n",
+                "workloads[0].proxyType",
+                "\"Sidecr\"; expected Sidecar or Gateway: write Sidecar",
+            ),
+            (
+                "policies: [policies]\nworkloads: [{cgroup: \"{root}/app\", tags: {a: [1]}}]\n",
+                "workloads[0].tags.a",
+                "expected a string",
+            ),
+            (
+                "policies: [policies]\nworkloads: [{cgroup: \"{root}/app\", tag: {}}]\n",
+                "workloads[0].tag",
+                "did you mean tags?",
+            ),
+            (
+                "policies: [policies]\nmeshCIDRs: [10.0.0.0/33]\n",
+                "meshCIDRs[0]",
+                "\"10.0.0.0/33\": the prefix length /33 is above 32",
+            ),
+            (
+                "policies: [policies]\nadmin: {listen: localhost:9902}\n",
+                "admin.listen",
+                "\"localhost:9902\" is not an address with a port",
+            ),
+            (
+                "policies: [policies]\nadmin: {listen: 127.0.0.1:0}\n",
+                "admin.listen",
+                "give a fixed port",
+            ),
+            (
+                "policies: [policies]\nadmin: {listen: 127.0.0.1:15001}\nproxy: {listen: [127.0.0.1:15001]}\n",
+                "admin.listen",
+                "is also a proxy.listen address",
+            ),
+            (
+                "policies: [policies]\nbpffs: pins\n",
+                "bpffs",
+                "\"pins\" is not absolute",
+            ),
+            (
+                "policies: [policies]\ndefaultMode: Nope\n",
+                "defaultMode",
+                "\"Nope\"; expected All or None",
+            ),
+            (
+                "policies: [policies]\nproxy: {listen: []}\n",
+                "proxy.listen",
+                "list 127.0.0.1:PORT",
+            ),
+            (
+                "policies: [policies]\nproxy: {listen: [10.0.0.1:15001]}\n",
+                "proxy.listen[0]",
+                "10.0.0.1:15001: the kernel redirects",
+            ),
+            (
+                "policies: [policies]\nproxy: {listen: [127.0.0.1:1, 127.0.0.1:2]}\n",
+                "proxy.listen[1]",
+                "one listener per address family",
+            ),
+            (
+                "policies: [policies]\nproxy: {listen: [127.0.0.1:0]}\n",
+                "proxy.listen[0]",
+                "give a fixed port",
+            ),
+            (
+                "policies: [policies]\nproxy: {listen: [\"127.0.0.1\"]}\n",
+                "proxy.listen[0]",
+                "\"127.0.0.1\" is not an address with a port",
+            ),
+            (
+                "policies: [policies]\nproxy: {listen: [127.0.0.1:1], peekBytes: 10}\n",
+                "proxy.peekBytes",
+                "10 is out of range",
+            ),
+            (
+                "policies: [policies]\nproxy: {listen: [127.0.0.1:1], peekBytes: x}\n",
+                "proxy.peekBytes",
+                "wrong type: string \"x\", expected a whole number",
+            ),
+            (
+                "policies: [policies]\nproxy: {listen: [127.0.0.1:1], peekTimeout: \"5\"}\n",
+                "proxy.peekTimeout",
+                "\"5\" is not a duration",
+            ),
+            (
+                "policies: [policies]\nproxy: {listen: [127.0.0.1:1], peekTimeout: 5}\n",
+                "proxy.peekTimeout",
+                "5 has no unit: write 5s",
+            ),
+            (
+                "policies: [policies]\nproxy: {listen: [127.0.0.1:1], peekTimeout: 0s}\n",
+                "proxy.peekTimeout",
+                "0 is not a timeout",
+            ),
+            (
+                "policies: [policies]\nproxy: {listen: [127.0.0.1:1], maxConnections: 0}\n",
+                "proxy.maxConnections",
+                "give at least 1",
+            ),
+            (
+                "policies: [policies]\nproxy: {listen: [127.0.0.1:1], domainCheck: pin}\n",
+                "proxy.domainCheck",
+                "write Pin",
+            ),
+            (
+                "policies: [policies]\ndns: {servers: [\"0.0.0.0:53\"]}\n",
+                "dns.servers[0]",
+                "0.0.0.0:53: give a resolver's address and port",
+            ),
+            (
+                "policies: [policies]\ndns: {timeout: 0s}\n",
+                "dns.timeout",
+                "0ms is out of range",
+            ),
+            (
+                "policies: [policies]\ndns: {timeout: 31s}\n",
+                "dns.timeout",
+                "31000ms is out of range",
+            ),
+            (
+                "policies: [policies]\ndns: {cacheSize: 0}\n",
+                "dns.cacheSize",
+                "give at least 1",
+            ),
+            (
+                "policies: [policies]\ndns: {server: []}\n",
+                "dns.server",
+                "did you mean servers?",
+            ),
+            (
+                "kubernetes: {}\n",
+                "kubernetes.nodeName",
+                "NODE_NAME is not set",
+            ),
+            (
+                "kubernetes: {nodeName: n, cgroupRoot: cg}\n",
+                "kubernetes.cgroupRoot",
+                "cg is not absolute",
+            ),
+            (
+                "kubernetes: {nodeName: n, kubeconfig: /nonexistent/kubeconfig}\n",
+                "kubernetes.kubeconfig",
+                "/nonexistent/kubeconfig cannot be read",
+            ),
+            (
+                "kubernetes: {nodeName: n, unknownPods: deny}\n",
+                "kubernetes.unknownPods",
+                "write Deny",
+            ),
+        ];
+        let f = Fixture::new();
+        for (text, field, needle) in cases {
+            let errors: Vec<ConfigFinding> = f
+                .findings(text)
+                .into_iter()
+                .filter(ConfigFinding::is_error)
+                .collect();
+            assert_eq!(errors.len(), 1, "{text}: {errors:?}");
+            let e = &errors[0];
+            assert_eq!(e.field, *field, "{text}: {e:?}");
+            assert!(
+                e.message.contains(needle),
+                "{text}: {:?} lacks {needle:?}",
+                e.message
+            );
+            if !field.is_empty() {
+                assert!(
+                    !e.message.contains(&format!("{field}:")),
+                    "{text}: path repeated: {}",
+                    e.message
+                );
+            }
+            assert!(!e.message.contains(" at line "), "{text}: {}", e.message);
+            assert!(e.file.ends_with("agent.yaml"), "{e:?}");
+            assert_eq!(
+                e.line(),
+                if field.is_empty() {
+                    format!("{}: {}", e.file, e.message)
+                } else {
+                    format!("{}: {field}: {}", e.file, e.message)
+                }
+            );
+        }
     }
 
     #[test]
-    fn relative_cgroup_and_duplicates_are_refused() {
-        let e = load("policies: [p]\nworkloads:\n  - cgroup: app.service\n").expect_err("relative");
-        assert_eq!(e.field, "workloads[0].cgroup");
-        let e =
-            load("policies: [p]\nworkloads:\n  - cgroup: /a\n  - cgroup: /a\n").expect_err("dup");
-        assert_eq!(e.field, "workloads[1].cgroup");
-        let e = load("workloads: []\npolicies: []\n").expect_err("no policies");
-        assert_eq!(e.field, "policies");
+    fn missing_cgroups_and_host_bits_are_warnings() {
+        let f = Fixture::new();
+        let found = f.findings(
+            "policies: [policies]\nworkloads: [{cgroup: \"{root}/later\"}]\nmeshCIDRs: [10.1.2.3/16]\n",
+        );
+        let got: Vec<(Severity, &str)> = found
+            .iter()
+            .map(|f| (f.severity, f.field.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Severity::Warning, "meshCIDRs[0]"),
+                (Severity::Warning, "workloads[0].cgroup")
+            ]
+        );
+        assert!(
+            found[0].message.contains("write 10.1.0.0/16"),
+            "{}",
+            found[0].message
+        );
+        assert!(
+            found[0]
+                .line()
+                .starts_with("warning: agent.yaml: meshCIDRs[0]: ")
+        );
+        assert!(
+            found[1].message.contains("waits for it"),
+            "{}",
+            found[1].message
+        );
     }
 
     #[test]
-    fn proxy_section_defaults_and_checks() {
-        let c = load("policies: [p]\nproxy: {listen: [127.0.0.1:15001, \"[::1]:15002\"]}\n")
+    fn unreadable_and_non_yaml_files_are_told_apart_from_invalid_ones() {
+        let f = Fixture::new();
+        let p = f.write("a: [\n");
+        assert!(matches!(
+            AgentConfig::parse(&p),
+            Err(ParseError::Unreadable(_))
+        ));
+        assert!(matches!(
+            AgentConfig::parse(&f.dir.path().join("nope.yaml")),
+            Err(ParseError::Unreadable(_))
+        ));
+        let p = f.write("nope: 1\n");
+        assert!(matches!(
+            AgentConfig::parse(&p),
+            Err(ParseError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn preflight_checks_the_config_and_its_policies_and_the_workloads_they_select() {
+        let f = Fixture::new();
+        std::fs::write(
+            f.dir.path().join("policies/p.yaml"),
+            "type: MeshPassthrough\nname: p\nspec:\n  targetRef: {kind: MeshSubset, tags: {app: web}}\n  default: {appendMatch: [{type: IP, value: 1.2.3.300}]}\n",
+        )
+        .expect("w");
+        let p = f.write("policies: [policies]\nworkloads: [{cgroup: \"{root}/app\"}]\n");
+        let pre = Preflight::run(&p, &f.env());
+        assert!(pre.fails(false));
+        assert!(!pre.unreadable());
+        let err = pre.into_config().expect_err("invalid policy");
+        assert!(err.config.is_empty());
+        assert_eq!(err.policies.len(), 1);
+        assert!(
+            err.to_string().contains("provided IP has incorrect value"),
+            "{err}"
+        );
+
+        std::fs::write(
+            f.dir.path().join("policies/p.yaml"),
+            "type: MeshPassthrough\nname: p\nspec:\n  targetRef: {kind: MeshSubset, tags: {app: web}}\n  default: {passthroughMode: None}\n",
+        )
+        .expect("w");
+        let pre = Preflight::run(&p, &f.env());
+        assert!(!pre.fails(false));
+        assert!(pre.fails(true), "the unselected workload is a warning");
+        let w = pre.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("workloads[0]: no policy selects this workload"),
+            "{w:?}"
+        );
+        assert!(pre.into_config().is_ok());
+    }
+
+    #[test]
+    fn proxy_section_defaults() {
+        let c = load("policies: [policies]\nproxy: {listen: [127.0.0.1:15001, \"[::1]:15002\"]}\n")
             .expect("proxy");
         let p = c.proxy.expect("proxy");
         assert_eq!(p.ports(), (15001, 15002));
         assert_eq!(p.peek_bytes, 16 * 1024);
         assert_eq!(p.peek_timeout, std::time::Duration::from_secs(5));
-        let e = load("policies: [p]\nproxy: {listen: [10.0.0.1:15001]}\n").expect_err("addr");
-        assert_eq!(e.field, "proxy.listen[0]");
-        assert!(e.message.contains("127.0.0.1:PORT"), "{}", e.message);
-        let e = load("policies: [p]\nproxy: {listen: [127.0.0.1:1], peekTimeout: 5}\n")
-            .expect_err("duration");
-        assert_eq!(e.field, "proxy.peekTimeout");
-        let c = load("policies: [p]\nproxy: {listen: [127.0.0.1:1], peekTimeout: 250ms}\n")
+        let c = load("policies: [policies]\nproxy: {listen: [127.0.0.1:1], peekTimeout: 250ms}\n")
             .expect("ms");
         assert_eq!(
             c.proxy.expect("proxy").peek_timeout,
             std::time::Duration::from_millis(250)
         );
-        let e = load("policies: [p]\nproxy: {listen: [127.0.0.1:1, 127.0.0.1:2]}\n")
-            .expect_err("two v4");
-        assert_eq!(e.field, "proxy.listen[1]");
+    }
+
+    #[test]
+    fn domain_check_and_dns_have_safe_defaults() {
+        let c = load("policies: [policies]\nproxy: {listen: [127.0.0.1:15001]}\n").expect("config");
+        assert_eq!(c.proxy.expect("proxy").domain_check, DomainCheck::Pin);
+        assert!(
+            c.dns.servers.is_empty(),
+            "default: /etc/resolv.conf at start"
+        );
+        assert_eq!(c.dns.timeout, std::time::Duration::from_secs(2));
+        let c = load(
+            "policies: [policies]\nproxy: {listen: [127.0.0.1:15001], domainCheck: Verify}\ndns: {servers: [\"203.0.113.53:53\", \"[2001:db8::53]:5353\"], timeout: 500ms, cacheSize: 10}\n",
+        )
+        .expect("config");
+        assert_eq!(c.proxy.expect("proxy").domain_check, DomainCheck::Verify);
+        assert_eq!(c.dns.servers.len(), 2);
+        assert_eq!(c.dns.cache_size, 10);
+    }
+
+    #[test]
+    fn durations_take_ms_s_m_and_h() {
+        use std::time::Duration;
+        assert_eq!(
+            duration_text::parse("500ms"),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(duration_text::parse("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(duration_text::parse("30m"), Some(Duration::from_secs(1800)));
+        assert_eq!(duration_text::parse("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(duration_text::parse("2d"), None);
+        assert_eq!(duration_text::parse("h"), None);
     }
 
     #[test]
@@ -605,42 +1432,14 @@ meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
             .and_then(|d| d["data"]["agent.yaml"].as_str().map(str::to_string))
             .expect("the ConfigMap holds agent.yaml");
         // The DaemonSet sets NODE_NAME; stand in for it.
-        let c = load(&config.replace("kubernetes: {}", "kubernetes: {nodeName: node-a}"))
-            .expect("the shipped config loads");
+        let f = Fixture::new();
+        let p = f.write(&config);
+        let env = Environment {
+            node_name: Some("node-a".into()),
+            ..f.env()
+        };
+        let (c, _) = AgentConfig::load_checked(&p, &env).expect("the shipped config loads");
         assert!(c.kubernetes.is_some());
         assert_eq!(c.proxy.expect("proxy").ports(), (15100, 15100));
-    }
-
-    #[test]
-    fn domain_check_and_dns_have_safe_defaults_and_checks() {
-        let c = load("policies: [p]\nproxy: {listen: [127.0.0.1:15001]}\n").expect("config");
-        assert_eq!(c.proxy.expect("proxy").domain_check, DomainCheck::Pin);
-        assert!(
-            c.dns.servers.is_empty(),
-            "default: /etc/resolv.conf at start"
-        );
-        assert_eq!(c.dns.timeout, std::time::Duration::from_secs(2));
-        let c = load(
-            "policies: [p]\nproxy: {listen: [127.0.0.1:15001], domainCheck: Verify}\ndns: {servers: [\"203.0.113.53:53\", \"[2001:db8::53]:5353\"], timeout: 500ms, cacheSize: 10}\n",
-        )
-        .expect("config");
-        assert_eq!(c.proxy.expect("proxy").domain_check, DomainCheck::Verify);
-        assert_eq!(c.dns.servers.len(), 2);
-        assert_eq!(c.dns.cache_size, 10);
-        let e = load("policies: [p]\nproxy: {listen: [127.0.0.1:1], domainCheck: pin}\n")
-            .expect_err("case");
-        assert_eq!(e.field, "proxy.domainCheck");
-        let e = load("policies: [p]\ndns: {servers: [\"0.0.0.0:53\"]}\n").expect_err("any");
-        assert_eq!(e.field, "dns.servers[0]");
-        let e = load("policies: [p]\ndns: {timeout: 0s}\n").expect_err("zero");
-        assert_eq!(e.field, "dns.timeout");
-        let e = load("policies: [p]\ndns: {server: []}\n").expect_err("unknown");
-        assert!(e.to_string().contains("unknown field server"), "{e}");
-    }
-
-    #[test]
-    fn bad_cidr_names_its_index() {
-        let e = load("policies: [p]\nmeshCIDRs: [10.0.0.0/33]\n").expect_err("cidr");
-        assert_eq!(e.field, "meshCIDRs[0]");
     }
 }

@@ -35,11 +35,12 @@ use self::{
 };
 use crate::{
     policy::{
+        Severity,
         compile::{CompiledPolicy, EffectiveMode, compile},
         decide::Exemptions,
         load::Document,
         merge::{PolicyRef, SelectOptions, merged_for},
-        set::{PolicySet, Problem},
+        set::{Finding, PolicySet},
     },
     proxy::server::{SharedView, Stats as ProxyStats, StatsSnapshot, View, WorkloadView},
 };
@@ -92,7 +93,11 @@ pub struct ReloadReport {
     pub unix: u64,
     /// `applied`, `unchanged`, or `refused` (invalid policies: nothing was changed).
     pub result: &'static str,
+    /// What refused the set (or, for `partial`, the workloads it could not be applied to).
     pub problems: Vec<String>,
+    /// What was reported without refusing anything (`warning: ` lines, as `validate` prints).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 pub struct Agent {
@@ -179,8 +184,16 @@ pub enum AgentError {
 impl Agent {
     /// Loads the programs and adopts whatever an earlier run left pinned; enforces nothing
     /// new until [`Agent::reconcile`].
+    ///
+    /// Before anything touches the kernel, the config and the policies it names get every
+    /// check of `passthrough validate --config` ([`config::Preflight`]): an error stops the
+    /// start, warnings are logged.
     pub fn start(config_path: &Path) -> Result<Self, AgentError> {
-        let config = AgentConfig::load(config_path)?;
+        let preflight = config::Preflight::run(config_path, &config::Environment::this_machine());
+        for w in preflight.warnings() {
+            tracing::warn!("{w}");
+        }
+        let config = preflight.into_config()?;
         let cgroup_root = cgroup::cgroup2_root().map_err(|e| AgentError::Other(e.to_string()))?;
         let mut loader = Loader::load(&config.bpffs)?;
         let mut maps = Maps::take(loader.ebpf_mut())?;
@@ -252,7 +265,11 @@ impl Agent {
     /// Re-reads the config file (SIGHUP): workloads and mesh CIDRs change, bpffs and the
     /// admin address need a restart.
     pub fn reload_config(&mut self) -> Result<(), AgentError> {
-        let new = AgentConfig::load(&self.config_path)?;
+        let (new, warnings) =
+            AgentConfig::load_checked(&self.config_path, &config::Environment::this_machine())?;
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
         if new.bpffs != self.config.bpffs
             || new.admin != self.config.admin
             || new.proxy != self.config.proxy
@@ -330,13 +347,21 @@ impl Agent {
 
     /// Brings the kernel in line with the config and the policy files.
     pub fn reconcile(&mut self) -> &ReloadReport {
-        let set = PolicySet::load_with(&self.config.policies, self.kube.policies.clone());
+        let opts = SelectOptions {
+            system_namespace: self.config.system_namespace.clone(),
+        };
+        let set = PolicySet::load_with(&self.config.policies, self.kube.policies.clone(), &opts);
         let at = humantime_now();
         self.report_kube_problems(&set);
-        if !set.problems.is_empty() {
-            let problems: Vec<String> = set.problems.iter().flat_map(Problem::lines).collect();
-            for p in &problems {
-                tracing::error!("{p}");
+        let warned = set.warnings();
+        for w in &warned {
+            tracing::warn!(hint = w.hint.as_deref().unwrap_or(""), "{}", w.line());
+        }
+        let warnings: Vec<String> = warned.iter().map(Finding::line).collect();
+        if set.has_errors() {
+            let errors = set.errors();
+            for e in &errors {
+                tracing::error!(hint = e.hint.as_deref().unwrap_or(""), "{}", e.line());
             }
             tracing::error!(
                 "policies refused: every workload keeps its last good state until they are fixed"
@@ -348,12 +373,10 @@ impl Agent {
                 at,
                 unix: unix_now(),
                 result: "refused",
-                problems,
+                problems: errors.iter().map(Finding::line).collect(),
+                warnings,
             });
         }
-        let opts = SelectOptions {
-            system_namespace: self.config.system_namespace.clone(),
-        };
         let mut changed = false;
         let mut problems = Vec::new();
         for i in 0..self.workloads.len() {
@@ -390,6 +413,7 @@ impl Agent {
                 "unchanged"
             },
             problems,
+            warnings,
         })
     }
 
@@ -402,10 +426,9 @@ impl Agent {
         let problems: Vec<KubeProblem> = set
             .problems
             .iter()
+            .filter(|p| p.severity() == Severity::Error)
             .filter_map(|p| {
-                let Problem::Invalid { source, .. } = p else {
-                    return None;
-                };
+                let source = p.source()?;
                 let object = source
                     .file
                     .strip_prefix(crate::k8s::source::SOURCE_PREFIX)?;

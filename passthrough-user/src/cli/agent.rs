@@ -10,10 +10,10 @@ use std::{
 
 use clap::Args as ClapArgs;
 
-use super::{Output, fail, print_json};
+use super::{Output, fail, print_findings_text, print_json};
 use crate::agent::{
-    Status,
-    config::{AgentConfig, DEFAULT_ADMIN},
+    AgentError, Status,
+    config::{AgentConfig, ConfigError, DEFAULT_ADMIN},
     loader,
 };
 
@@ -26,9 +26,61 @@ pub struct RunArgs {
 
 #[derive(Debug, ClapArgs)]
 pub struct StatusArgs {
-    /// Address of a running agent's admin endpoint.
-    #[arg(long, default_value = DEFAULT_ADMIN)]
-    pub admin: SocketAddr,
+    /// Address of a running agent's admin endpoint: IP:PORT or HOST:PORT.
+    #[arg(long, default_value = DEFAULT_ADMIN, value_parser = AdminAddr::parse)]
+    pub admin: AdminAddr,
+}
+
+/// A running agent's admin endpoint, as given (`localhost:9902`) and resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminAddr {
+    pub given: String,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl AdminAddr {
+    /// `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT`, resolved now.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(Self {
+                given: s.to_string(),
+                addrs: vec![a],
+            });
+        }
+        let Some((host, port)) = s.rsplit_once(':').filter(|(h, _)| !h.is_empty()) else {
+            return Err(format!(
+                "{s:?} has no port: write HOST:PORT, e.g. {DEFAULT_ADMIN} or localhost:9902"
+            ));
+        };
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{s:?}: the port {port:?} is not a number from 1 to 65535"))?;
+        let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+            .map_err(|e| format!("{s:?}: cannot resolve {host:?}: {e}"))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(format!("{s:?}: {host:?} resolves to no address"));
+        }
+        Ok(Self {
+            given: s.to_string(),
+            addrs,
+        })
+    }
+}
+
+impl From<SocketAddr> for AdminAddr {
+    fn from(a: SocketAddr) -> Self {
+        Self {
+            given: a.to_string(),
+            addrs: vec![a],
+        }
+    }
+}
+
+impl std::fmt::Display for AdminAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.given)
+    }
 }
 
 #[derive(Debug, ClapArgs)]
@@ -60,7 +112,37 @@ pub fn run(args: &RunArgs, output: Output) -> ExitCode {
     };
     match rt.block_on(crate::agent::run::run(&args.config)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(AgentError::Config(e)) => config_refused(
+            &e,
+            "the config is refused: nothing was loaded into the kernel; check it with `passthrough validate --config`",
+            output,
+        ),
         Err(e) => fail(output, &e.to_string()),
+    }
+}
+
+/// A config (or its policies) the agent will not start with: every error, and with JSON the
+/// config's as `{file, field, message}` objects.
+fn config_refused(e: &ConfigError, message: &str, output: Output) -> ExitCode {
+    match output {
+        Output::Text => {
+            for f in &e.config {
+                eprintln!("{}", f.line());
+            }
+            print_findings_text(&e.policies);
+            fail(output, message)
+        }
+        Output::Json => {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "error": message,
+                    "config": e.config,
+                    "problems": e.policies,
+                })
+            );
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -84,22 +166,41 @@ pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)>
 }
 
 /// The body of a successful GET from the agent, or a message saying what went wrong and
-/// what to check.
-pub fn fetch(admin: SocketAddr, path: &str) -> Result<String, String> {
-    match admin_get(admin, path) {
-        Ok((200, body)) => Ok(body),
-        Ok((code, body)) => Err(format!("{admin} answered {code}: {body}")),
-        Err(e) => Err(no_agent(admin, &e)),
+/// what to check. Each address of the endpoint is tried in turn.
+pub fn fetch(admin: &AdminAddr, path: &str) -> Result<String, String> {
+    let mut last = None;
+    for addr in &admin.addrs {
+        match admin_get(*addr, path) {
+            Ok((200, body)) => return Ok(body),
+            Ok((code, body)) => return Err(format!("{admin} answered {code}: {body}")),
+            Err(e) => last = Some(e),
+        }
     }
+    Err(no_agent(
+        admin,
+        &last.unwrap_or_else(|| std::io::Error::other("no address")),
+    ))
+}
+
+/// Connects to the first address of the endpoint that accepts.
+pub fn connect(admin: &AdminAddr) -> std::io::Result<TcpStream> {
+    let mut last = std::io::Error::other("no address");
+    for addr in &admin.addrs {
+        match TcpStream::connect_timeout(addr, Duration::from_secs(3)) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Nothing answers at the admin address.
-pub fn no_agent(admin: SocketAddr, e: &std::io::Error) -> String {
+pub fn no_agent(admin: &AdminAddr, e: &std::io::Error) -> String {
     format!("no agent answers at {admin}: {e} (is `passthrough run` running? pass --admin ADDR)")
 }
 
 pub fn status(args: &StatusArgs, output: Output) -> ExitCode {
-    let body = match fetch(args.admin, "/status") {
+    let body = match fetch(&args.admin, "/status") {
         Ok(body) => body,
         Err(message) => return fail(output, &message),
     };
@@ -130,6 +231,9 @@ pub fn status(args: &StatusArgs, output: Output) -> ExitCode {
         );
         for p in r["problems"].as_array().into_iter().flatten() {
             println!("  {}", p.as_str().unwrap_or(""));
+        }
+        for w in r["warnings"].as_array().into_iter().flatten() {
+            println!("  {}", w.as_str().unwrap_or(""));
         }
     }
     match &status.packet_sockets {
@@ -193,9 +297,17 @@ pub fn status(args: &StatusArgs, output: Output) -> ExitCode {
 }
 
 pub fn uninstall(args: &UninstallArgs, output: Output) -> ExitCode {
-    let config = match AgentConfig::load(&args.config) {
+    // Only bpffs and the admin address matter here: a config the agent would now refuse
+    // (a workload gone wrong) can still be uninstalled.
+    let config = match AgentConfig::parse(&args.config) {
         Ok(c) => c,
-        Err(e) => return fail(output, &e.to_string()),
+        Err(e) => {
+            let e = ConfigError {
+                config: vec![e.finding().clone()],
+                policies: Vec::new(),
+            };
+            return config_refused(&e, "the config cannot be read: nothing was removed", output);
+        }
     };
     if let Ok((_, _)) = admin_get(config.admin.listen, "/ready") {
         return fail(

@@ -10,6 +10,7 @@ use super::{Output, fail, print_json, selector::WorkloadArgs};
 use crate::policy::{
     compile::{CompiledPolicy, compile},
     merge::{Merged, merged_for},
+    set::Finding,
     workload::Workload,
 };
 
@@ -47,15 +48,20 @@ pub struct Compiled<'a> {
     pub merged: &'a Merged,
     pub compiled: &'a CompiledPolicy,
     pub tables: Vec<TableEntry>,
+    /// Policies read, selected or not.
+    pub policies_read: usize,
+    /// What was reported about the policies without refusing them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Finding>,
 }
 
 pub fn run(args: &Args, output: Output) -> ExitCode {
-    let policies = match args.workload.load(output) {
-        Ok(p) => p,
+    let loaded = match args.workload.load(output) {
+        Ok(l) => l,
         Err(code) => return code,
     };
     let workload = args.workload.workload();
-    let merged = match merged_for(&policies, &workload, &args.workload.select_options()) {
+    let merged = match merged_for(&loaded.policies, &workload, &args.workload.select_options()) {
         Ok(m) => m,
         Err(conflicts) => {
             let text: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
@@ -73,6 +79,8 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
         merged: &merged,
         compiled: &compiled,
         tables,
+        policies_read: loaded.policies.len(),
+        warnings: loaded.warnings,
     };
     match output {
         Output::Json => print_json(&out),
@@ -170,12 +178,13 @@ fn print_text(out: &Compiled<'_>) {
         .map(|p| p.name.as_str())
         .collect();
     println!(
-        "policies  {} (weakest first)",
+        "policies  {} (weakest first; {} read)",
         if names.is_empty() {
             "(none)".to_string()
         } else {
             names.join(", ")
-        }
+        },
+        out.policies_read
     );
     println!("mode      {}", out.compiled.mode);
     if out.compiled.audit {

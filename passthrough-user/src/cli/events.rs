@@ -3,16 +3,14 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::{SocketAddr, TcpStream},
     process::ExitCode,
-    time::Duration,
 };
 
 use clap::Args as ClapArgs;
 
 use super::{
     Output,
-    agent::{fetch, no_agent},
+    agent::{AdminAddr, connect, fetch, no_agent},
     fail,
 };
 use crate::agent::{
@@ -22,9 +20,9 @@ use crate::agent::{
 
 #[derive(Debug, ClapArgs)]
 pub struct Args {
-    /// Address of a running agent's admin endpoint.
-    #[arg(long, default_value = DEFAULT_ADMIN)]
-    pub admin: SocketAddr,
+    /// Address of a running agent's admin endpoint: IP:PORT or HOST:PORT.
+    #[arg(long, default_value = DEFAULT_ADMIN, value_parser = AdminAddr::parse)]
+    pub admin: AdminAddr,
     /// Keep printing events as they happen.
     #[arg(long)]
     pub follow: bool,
@@ -43,12 +41,12 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
     }
     if args.follow {
         path.push_str(&format!("{sep}follow"));
-        return match stream(args.admin, &path, output) {
+        return match stream(&args.admin, &path, output) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(output, &no_agent(args.admin, &e)),
+            Err(e) => fail(output, &no_agent(&args.admin, &e)),
         };
     }
-    let body = match fetch(args.admin, &path) {
+    let body = match fetch(&args.admin, &path) {
         Ok(body) => body,
         Err(message) => return fail(output, &message),
     };
@@ -69,8 +67,8 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
 }
 
 /// Reads the agent's event stream until it ends or stdout goes away.
-fn stream(admin: SocketAddr, path: &str, output: Output) -> std::io::Result<()> {
-    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(3))?;
+fn stream(admin: &AdminAddr, path: &str, output: Output) -> std::io::Result<()> {
+    let mut s = connect(admin)?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n"

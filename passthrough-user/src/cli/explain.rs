@@ -1,6 +1,9 @@
 //! `passthrough explain`: the verdict for one destination, and why.
 
-use std::{net::SocketAddr, process::ExitCode};
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    process::ExitCode,
+};
 
 use clap::Args as ClapArgs;
 use ipnet::IpNet;
@@ -12,7 +15,10 @@ use crate::policy::{
     compile::{CompiledPolicy, EffectiveMode, NamePattern, compile},
     containment::{Containment, RawSockets, UdpMode, decide_datagram},
     decide::{Action, Exemptions, Peeked, Verdict, decide},
-    merge::{Merged, MergedEntry, PolicyRef, merged_for},
+    hints,
+    merge::{Merged, MergedEntry, Mismatch, PolicyRef, merged_for, mismatch},
+    set::Finding,
+    validate::is_dns_name,
     workload::Workload,
 };
 
@@ -56,12 +62,81 @@ pub struct Args {
     pub datagram: bool,
 
     /// A mesh CIDR of the agent config, always allowed (repeatable).
-    #[arg(long = "mesh-cidr", value_name = "CIDR")]
+    #[arg(long = "mesh-cidr", value_name = "CIDR", value_parser = mesh_cidr)]
     pub mesh_cidrs: Vec<IpNet>,
 
-    /// Destination: 1.2.3.4:443 or [2001:db8::1]:443.
-    #[arg(value_name = "DESTINATION")]
+    /// Destination address and port: 1.2.3.4:443 or [2001:db8::1]:443. For a name, give the
+    /// address it resolves to and the name with --sni, --host or --authority.
+    #[arg(value_name = "DESTINATION", value_parser = destination)]
     pub destination: SocketAddr,
+}
+
+/// A `--mesh-cidr` value; the message says what is wrong with it.
+fn mesh_cidr(s: &str) -> Result<IpNet, String> {
+    s.parse().map_err(|_| hints::cidr(s))
+}
+
+/// The destination, or what to write instead: a name points to --sni/--host/--authority, an
+/// IPv6 address with a port to the bracketed form.
+pub fn destination(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let split = s.rsplit_once(':');
+    let port_of = |p: &str| {
+        p.parse::<u32>()
+            .ok()
+            .filter(|_| p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if let Some((host, port)) = split
+        && host.contains(':')
+        && host.parse::<Ipv6Addr>().is_ok()
+        && port_of(port).is_some_and(|p| p <= 65535)
+    {
+        return Err(format!(
+            "{s:?} has no brackets, so it is read as one IPv6 address; an IPv6 address with a port is written [{host}]:{port}"
+        ));
+    }
+    if s.parse::<IpAddr>().is_ok() {
+        let example = if s.contains(':') {
+            format!("[{s}]:443")
+        } else {
+            format!("{s}:443")
+        };
+        return Err(format!(
+            "{s:?} has no port: write the port too, e.g. {example}"
+        ));
+    }
+    if let Some((host, port)) = split
+        && let Some(p) = port_of(port)
+    {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if p > 65535 && bare.parse::<IpAddr>().is_ok() {
+            return Err(format!("{s:?}: port {p} is outside 1-65535"));
+        }
+        if is_dns_name(host) {
+            return Err(format!(
+                "{s:?} is a name, not an address: explain judges the address the client connects to and the name it sends; give the address {host} resolves to and the name, e.g. --sni {host} 198.51.100.10:{port} (TLS), --host {host} (HTTP/1) or --authority {host} (HTTP/2)"
+            ));
+        }
+    }
+    if is_dns_name(s) {
+        return Err(format!(
+            "{s:?} is a name without a port: give the address it resolves to with a port, and the name with --sni, --host or --authority, e.g. --sni {s} 198.51.100.10:443"
+        ));
+    }
+    Err(format!(
+        "{s:?} is not an address with a port: write 198.51.100.10:443 or [2001:db8::1]:443"
+    ))
+}
+
+/// A policy that was read and does not select the workload, and why.
+#[derive(Debug, Serialize)]
+pub struct NotSelected {
+    pub policy: PolicyRef,
+    #[serde(flatten)]
+    pub why: Mismatch,
+    pub message: String,
 }
 
 /// What `explain -o json` prints.
@@ -70,8 +145,13 @@ pub struct Args {
 pub struct Explanation {
     pub workload: Workload,
     pub destination: SocketAddr,
+    /// Policies read (every one of them valid) and the files they came from.
+    pub policies_read: usize,
+    pub files_read: usize,
     /// Selected policies, weakest first.
     pub policies: Vec<PolicyRef>,
+    /// The policies read that do not select the workload, each with the reason.
+    pub not_selected: Vec<NotSelected>,
     pub mode: EffectiveMode,
     pub mode_from: Option<PolicyRef>,
     pub audit: bool,
@@ -90,16 +170,31 @@ pub struct Explanation {
     pub containment: Containment,
     pub containment_applies: bool,
     pub summary: String,
+    /// What was reported about the policies without refusing them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Finding>,
 }
 
 pub fn run(args: &Args, output: Output) -> ExitCode {
-    let policies = match args.workload.load(output) {
-        Ok(p) => p,
+    let loaded = match args.workload.load(output) {
+        Ok(l) => l,
         Err(code) => return code,
     };
+    let policies = &loaded.policies;
     let workload = args.workload.workload();
     let opts = args.workload.select_options();
-    let merged = match merged_for(&policies, &workload, &opts) {
+    let not_selected = policies
+        .iter()
+        .filter_map(|p| {
+            let why = mismatch(p, &workload, &opts)?;
+            Some(NotSelected {
+                policy: PolicyRef::of(p),
+                message: why.to_string(),
+                why,
+            })
+        })
+        .collect();
+    let merged = match merged_for(policies, &workload, &opts) {
         Ok(m) => m,
         Err(conflicts) => {
             let text: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
@@ -143,6 +238,10 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
     e.name_check = name_check(&compiled, &e.verdict, args.domain_check);
     e.containment_applies = Containment::applies_to(compiled.mode);
     e.containment = containment;
+    e.policies_read = loaded.policies.len();
+    e.files_read = loaded.files;
+    e.not_selected = not_selected;
+    e.warnings = loaded.warnings;
     match output {
         Output::Json => print_json(&e),
         Output::Text => print_text(&e),
@@ -179,7 +278,10 @@ fn explanation(
     Explanation {
         workload,
         destination,
+        policies_read: 0,
+        files_read: 0,
         policies: merged.policies.clone(),
+        not_selected: Vec::new(),
         mode: compiled.mode,
         mode_from: merged.mode_from.clone(),
         audit: compiled.audit,
@@ -195,6 +297,7 @@ fn explanation(
         },
         containment_applies: false,
         summary,
+        warnings: Vec::new(),
     }
 }
 
@@ -276,8 +379,29 @@ fn summary(
 fn print_text(e: &Explanation) {
     println!("workload     {}", e.workload);
     println!("destination  {}", e.destination);
+    println!(
+        "read         {} {} from {} {}",
+        e.policies_read,
+        if e.policies_read == 1 {
+            "policy"
+        } else {
+            "policies"
+        },
+        e.files_read,
+        if e.files_read == 1 { "file" } else { "files" },
+    );
     if e.policies.is_empty() {
         println!("policies     (none select this workload)");
+        for (i, n) in e.not_selected.iter().enumerate() {
+            let label = if i == 0 { "not selected" } else { "" };
+            let flag = to_select(&n.why)
+                .map(|f| format!(" (to select it: {f})"))
+                .unwrap_or_default();
+            println!(
+                "{label:<12} {} ({}): {}{flag}",
+                n.policy.name, n.policy.source, n.message
+            );
+        }
     } else {
         for (i, p) in e.policies.iter().enumerate() {
             let label = if i == 0 { "policies" } else { "" };
@@ -344,5 +468,42 @@ fn print_text(e: &Explanation) {
         );
     } else {
         println!("udp, raw     not judged for mode {}", e.mode);
+    }
+}
+
+/// The flag that would make a policy select the workload.
+fn to_select(why: &Mismatch) -> Option<String> {
+    Some(match why {
+        Mismatch::Mesh { wanted, .. } => format!("--mesh {wanted}"),
+        Mismatch::Namespace {
+            wanted: Some(ns), ..
+        }
+        | Mismatch::DataplaneNamespace { wanted: ns, .. } => format!("--namespace {ns}"),
+        Mismatch::ProxyType { wanted, .. } => format!("--proxy-type {}", wanted.first()?),
+        Mismatch::Tag { key, wanted, .. } => format!("--tag {key}={wanted}"),
+        Mismatch::Label { key, wanted, .. } => format!("--label {key}={wanted}"),
+        Mismatch::Name { wanted, .. } => format!("--name {wanted}"),
+        Mismatch::Namespace { wanted: None, .. } | Mismatch::Kind { .. } => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_that_are_not_addresses_say_what_to_write() {
+        assert!(destination("10.1.2.3:443").is_ok());
+        assert!(destination("[2001:db8::1]:443").is_ok());
+        let e = destination("httpbin.org:443").expect_err("name");
+        assert!(e.contains("--sni httpbin.org"), "{e}");
+        let e = destination("2001:db8::1:443").expect_err("v6");
+        assert!(e.contains("[2001:db8::1]:443"), "{e}");
+        let e = destination("10.240.15.39").expect_err("no port");
+        assert!(e.contains("e.g. 10.240.15.39:443"), "{e}");
+        let e = destination("10.1.2.3:70000").expect_err("port");
+        assert!(e.contains("port 70000 is outside 1-65535"), "{e}");
+        let e = destination("httpbin.org").expect_err("bare name");
+        assert!(e.contains("--sni httpbin.org"), "{e}");
     }
 }

@@ -12,6 +12,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::policy::set::Finding;
+
 /// passthrough: Kuma MeshPassthrough egress policy, enforced in the Linux kernel with eBPF.
 #[derive(Debug, Parser)]
 #[command(name = "passthrough", version, about, long_about = None)]
@@ -33,12 +35,16 @@ pub enum Output {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate MeshPassthrough policies exactly as Kuma does.
+    /// Validate MeshPassthrough policies exactly as Kuma does and the agent applies them, or
+    /// an agent config (--config) offline.
     ///
-    /// Exit code 0: every policy is valid; 1: at least one violation; 2: a file could not be
-    /// read as YAML. One line per violation: `FILE#DOC NAME: FIELD: MESSAGE`.
+    /// The agent refuses exactly what this refuses: Kuma's rules, names defined twice, and
+    /// two of http/http2/grpc on one port for a workload two policies both select. One line
+    /// per finding, `FILE#DOC NAME: FIELD: MESSAGE` (Kuma's message), then an indented
+    /// `hint:` with the value and the fix; warnings start with `warning: `. Exit code 0:
+    /// valid (warnings allowed, unless --strict); 1: refused; 2: a file could not be read.
     ///
-    /// Example: passthrough validate policies/ extra.yaml
+    /// Example: passthrough validate --strict policies/ extra.yaml
     Validate(validate::Args),
 
     /// Explain the verdict for one destination of one workload.
@@ -112,10 +118,109 @@ pub fn fail(output: Output, message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Prints the lines (with their hints) of findings on stderr, for people.
+pub fn print_findings_text(findings: &[Finding]) {
+    for f in findings {
+        eprintln!("{}", f.line());
+        if let Some(h) = f.hint_line() {
+            eprintln!("{h}");
+        }
+    }
+}
+
+/// The command line asks for JSON output (`-o json`, `--output json`, `-ojson`,
+/// `--output=json`), read from the raw arguments: clap has not parsed them when its own
+/// errors are printed.
+pub fn wants_json<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> bool {
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .take_while(|a| a != "--")
+        .collect();
+    args.iter().enumerate().any(|(i, a)| {
+        matches!(a.as_str(), "-ojson" | "-o=json" | "--output=json")
+            || (matches!(a.as_str(), "-o" | "--output")
+                && args.get(i + 1).is_some_and(|v| v == "json"))
+    })
+}
+
+/// Reports a command line clap refused: as clap prints it, or, when `-o json` is among the
+/// arguments, as a JSON object (`error`, `kind`, and where clap knows them `argument`,
+/// `value`, `tip`, `usage`) on stdout. Help and version are printed as they are.
+pub fn argument_error(e: &clap::Error, json: bool) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue};
+    let code = u8::try_from(e.exit_code()).unwrap_or(2);
+    if code == 0 || !json {
+        let _ = e.print();
+        return ExitCode::from(code);
+    }
+    let text = e.render().to_string();
+    let mut message = String::new();
+    let mut tips = Vec::new();
+    let mut usage = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("error: ") {
+            message = rest.to_string();
+        } else if let Some(rest) = t.strip_prefix("tip: ") {
+            tips.push(rest.to_string());
+        } else if let Some(rest) = t.strip_prefix("Usage: ") {
+            usage = Some(rest.to_string());
+        } else if !t.is_empty() && !t.starts_with("For more information") && message.is_empty() {
+            message = t.to_string();
+        }
+    }
+    let context = |kind: ContextKind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => Some(v.join(", ")),
+        _ => None,
+    };
+    let mut out = serde_json::json!({
+        "error": message,
+        "kind": snake_case(&format!("{:?}", e.kind())),
+    });
+    for (key, kind) in [
+        ("argument", ContextKind::InvalidArg),
+        ("value", ContextKind::InvalidValue),
+    ] {
+        if let Some(v) = context(kind) {
+            out[key] = v.into();
+        }
+    }
+    if !tips.is_empty() {
+        out["tip"] = tips.join("; ").into();
+    }
+    if let Some(u) = usage {
+        out["usage"] = u.into();
+    }
+    println!("{out}");
+    ExitCode::from(code)
+}
+
+/// `InvalidValue` -> `invalid_value`.
+fn snake_case(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Prints a serialisable value as pretty JSON.
 pub fn print_json(value: &impl serde::Serialize) {
+    use std::io::Write as _;
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
+        // A reader that went away (`| head`) is not an error of ours.
+        Ok(s) => {
+            let _ = writeln!(std::io::stdout(), "{s}");
+        }
         Err(e) => eprintln!("error: cannot encode output: {e}"),
     }
 }
@@ -124,8 +229,43 @@ pub fn print_json(value: &impl serde::Serialize) {
 mod tests {
     use clap::CommandFactory as _;
 
+    use super::*;
+
     #[test]
     fn command_line_definition_is_consistent() {
-        super::Cli::command().debug_assert();
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn json_output_is_recognised_in_every_spelling() {
+        let args = |s: &str| {
+            s.split(' ')
+                .map(std::ffi::OsString::from)
+                .collect::<Vec<_>>()
+        };
+        for yes in [
+            "passthrough -o json explain",
+            "passthrough explain --output json x",
+            "passthrough -ojson validate",
+            "passthrough --output=json status",
+        ] {
+            assert!(wants_json(args(yes)), "{yes}");
+        }
+        for no in [
+            "passthrough explain json",
+            "passthrough -o text explain",
+            "passthrough explain -- -o json",
+        ] {
+            assert!(!wants_json(args(no)), "{no}");
+        }
+    }
+
+    #[test]
+    fn clap_kinds_become_snake_case_values() {
+        assert_eq!(snake_case("InvalidValue"), "invalid_value");
+        assert_eq!(
+            snake_case("MissingRequiredArgument"),
+            "missing_required_argument"
+        );
     }
 }

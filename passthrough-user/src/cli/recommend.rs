@@ -3,12 +3,19 @@
 //! decisions), one policy per workload, each entry commented with what it covers.
 
 use std::{
-    collections::BTreeMap, fmt::Write as _, net::SocketAddr, process::ExitCode, time::SystemTime,
+    collections::BTreeMap,
+    fmt::Write as _,
+    process::ExitCode,
+    time::{Duration, SystemTime},
 };
 
 use clap::Args as ClapArgs;
 
-use super::{Output, agent::fetch, fail};
+use super::{
+    Output,
+    agent::{AdminAddr, fetch},
+    fail,
+};
 use crate::{
     agent::{
         config::{DEFAULT_ADMIN, duration_text},
@@ -19,31 +26,26 @@ use crate::{
 
 #[derive(Debug, ClapArgs)]
 pub struct Args {
-    /// Address of a running agent's admin endpoint.
-    #[arg(long, default_value = DEFAULT_ADMIN)]
-    pub admin: SocketAddr,
-    /// Only events of the last DURATION (e.g. 30m, 2h... written as 90s, 30m).
-    #[arg(long, value_name = "DURATION")]
-    pub since: Option<String>,
+    /// Address of a running agent's admin endpoint: IP:PORT or HOST:PORT.
+    #[arg(long, default_value = DEFAULT_ADMIN, value_parser = AdminAddr::parse)]
+    pub admin: AdminAddr,
+    /// Only events of the last DURATION: a whole number with ms, s, m or h (90s, 30m, 2h).
+    #[arg(long, value_name = "DURATION", value_parser = since)]
+    pub since: Option<Duration>,
     /// Only this workload: its cgroup path as in the agent's config, or its name.
     #[arg(long, value_name = "W")]
     pub workload: Option<String>,
 }
 
 pub fn run(args: &Args, output: Output) -> ExitCode {
-    let cutoff = match &args.since {
-        None => None,
-        Some(s) => match duration_text::parse(s) {
-            Some(d) => Some(rfc3339(SystemTime::now() - d)),
-            None => {
-                return fail(
-                    output,
-                    &format!("--since {s:?}: write a whole number with ms, s or m, e.g. 30m"),
-                );
-            }
-        },
-    };
-    let body = match fetch(args.admin, "/events") {
+    let cutoff = args.since.map(|d| {
+        rfc3339(
+            SystemTime::now()
+                .checked_sub(d)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        )
+    });
+    let body = match fetch(&args.admin, "/events") {
         Ok(body) => body,
         Err(message) => return fail(output, &message),
     };
@@ -74,9 +76,14 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
 
 fn since_text(args: &Args) -> String {
     args.since
-        .as_ref()
-        .map(|s| format!(" in the last {s}"))
+        .map(|d| format!(" in the last {}s", d.as_secs()))
         .unwrap_or_default()
+}
+
+/// A `--since` value.
+fn since(s: &str) -> Result<Duration, String> {
+    duration_text::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a duration: {}", duration_text::EXPECTED))
 }
 
 /// One appendMatch entry, as it will be written.

@@ -5,11 +5,11 @@ use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
 use clap::Args as ClapArgs;
 
-use super::{Output, fail, print_json};
+use super::{Output, fail, print_findings_text, print_json};
 use crate::policy::{
     merge::SelectOptions,
     model::{DEFAULT_MESH, DEFAULT_SYSTEM_NAMESPACE, Policy},
-    set::{PolicySet, Problem},
+    set::{Finding, PolicySet},
     workload::{ProxyType, Workload},
 };
 
@@ -81,31 +81,47 @@ impl WorkloadArgs {
         }
     }
 
-    /// Loads the policies; any problem is an error (exit code 2), since a verdict computed
-    /// from part of the input would be wrong.
-    pub fn load(&self, output: Output) -> Result<Vec<Policy>, ExitCode> {
-        let set = PolicySet::load(&self.policies);
-        if set.problems.is_empty() {
-            return Ok(set.policies);
-        }
-        match output {
-            Output::Text => {
-                for line in set.problems.iter().flat_map(Problem::lines) {
-                    eprintln!("{line}");
+    /// Loads the policies through the agent's validation path; any error is an error here
+    /// too (exit code 2), since a verdict computed from part of the input would be wrong.
+    /// Warnings are printed on stderr (text) or returned for the JSON output.
+    pub fn load(&self, output: Output) -> Result<Loaded, ExitCode> {
+        let set = PolicySet::load(&self.policies, &self.select_options());
+        if set.has_errors() {
+            return Err(match output {
+                Output::Text => {
+                    print_findings_text(&set.findings());
+                    fail(
+                        output,
+                        "the policies are not valid (see above); fix them or check them with `passthrough validate`",
+                    )
                 }
-                Err(fail(
-                    output,
-                    "the policies are not valid (see above); fix them or check them with `passthrough validate`",
-                ))
-            }
-            Output::Json => {
-                let records: Vec<_> = set.problems.iter().flat_map(Problem::records).collect();
-                print_json(&serde_json::json!({
-                    "error": "the policies are not valid",
-                    "problems": records,
-                }));
-                Err(ExitCode::from(2))
-            }
+                Output::Json => {
+                    print_json(&serde_json::json!({
+                        "error": "the policies are not valid",
+                        "problems": set.findings(),
+                    }));
+                    ExitCode::from(2)
+                }
+            });
         }
+        let warnings = set.warnings();
+        if output == Output::Text {
+            print_findings_text(&warnings);
+        }
+        Ok(Loaded {
+            files: set.files,
+            policies: set.policies,
+            warnings,
+        })
     }
+}
+
+/// Policies read for one verb.
+#[derive(Debug)]
+pub struct Loaded {
+    pub policies: Vec<Policy>,
+    /// Files read.
+    pub files: usize,
+    /// What was reported without refusing the set.
+    pub warnings: Vec<Finding>,
 }

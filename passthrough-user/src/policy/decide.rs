@@ -52,6 +52,7 @@ impl fmt::Display for Action {
 
 /// A decision and why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Verdict {
     pub action: Action,
     #[serde(serialize_with = "reason_name")]

@@ -16,8 +16,9 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 
-use super::model::{
-    DEFAULT_MESH, Format, KubernetesDoc, Policy, Source, Spec, UniversalDoc, labels,
+use super::{
+    describe,
+    model::{DEFAULT_MESH, Format, KubernetesDoc, Policy, Source, Spec, UniversalDoc, labels},
 };
 
 /// Largest policy file read. Kubernetes objects are limited to about 1.5 MB by etcd; a file
@@ -78,11 +79,21 @@ pub struct FileResult {
 /// files ending in `.yaml`, `.yml` or `.json` (names starting with `.` are skipped, which
 /// also skips the `..data` links of Kubernetes ConfigMap volumes). Results are in path order.
 pub fn load_paths(paths: &[PathBuf]) -> Vec<FileResult> {
+    load_paths_reporting(paths).0
+}
+
+/// [`load_paths`], and the files of the directories that were left out for their name
+/// (hidden files are not counted: they are never policies).
+pub fn load_paths_reporting(paths: &[PathBuf]) -> (Vec<FileResult>, Vec<PathBuf>) {
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     for path in paths {
         match fs::metadata(path) {
-            Ok(meta) if meta.is_dir() => match policy_files_in(path) {
-                Ok(files) => out.extend(files.iter().map(|f| load_file(f))),
+            Ok(meta) if meta.is_dir() => match scan_dir(path) {
+                Ok(scan) => {
+                    out.extend(scan.files.iter().map(|f| load_file(f)));
+                    skipped.extend(scan.skipped);
+                }
                 Err(source) => out.push(FileResult {
                     path: path.display().to_string(),
                     outcome: Err(LoadError::Io {
@@ -94,12 +105,24 @@ pub fn load_paths(paths: &[PathBuf]) -> Vec<FileResult> {
             _ => out.push(load_file(path)),
         }
     }
-    out
+    (out, skipped)
+}
+
+/// The files below a directory, sorted: those read as policies and those left out.
+#[derive(Debug, Default)]
+pub struct DirScan {
+    pub files: Vec<PathBuf>,
+    pub skipped: Vec<PathBuf>,
 }
 
 /// The policy files below a directory, sorted.
 pub fn policy_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
+    Ok(scan_dir(dir)?.files)
+}
+
+/// Walks a directory: policy files by their extension, and the other (non-hidden) files.
+pub fn scan_dir(dir: &Path) -> std::io::Result<DirScan> {
+    let mut scan = DirScan::default();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
         for entry in fs::read_dir(&d)? {
@@ -118,12 +141,15 @@ pub fn policy_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
                 .and_then(|e| e.to_str())
                 .is_some_and(|e| POLICY_EXTENSIONS.contains(&e))
             {
-                files.push(path);
+                scan.files.push(path);
+            } else {
+                scan.skipped.push(path);
             }
         }
     }
-    files.sort();
-    Ok(files)
+    scan.files.sort();
+    scan.skipped.sort();
+    Ok(scan)
 }
 
 /// Reads one file.
@@ -299,30 +325,12 @@ fn typed<T: for<'de> Deserialize<'de>>(
     value: serde_yaml::Value,
     err: impl Fn(String, String) -> DocError,
 ) -> Result<T, DocError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
+    serde_path_to_error::deserialize(&value).map_err(|e| {
         let field = e.path().to_string();
+        let found = describe::value_at(&value, e.path());
         let field = if field == "." { String::new() } else { field };
-        err(field, clean_message(&e.inner().to_string()))
+        err(field, describe::message(&e.inner().to_string(), found))
     })
-}
-
-/// serde's messages name Rust types; say what YAML would be accepted instead.
-fn clean_message(msg: &str) -> String {
-    if let Some(rest) = msg.strip_prefix("unknown field ") {
-        // "unknown field `x`, expected one of `a`, `b`"
-        let rest = rest.replace('`', "");
-        return match rest.split_once(", expected ") {
-            Some((field, expected)) => {
-                format!("unknown field {field}; the fields accepted here are {expected}")
-            }
-            None => format!("unknown field {rest}"),
-        };
-    }
-    if let Some(rest) = msg.strip_prefix("missing field ") {
-        return format!("missing required field {}", rest.replace('`', ""));
-    }
-    msg.replace("u32", "a port number (1-65535)")
-        .replace("invalid type: ", "wrong type: ")
 }
 
 #[cfg(test)]
@@ -485,6 +493,8 @@ spec:
             .map(|f| f.strip_prefix(p).expect("prefix").display().to_string())
             .collect();
         assert_eq!(names, ["b.yaml", "sub/a.yml"]);
+        let skipped = scan_dir(p).expect("scan").skipped;
+        assert_eq!(skipped, [p.join("README.md")]);
     }
 
     #[test]

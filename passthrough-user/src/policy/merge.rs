@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::{
     model::{DEFAULT_SYSTEM_NAMESPACE, Format, Match, Policy, Source, labels},
-    workload::Workload,
+    workload::{ProxyType, Workload},
 };
 
 /// Settings that change which policies apply.
@@ -67,6 +67,18 @@ pub enum Role {
     WorkloadOwner,
 }
 
+impl Role {
+    /// The `kuma.io/policy-role` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::Producer => "producer",
+            Role::Consumer => "consumer",
+            Role::WorkloadOwner => "workload-owner",
+        }
+    }
+}
+
 /// The role of a policy: its `kuma.io/policy-role` label, else what Kuma computes for a
 /// policy without `to`/`from`: workload-owner outside the system namespace, system elsewhere.
 /// A Kubernetes-form policy read from a file without `metadata.namespace` counts as system.
@@ -87,43 +99,197 @@ pub fn role_of(policy: &Policy, opts: &SelectOptions) -> Role {
 /// Whether `policy` selects `workload` (Kuma's `DppSelectedByPolicy`, less the zone check:
 /// one agent serves one zone).
 pub fn selects(policy: &Policy, workload: &Workload, opts: &SelectOptions) -> bool {
-    if policy.mesh != workload.mesh {
-        return false;
+    mismatch(policy, workload, opts).is_none()
+}
+
+/// Why a policy does not select a workload: the first requirement of the policy that the
+/// workload does not meet, in the order Kuma checks them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Mismatch {
+    /// The policy is of another mesh.
+    Mesh { wanted: String, actual: String },
+    /// A consumer or workload-owner policy applies only in its own namespace.
+    Namespace {
+        role: Role,
+        wanted: Option<String>,
+        actual: Option<String>,
+    },
+    /// `targetRef.proxyTypes` leaves this proxy type out.
+    ProxyType {
+        wanted: Vec<String>,
+        actual: ProxyType,
+    },
+    /// A `MeshSubset` tag the workload lacks or has another value of.
+    Tag {
+        key: String,
+        wanted: String,
+        actual: Option<String>,
+    },
+    /// A `Dataplane` label the workload lacks or has another value of.
+    Label {
+        key: String,
+        wanted: String,
+        actual: Option<String>,
+    },
+    /// A `Dataplane` reference by name: another name.
+    Name {
+        wanted: String,
+        actual: Option<String>,
+    },
+    /// A `Dataplane` reference by name: another namespace.
+    DataplaneNamespace {
+        wanted: String,
+        actual: Option<String>,
+    },
+    /// A targetRef kind that selects nothing (validation refuses it).
+    Kind { kind: String },
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let or_unset =
+            |v: &Option<String>| v.as_ref().map_or("not set".into(), |v| format!("{v:?}"));
+        match self {
+            Mismatch::Mesh { wanted, actual } => write!(
+                f,
+                "mesh: the policy is in mesh {wanted:?}, the workload in mesh {actual:?}"
+            ),
+            Mismatch::Namespace {
+                role,
+                wanted,
+                actual,
+            } => write!(
+                f,
+                "namespace: a {} policy applies only to workloads of its own namespace {}; the workload's namespace is {}",
+                role.name(),
+                or_unset(wanted),
+                or_unset(actual)
+            ),
+            Mismatch::ProxyType { wanted, actual } => write!(
+                f,
+                "proxyTypes: the policy selects {}, the workload is a {actual}",
+                wanted.join(", ")
+            ),
+            Mismatch::Tag {
+                key,
+                wanted,
+                actual,
+            } => match actual {
+                Some(a) => write!(
+                    f,
+                    "tag {key}: the policy wants {wanted:?}, the workload has {a:?}"
+                ),
+                None => write!(
+                    f,
+                    "tag {key}: the policy wants {wanted:?}, the workload has no such tag"
+                ),
+            },
+            Mismatch::Label {
+                key,
+                wanted,
+                actual,
+            } => match actual {
+                Some(a) => write!(
+                    f,
+                    "label {key}: the policy wants {wanted:?}, the workload has {a:?}"
+                ),
+                None => write!(
+                    f,
+                    "label {key}: the policy wants {wanted:?}, the workload has no such label"
+                ),
+            },
+            Mismatch::Name { wanted, actual } => write!(
+                f,
+                "name: the policy selects the Dataplane named {wanted:?}, the workload's name is {}",
+                or_unset(actual)
+            ),
+            Mismatch::DataplaneNamespace { wanted, actual } => write!(
+                f,
+                "namespace: the policy selects a Dataplane in namespace {wanted:?}, the workload's namespace is {}",
+                or_unset(actual)
+            ),
+            Mismatch::Kind { kind } => write!(f, "kind: {kind:?} selects no workload"),
+        }
     }
-    if matches!(role_of(policy, opts), Role::Consumer | Role::WorkloadOwner)
+}
+
+/// The first requirement of `policy` that `workload` does not meet; `None` when the policy
+/// selects the workload.
+pub fn mismatch(policy: &Policy, workload: &Workload, opts: &SelectOptions) -> Option<Mismatch> {
+    if policy.mesh != workload.mesh {
+        return Some(Mismatch::Mesh {
+            wanted: policy.mesh.clone(),
+            actual: workload.mesh.clone(),
+        });
+    }
+    let role = role_of(policy, opts);
+    if matches!(role, Role::Consumer | Role::WorkloadOwner)
         && policy.namespace.as_deref() != workload.effective_namespace()
     {
-        return false;
+        return Some(Mismatch::Namespace {
+            role,
+            wanted: policy.namespace.clone(),
+            actual: workload.effective_namespace().map(str::to_string),
+        });
     }
     let tr = policy.target_ref();
-    let proxy_type_ok = || match &tr.proxy_types {
-        Some(types) if !types.is_empty() => types.iter().any(|t| t == workload.proxy_type.as_str()),
-        _ => true,
+    let proxy_type = || match &tr.proxy_types {
+        Some(types)
+            if !types.is_empty() && !types.iter().any(|t| t == workload.proxy_type.as_str()) =>
+        {
+            Some(Mismatch::ProxyType {
+                wanted: types.clone(),
+                actual: workload.proxy_type,
+            })
+        }
+        _ => None,
+    };
+    let missing = |wanted: &BTreeMap<String, String>, have: &BTreeMap<String, String>| {
+        wanted
+            .iter()
+            .find(|(k, v)| have.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), v.clone(), have.get(k).cloned()))
     };
     match tr.kind.as_str() {
-        "Mesh" => proxy_type_ok(),
-        "MeshSubset" => {
-            proxy_type_ok()
-                && tr
-                    .tags
-                    .iter()
-                    .flatten()
-                    .all(|(k, v)| workload.tags.get(k) == Some(v))
-        }
+        "Mesh" => proxy_type(),
+        "MeshSubset" => proxy_type().or_else(|| {
+            let (key, wanted, actual) = missing(tr.tags.as_ref()?, &workload.tags)?;
+            Some(Mismatch::Tag {
+                key,
+                wanted,
+                actual,
+            })
+        }),
         "Dataplane" => {
             if let Some(labels) = &tr.labels {
-                labels
-                    .iter()
-                    .all(|(k, v)| workload.labels.get(k) == Some(v))
+                let (key, wanted, actual) = missing(labels, &workload.labels)?;
+                Some(Mismatch::Label {
+                    key,
+                    wanted,
+                    actual,
+                })
             } else if let Some(name) = &tr.name {
-                let ns = tr.namespace.as_ref().or(policy.namespace.as_ref());
-                workload.name.as_ref() == Some(name)
-                    && ns.is_none_or(|ns| workload.effective_namespace() == Some(ns.as_str()))
+                if workload.name.as_ref() != Some(name) {
+                    return Some(Mismatch::Name {
+                        wanted: name.clone(),
+                        actual: workload.name.clone(),
+                    });
+                }
+                let ns = tr.namespace.as_ref().or(policy.namespace.as_ref())?;
+                (workload.effective_namespace() != Some(ns.as_str())).then(|| {
+                    Mismatch::DataplaneNamespace {
+                        wanted: ns.clone(),
+                        actual: workload.effective_namespace().map(str::to_string),
+                    }
+                })
             } else {
-                true
+                None
             }
         }
-        _ => false,
+        other => Some(Mismatch::Kind {
+            kind: other.to_string(),
+        }),
     }
 }
 

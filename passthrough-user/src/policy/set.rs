@@ -1,79 +1,220 @@
 //! A set of policy files, read and validated as one: what the CLI and the agent work from.
+//!
+//! This is the one validation path: `validate`, `explain`, `compile` and the agent's reload
+//! all call [`PolicySet::load_with`], so a set `validate` accepts is exactly a set the agent
+//! applies, and they refuse it with the same lines.
 
 use std::{collections::BTreeMap, fmt, path::PathBuf};
 
 use serde::Serialize;
 
 use super::{
-    Violation,
-    load::{Document, LoadError, load_paths},
-    model::{Policy, Source},
+    Severity, Violation,
+    load::{Document, LoadError, load_paths_reporting},
+    merge::{Conflict, SelectOptions},
+    model::{Format, Policy, Source},
+    overlap,
     validate::validate,
+    workload::Workload,
 };
 
-/// Something wrong with the input.
+/// Something about the input worth reporting; [`Problem::severity`] says whether it refuses
+/// the set.
 #[derive(Debug)]
 pub enum Problem {
     /// A file that could not be read as YAML: nothing in it can be trusted.
     Unreadable(LoadError),
-    /// A document that is not a valid MeshPassthrough.
-    Invalid {
+    /// Findings about one document: violations (it is refused) and warnings.
+    Document {
         source: Source,
         name: String,
         violations: Vec<Violation>,
     },
+    /// Two policies that some workload would merge into two L7 protocols on one port.
+    Conflict {
+        conflict: Box<Conflict>,
+        /// The least workload both policies select.
+        workload: Box<Workload>,
+    },
+    /// A file in a directory that was not read for its name.
+    Skipped { path: String },
+    /// A file with no document in it.
+    Empty { path: String },
+    /// Nothing at all was read from the paths given.
+    NoDocuments { paths: Vec<String> },
 }
 
-impl Problem {
-    /// One line per violation, `FILE#DOC NAME: FIELD: MESSAGE` (the `validate` contract).
-    pub fn lines(&self) -> Vec<String> {
-        match self {
-            Problem::Unreadable(e) => vec![e.to_string()],
-            Problem::Invalid {
-                source,
-                name,
-                violations,
-            } => violations
-                .iter()
-                .map(|v| {
-                    let name = if name.is_empty() { "<unnamed>" } else { name };
-                    if v.field.is_empty() {
-                        format!("{source} {name}: {}", v.message)
-                    } else {
-                        format!("{source} {name}: {}: {}", v.field, v.message)
-                    }
-                })
-                .collect(),
+/// What kind of finding a [`Finding`] is (the JSON `kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    Unreadable,
+    Violation,
+    Conflict,
+    Skipped,
+    Empty,
+    NoDocuments,
+}
+
+/// One finding, flat: a line of `validate`'s output, or an object of its JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    pub kind: FindingKind,
+    pub file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub doc: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Kuma's message where the rule is Kuma's, byte for byte.
+    pub message: String,
+    /// passthrough's explanation: the value, what was expected, the fix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl Finding {
+    /// The `validate` line: `FILE#DOC NAME: FIELD: MESSAGE`, with `warning: ` in front of a
+    /// warning. The hint is not part of it (see [`Finding::hint_line`]).
+    pub fn line(&self) -> String {
+        let prefix = match self.severity {
+            Severity::Error => "",
+            Severity::Warning => "warning: ",
+        };
+        let place = match (self.doc, &self.name) {
+            (Some(doc), Some(name)) => {
+                let name = if name.is_empty() { "<unnamed>" } else { name };
+                format!("{}#{doc} {name}", self.file)
+            }
+            _ => self.file.clone(),
+        };
+        let place = if place.is_empty() {
+            String::new()
+        } else {
+            format!("{place}: ")
+        };
+        match self.field.as_deref() {
+            Some(field) if !field.is_empty() => {
+                format!("{prefix}{place}{field}: {}", self.message)
+            }
+            _ => format!("{prefix}{place}{}", self.message),
         }
     }
 
-    /// The same, as JSON objects.
-    pub fn records(&self) -> Vec<ProblemRecord> {
+    /// The hint, indented under its line.
+    pub fn hint_line(&self) -> Option<String> {
+        self.hint.as_ref().map(|h| format!("  hint: {h}"))
+    }
+}
+
+impl Problem {
+    /// An error refuses the set; a warning does not.
+    pub fn severity(&self) -> Severity {
         match self {
-            Problem::Unreadable(e) => vec![ProblemRecord {
-                kind: "unreadable",
-                file: unreadable_path(e).to_string(),
-                doc: None,
-                name: None,
-                field: None,
-                message: e.to_string(),
-            }],
-            Problem::Invalid {
+            Problem::Unreadable(_) | Problem::Conflict { .. } => Severity::Error,
+            Problem::Document { violations, .. } => violations
+                .iter()
+                .map(|v| v.severity)
+                .max()
+                .unwrap_or(Severity::Warning),
+            Problem::Skipped { .. } | Problem::Empty { .. } | Problem::NoDocuments { .. } => {
+                Severity::Warning
+            }
+        }
+    }
+
+    /// The document this is about, where there is one (a conflict: the policy bringing the
+    /// second protocol).
+    pub fn source(&self) -> Option<&Source> {
+        match self {
+            Problem::Document { source, .. } => Some(source),
+            Problem::Conflict { conflict, .. } => Some(&conflict.second.policy.source),
+            _ => None,
+        }
+    }
+
+    /// Every finding, in order.
+    pub fn findings(&self) -> Vec<Finding> {
+        let plain = |severity, kind, file: &str, message: String, hint: Option<String>| Finding {
+            severity,
+            kind,
+            file: file.to_string(),
+            doc: None,
+            name: None,
+            field: None,
+            message,
+            hint,
+        };
+        match self {
+            Problem::Unreadable(e) => {
+                let path = unreadable_path(e);
+                let message = e.to_string();
+                let message = message
+                    .strip_prefix(&format!("{path}: "))
+                    .map_or(message.clone(), str::to_string);
+                vec![plain(Severity::Error, FindingKind::Unreadable, path, message, None)]
+            }
+            Problem::Document {
                 source,
                 name,
                 violations,
             } => violations
                 .iter()
-                .map(|v| ProblemRecord {
-                    kind: "violation",
+                .map(|v| Finding {
+                    severity: v.severity,
+                    kind: FindingKind::Violation,
                     file: source.file.clone(),
                     doc: Some(source.doc),
                     name: Some(name.clone()),
                     field: Some(v.field.clone()),
                     message: v.message.clone(),
+                    hint: v.hint.clone(),
                 })
                 .collect(),
+            Problem::Conflict { conflict, workload } => vec![Finding {
+                severity: Severity::Error,
+                kind: FindingKind::Conflict,
+                file: conflict.second.policy.source.file.clone(),
+                doc: Some(conflict.second.policy.source.doc),
+                name: Some(conflict.second.policy.name.clone()),
+                field: Some(format!(
+                    "spec.default.appendMatch[{}].port",
+                    conflict.second.index
+                )),
+                message: conflict.to_string(),
+                hint: Some(format!(
+                    "both policies select a workload with {workload} (and any workload with more tags or labels); narrow one targetRef, or move one entry to another port"
+                )),
+            }],
+            Problem::Skipped { path } => vec![plain(
+                Severity::Warning,
+                FindingKind::Skipped,
+                path,
+                "not read: only files ending in .yaml, .yml or .json are read from a directory".into(),
+                Some("rename it if it is a policy file, or move it out of the policy directory".into()),
+            )],
+            Problem::Empty { path } => vec![plain(
+                Severity::Warning,
+                FindingKind::Empty,
+                path,
+                "no documents in this file: it holds no policy".into(),
+                None,
+            )],
+            Problem::NoDocuments { paths } => vec![plain(
+                Severity::Warning,
+                FindingKind::NoDocuments,
+                "",
+                format!("0 documents read from {}", paths.join(", ")),
+                Some("no policy was read, so none applies: check the paths (directories are read for *.yaml, *.yml and *.json)".into()),
+            )],
         }
+    }
+
+    /// One line per finding (the `validate` contract), hints left out.
+    pub fn lines(&self) -> Vec<String> {
+        self.findings().iter().map(Finding::line).collect()
     }
 }
 
@@ -86,20 +227,6 @@ fn unreadable_path(e: &LoadError) -> &str {
     }
 }
 
-/// A problem as `-o json` prints it.
-#[derive(Debug, Serialize)]
-pub struct ProblemRecord {
-    pub kind: &'static str,
-    pub file: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub doc: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    pub message: String,
-}
-
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.lines().join("\n"))
@@ -109,54 +236,75 @@ impl fmt::Display for Problem {
 /// The outcome of reading a set of paths.
 #[derive(Debug, Default)]
 pub struct PolicySet {
-    /// Every valid policy, in file order.
+    /// Every policy without an error, in file order.
     pub policies: Vec<Policy>,
-    /// Everything that was not.
+    /// Errors and warnings, in the order found.
     pub problems: Vec<Problem>,
     /// Files read (or attempted).
     pub files: usize,
+    /// Documents read, valid or not.
+    pub documents: usize,
 }
 
 impl PolicySet {
     /// Reads and validates every policy under `paths`.
-    pub fn load(paths: &[PathBuf]) -> Self {
-        Self::load_with(paths, Vec::new())
+    pub fn load(paths: &[PathBuf], opts: &SelectOptions) -> Self {
+        Self::load_with(paths, Vec::new(), opts)
     }
 
     /// Reads and validates every policy under `paths` and the `extra` documents (policies
-    /// from another source, such as the Kubernetes API), as one set.
-    pub fn load_with(paths: &[PathBuf], extra: Vec<Document>) -> Self {
+    /// from another source, such as the Kubernetes API), as one set: each document, names
+    /// defined twice, and the merge conflicts any workload could meet.
+    pub fn load_with(paths: &[PathBuf], extra: Vec<Document>, opts: &SelectOptions) -> Self {
         let mut set = PolicySet::default();
-        for file in load_paths(paths) {
+        let (files, skipped) = load_paths_reporting(paths);
+        for file in files {
             set.files += 1;
             match file.outcome {
                 Err(e) => set.problems.push(Problem::Unreadable(e)),
+                Ok(docs) if docs.is_empty() => {
+                    set.problems.push(Problem::Empty { path: file.path })
+                }
                 Ok(docs) => set.add(docs),
             }
         }
+        for path in skipped {
+            set.problems.push(Problem::Skipped {
+                path: path.display().to_string(),
+            });
+        }
         set.add(extra);
+        if set.documents == 0 && !paths.is_empty() && !set.has_unreadable() {
+            set.problems.push(Problem::NoDocuments {
+                paths: paths.iter().map(|p| p.display().to_string()).collect(),
+            });
+        }
         set.reject_duplicates();
+        set.reject_conflicts(opts);
         set
     }
 
     fn add(&mut self, docs: Vec<Document>) {
         for doc in docs {
+            self.documents += 1;
             match doc {
-                Document::Invalid(e) => self.problems.push(Problem::Invalid {
+                Document::Invalid(e) => self.problems.push(Problem::Document {
                     source: e.source,
                     name: e.name.unwrap_or_default(),
                     violations: vec![Violation::new(e.field, e.message)],
                 }),
                 Document::Policy(p) => {
                     let violations = validate(&p);
-                    if violations.is_empty() {
-                        self.policies.push(*p);
-                    } else {
-                        self.problems.push(Problem::Invalid {
+                    let refused = violations.iter().any(Violation::is_error);
+                    if !violations.is_empty() {
+                        self.problems.push(Problem::Document {
                             source: p.source.clone(),
                             name: p.name.clone(),
                             violations,
                         });
+                    }
+                    if !refused {
+                        self.policies.push(*p);
                     }
                 }
             }
@@ -185,10 +333,10 @@ impl PolicySet {
         for &i in dup.iter().rev() {
             let p = self.policies.remove(i);
             let field = match p.format {
-                super::model::Format::Kubernetes => "metadata.name",
-                super::model::Format::Universal => "name",
+                Format::Kubernetes => "metadata.name",
+                Format::Universal => "name",
             };
-            self.problems.push(Problem::Invalid {
+            self.problems.push(Problem::Document {
                 source: p.source.clone(),
                 name: p.name.clone(),
                 violations: vec![Violation::new(
@@ -203,11 +351,49 @@ impl PolicySet {
         }
     }
 
+    /// Merge conflicts between valid policies, for any workload they could both select.
+    fn reject_conflicts(&mut self, opts: &SelectOptions) {
+        for (conflict, workload) in overlap::conflicts(&self.policies, opts) {
+            self.problems.push(Problem::Conflict {
+                conflict: Box::new(conflict),
+                workload: Box::new(workload),
+            });
+        }
+    }
+
+    /// Whether anything refuses the set.
+    pub fn has_errors(&self) -> bool {
+        self.problems
+            .iter()
+            .any(|p| p.severity() == Severity::Error)
+    }
+
     /// Whether any file could not be read at all.
     pub fn has_unreadable(&self) -> bool {
         self.problems
             .iter()
             .any(|p| matches!(p, Problem::Unreadable(_)))
+    }
+
+    /// Every finding, errors and warnings, in order.
+    pub fn findings(&self) -> Vec<Finding> {
+        self.problems.iter().flat_map(Problem::findings).collect()
+    }
+
+    /// The findings that refuse the set.
+    pub fn errors(&self) -> Vec<Finding> {
+        self.findings()
+            .into_iter()
+            .filter(|f| f.severity == Severity::Error)
+            .collect()
+    }
+
+    /// The findings that do not.
+    pub fn warnings(&self) -> Vec<Finding> {
+        self.findings()
+            .into_iter()
+            .filter(|f| f.severity == Severity::Warning)
+            .collect()
     }
 }
 
@@ -233,7 +419,7 @@ mod tests {
         .expect("w");
         fs::write(p.join("c-broken.yaml"), "type: [unclosed\n").expect("w");
         fs::write(p.join("d-junk.yaml"), [0u8, 159, 146, 150]).expect("w");
-        let set = PolicySet::load(&[p.to_path_buf()]);
+        let set = PolicySet::load(&[p.to_path_buf()], &SelectOptions::default());
         assert_eq!(set.files, 4);
         assert_eq!(set.policies.len(), 1);
         assert_eq!(set.policies[0].name, "good");
@@ -264,10 +450,102 @@ mod tests {
             "type: MeshPassthrough\nname: same\n---\ntype: MeshPassthrough\nname: same\n---\ntype: MeshPassthrough\nname: same\nmesh: other\n",
         )
         .expect("w");
-        let set = PolicySet::load(&[f]);
+        let set = PolicySet::load(&[f], &SelectOptions::default());
         assert_eq!(set.policies.len(), 1);
         assert_eq!(set.policies[0].mesh, "other");
         assert_eq!(set.problems.len(), 2);
         assert!(set.problems[0].lines()[0].contains("defined more than once"));
+    }
+
+    fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        fs::write(&p, text).expect("write");
+        p
+    }
+
+    fn kinds(set: &PolicySet) -> Vec<(Severity, FindingKind)> {
+        set.findings()
+            .iter()
+            .map(|f| (f.severity, f.kind))
+            .collect()
+    }
+
+    #[test]
+    fn two_l7_protocols_on_a_port_across_files_refuse_the_set() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let a = write(
+            dir.path(),
+            "a.yaml",
+            "type: MeshPassthrough\nname: a\nspec: {default: {appendMatch: [{type: Domain, value: a.com, port: 8080, protocol: http}]}}\n",
+        );
+        let b = write(
+            dir.path(),
+            "b.yaml",
+            "type: MeshPassthrough\nname: b\nspec: {default: {appendMatch: [{type: Domain, value: b.com, port: 8080, protocol: grpc}]}}\n",
+        );
+        let set = PolicySet::load(&[a, b], &SelectOptions::default());
+        assert!(set.has_errors());
+        assert_eq!(kinds(&set), [(Severity::Error, FindingKind::Conflict)]);
+        let f = &set.findings()[0];
+        // Reported at the entry of the stronger policy, which brings the second protocol.
+        assert!(f.line().contains("a.yaml#0 a: spec.default.appendMatch[0].port: you cannot configure http, http2, grpc on the same port: port 8080"), "{}", f.line());
+        assert!(
+            f.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("mesh=default")),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn skipped_empty_and_nothing_read_are_warnings() {
+        let dir = tempfile::tempdir().expect("tmp");
+        write(dir.path(), "notes.txt", "type: MeshPassthrough\nname: a\n");
+        write(dir.path(), "empty.yaml", "# nothing yet\n");
+        write(dir.path(), ".hidden", "x");
+        let set = PolicySet::load(&[dir.path().to_path_buf()], &SelectOptions::default());
+        assert!(!set.has_errors());
+        assert_eq!(
+            kinds(&set),
+            [
+                (Severity::Warning, FindingKind::Empty),
+                (Severity::Warning, FindingKind::Skipped),
+                (Severity::Warning, FindingKind::NoDocuments),
+            ]
+        );
+        let lines: Vec<String> = set.findings().iter().map(Finding::line).collect();
+        assert!(
+            lines[1].starts_with("warning: ") && lines[1].contains("notes.txt: not read"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].starts_with("warning: 0 documents read from "),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn a_policy_with_only_warnings_is_applied_and_reported() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = write(
+            dir.path(),
+            "p.yaml",
+            "type: MeshPassthrough\nname: p\nspec: {default: {appendMatch: [{type: CIDR, value: 10.1.2.3/16}]}}\n",
+        );
+        let set = PolicySet::load(&[f], &SelectOptions::default());
+        assert_eq!(set.policies.len(), 1);
+        assert!(!set.has_errors());
+        let w = set.warnings();
+        assert_eq!(w.len(), 1);
+        assert_eq!(
+            w[0].field.as_deref(),
+            Some("spec.default.appendMatch[0].value")
+        );
+        assert!(
+            w[0].message.contains("enforced as 10.1.0.0/16"),
+            "{}",
+            w[0].message
+        );
+        assert_eq!(w[0].hint.as_deref(), Some("write 10.1.0.0/16"));
     }
 }

@@ -7,7 +7,7 @@
 //! valid: a value Kuma accepts must be accepted here, and the other way round.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::OnceLock,
@@ -16,7 +16,7 @@ use std::{
 use regex::Regex;
 
 use super::{
-    Violation,
+    Violation, hints,
     model::{Conf, Format, Policy, Spec, TargetRef},
 };
 
@@ -52,13 +52,17 @@ pub fn validate(policy: &Policy) -> Vec<Violation> {
     {
         for (i, t) in types.iter().enumerate() {
             if !PROXY_TYPES.contains(&t.as_str()) {
-                out.push(Violation::new(
+                let v = Violation::new(
                     format!("spec.targetRef.proxyTypes[{i}]"),
                     format!(
                         "unsupported value {}: must be one of \"Sidecar\", \"Gateway\"",
                         go_quote(t)
                     ),
-                ));
+                );
+                out.push(match hints::enum_case(t, &PROXY_TYPES) {
+                    Some(h) => v.with_hint(h),
+                    None => v,
+                });
             }
         }
     }
@@ -67,15 +71,43 @@ pub fn validate(policy: &Policy) -> Vec<Violation> {
     if let Some(mode) = &policy.spec.default.passthrough_mode
         && !MODES.contains(&mode.as_str())
     {
-        out.push(Violation::new(
+        let v = Violation::new(
             "spec.default.passthroughMode",
             format!(
                 "unsupported value {}: must be one of \"All\", \"Matched\", \"None\"",
                 go_quote(mode)
             ),
-        ));
+        );
+        out.push(match hints::enum_case(mode, &MODES) {
+            Some(h) => v.with_hint(h),
+            None => v,
+        });
     }
     out.extend(validate_spec(&policy.spec));
+    out.extend(warnings(&policy.spec));
+    out
+}
+
+/// What Kuma 2 accepts but passthrough reports: values that do not mean what they look like.
+/// Warnings only: the policy is applied as Kuma would apply it.
+pub fn warnings(spec: &Spec) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for (i, m) in spec.default.append_match.iter().flatten().enumerate() {
+        if m.kind == "CIDR"
+            && let Some(net) = hints::host_bits(&m.value)
+        {
+            out.push(
+                Violation::warning(
+                    format!("spec.default.appendMatch[{i}].value"),
+                    format!(
+                        "{} has host bits set: it is enforced as {net}, the network it lies in (Kuma 3 refuses it)",
+                        m.value
+                    ),
+                )
+                .with_hint(format!("write {net}")),
+            );
+        }
+    }
     out
 }
 
@@ -107,12 +139,19 @@ fn validate_name(policy: &Policy, out: &mut Vec<Violation>) {
             out.push(Violation::new(field, "must be no more than 253 characters"));
         }
         if !is_dns1123_subdomain(&policy.name) {
-            out.push(Violation::new(
-                field,
-                "must be a lowercase RFC 1123 subdomain: dot-separated labels of lower case \
-                 alphanumeric characters or '-', each starting and ending with an alphanumeric \
-                 character",
-            ));
+            out.push(
+                Violation::new(
+                    field,
+                    "must be a lowercase RFC 1123 subdomain: dot-separated labels of lower case \
+                     alphanumeric characters or '-', each starting and ending with an alphanumeric \
+                     character",
+                )
+                .with_hint(format!(
+                    "{:?}, e.g. {}",
+                    policy.name,
+                    object_name_like(&policy.name)
+                )),
+            );
         }
     }
 }
@@ -126,10 +165,15 @@ fn validate_target_ref(tr: &TargetRef, out: &mut Vec<Violation>) {
         return;
     }
     if !TARGET_KINDS.contains(&tr.kind.as_str()) {
-        out.push(Violation::new(
-            at("kind"),
-            format!("value '{}' is not supported", tr.kind),
-        ));
+        out.push(
+            Violation::new(at("kind"), format!("value '{}' is not supported", tr.kind)).with_hint(
+                format!(
+                    "{:?}: a MeshPassthrough selects with kind {}",
+                    tr.kind,
+                    TARGET_KINDS.join(", ")
+                ),
+            ),
+        );
         return;
     }
     // Kuma counts a field as set only when it is non-empty: `name: ""`, `tags: {}` and,
@@ -230,20 +274,34 @@ fn validate_tags(tags: Option<&BTreeMap<String, String>>, out: &mut Vec<Violatio
                 "tag name must be non-empty",
             ));
         }
+        let offending = |s: &str, extra: &str| {
+            s.chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || extra.contains(*c)))
+                .map_or_else(String::new, |c| format!(": {c:?} is not accepted"))
+        };
         if !only(key, KEY_CHARS) {
-            out.push(Violation::new(
-                at_key(),
-                "tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores",
-            ));
+            out.push(
+                Violation::new(
+                    at_key(),
+                    "tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores",
+                )
+                .with_hint(format!("tag name {key:?}{}", offending(key, KEY_CHARS))),
+            );
         }
         if value.is_empty() {
-            out.push(Violation::new(at_key(), "tag value must be non-empty"));
+            out.push(
+                Violation::new(at_key(), "tag value must be non-empty")
+                    .with_hint(format!("give tag {key:?} a value, or remove it")),
+            );
         }
         if !only(value, VALUE_CHARS) {
-            out.push(Violation::new(
-                at_key(),
-                "tag value must consist of alphanumeric characters, dots, dashes and underscores",
-            ));
+            out.push(
+                Violation::new(
+                    at_key(),
+                    "tag value must consist of alphanumeric characters, dots, dashes and underscores",
+                )
+                .with_hint(format!("tag value {value:?}{}", offending(value, VALUE_CHARS))),
+            );
         }
     }
 }
@@ -254,9 +312,9 @@ fn validate_conf(conf: &Conf, out: &mut Vec<Violation>) {
     // Rule 3: the first L7 protocol seen on each port. Unlike Kuma, which remembers the last
     // protocol of any kind, tcp/tls/mysql entries never change it, so the outcome does not
     // depend on the order of the entries.
-    let mut l7_of_port: BTreeMap<u32, &str> = BTreeMap::new();
-    // Rule 4: (port, protocol, value) triples seen so far.
-    let mut seen: BTreeSet<(u32, &str, &str)> = BTreeSet::new();
+    let mut l7_of_port: BTreeMap<u32, (&str, usize)> = BTreeMap::new();
+    // Rule 4: (port, protocol, value) triples seen so far, with the first entry's index.
+    let mut seen: BTreeMap<(u32, &str, &str), usize> = BTreeMap::new();
     for (i, m) in conf.append_match.iter().flatten().enumerate() {
         let at = |field: &str| format!("spec.default.appendMatch[{i}].{field}");
         let protocol = m.protocol.as_str();
@@ -265,88 +323,128 @@ fn validate_conf(conf: &Conf, out: &mut Vec<Violation>) {
 
         // Rule 1.
         if protocol == "mysql" && m.port.is_none() {
-            out.push(Violation::new(
-                at("port"),
-                "port must be defined for Mysql protocol",
-            ));
+            out.push(
+                Violation::new(at("port"), "port must be defined for Mysql protocol")
+                    .with_hint("mysql needs the server's port, e.g. port: 3306"),
+            );
         }
         // Rule 2. An absent port means "every port" and is fine.
-        if m.port.is_some_and(|p| p == 0 || p > 65535) {
-            out.push(Violation::new(at("port"), "port must be a valid (1-65535)"));
+        if let Some(p) = m.port.filter(|p| *p == 0 || *p > 65535) {
+            out.push(
+                Violation::new(at("port"), "port must be a valid (1-65535)")
+                    .with_hint(hints::port(p)),
+            );
         }
         // Rules 3 and 4 only look at entries with a port, even an out-of-range one.
         if let Some(port) = m.port {
             if is_l7 {
-                let first = *l7_of_port.entry(port).or_insert(protocol);
+                let (first, first_index) = *l7_of_port.entry(port).or_insert((protocol, i));
                 if first != protocol {
-                    out.push(Violation::new(at("port"), SAME_PORT));
+                    out.push(
+                        Violation::new(at("port"), SAME_PORT).with_hint(hints::same_port(
+                            port,
+                            protocol,
+                            first,
+                            first_index,
+                        )),
+                    );
                 }
             }
             // Exact, case-sensitive comparison of the value, as in Kuma.
-            if !seen.insert((port, protocol, value)) {
-                out.push(Violation::new(
-                    at("value"),
-                    format!("value {value} is already defiend for this port and protocol"),
-                ));
+            let first_index = *seen.entry((port, protocol, value)).or_insert(i);
+            if first_index != i {
+                out.push(
+                    Violation::new(
+                        at("value"),
+                        format!("value {value} is already defiend for this port and protocol"),
+                    )
+                    .with_hint(hints::duplicate(
+                        value,
+                        port,
+                        protocol,
+                        first_index,
+                    )),
+                );
             }
         }
         // Rule 5. Exact and case-sensitive: `TCP` and an empty protocol are refused.
         if !PROTOCOLS.contains(&protocol) {
-            out.push(Violation::new(at("protocol"), UNKNOWN_PROTOCOL));
+            out.push(
+                Violation::new(at("protocol"), UNKNOWN_PROTOCOL)
+                    .with_hint(hints::protocol(protocol, &PROTOCOLS)),
+            );
         }
         match m.kind.as_str() {
             // Rule 6.
             "CIDR" => {
                 if parse_cidr(value).is_none() {
-                    out.push(Violation::new(
-                        at("value"),
-                        "provided CIDR has incorrect value",
-                    ));
+                    out.push(
+                        Violation::new(at("value"), "provided CIDR has incorrect value")
+                            .with_hint(hints::cidr(value)),
+                    );
                 }
             }
             // Rule 7.
             "IP" => {
                 if parse_ip(value).is_none() {
-                    out.push(Violation::new(at("value"), "provided IP has incorrect value"));
+                    out.push(
+                        Violation::new(at("value"), "provided IP has incorrect value")
+                            .with_hint(hints::ip(value)),
+                    );
                 }
             }
             "Domain" => {
                 // Rule 8: a domain is only known from TLS SNI or an HTTP authority.
                 if protocol == "tcp" || protocol == "mysql" {
-                    out.push(Violation::new(
-                        at("protocol"),
-                        format!("protocol {protocol} is not supported for a domain"),
-                    ));
+                    out.push(
+                        Violation::new(
+                            at("protocol"),
+                            format!("protocol {protocol} is not supported for a domain"),
+                        )
+                        .with_hint(hints::domain_protocol(protocol)),
+                    );
                 }
                 // Rule 9: `*` followed by anything but a dot (`*w.example.com`, `**.x`).
                 let mut chars = value.chars();
                 if chars.next() == Some('*') && chars.next().is_some_and(|c| c != '.') {
-                    out.push(Violation::new(
-                        at("value"),
-                        "provided DNS has incorrect value, partial wildcard is currently not supported",
-                    ));
+                    out.push(
+                        Violation::new(
+                            at("value"),
+                            "provided DNS has incorrect value, partial wildcard is currently not supported",
+                        )
+                        .with_hint(hints::partial_wildcard(value)),
+                    );
                 }
                 // Rule 10: an L7 wildcard needs a port.
                 if m.port.is_none() && value.starts_with('*') && is_l7 {
-                    out.push(Violation::new(
-                        at("port"),
-                        "wildcard domains doesn't work for all ports and layer 7 protocol",
-                    ));
+                    out.push(
+                        Violation::new(
+                            at("port"),
+                            "wildcard domains doesn't work for all ports and layer 7 protocol",
+                        )
+                        .with_hint(hints::wildcard_needs_port(value, protocol)),
+                    );
                 }
                 // Rule 11: one leading `*.` is stripped; what still starts with `*` (`*`,
                 // `*.*.x`, `**.x`) is not checked as a name (rule 9 covers the partial ones).
                 let name = value.strip_prefix("*.").unwrap_or(value);
                 if !name.starts_with('*') && !is_dns_name(name) {
-                    out.push(Violation::new(at("value"), "provided DNS has incorrect value"));
+                    out.push(
+                        Violation::new(at("value"), "provided DNS has incorrect value")
+                            .with_hint(hints::dns(value)),
+                    );
                 }
             }
             // Rule 12.
-            other => out.push(Violation::new(
-                at("type"),
-                format!(
-                    "provided type {other} is not supported, one of Domain, IP, or CIDR is supported"
-                ),
-            )),
+            other => out.push(
+                Violation::new(
+                    at("type"),
+                    format!(
+                        "provided type {other} is not supported, one of Domain, IP, or CIDR is supported"
+                    ),
+                )
+                .with_hint(hints::kind(other)),
+            ),
         }
     }
 }
@@ -422,6 +520,27 @@ pub fn is_dns_name(s: &str) -> bool {
     labels_ok(s)
         || s.strip_suffix(['.', '_'])
             .is_some_and(|rest| !rest.is_empty() && labels_ok(rest))
+}
+
+/// A Kubernetes object name close to `name`: lower case, other characters as `-`.
+fn object_name_like(name: &str) -> String {
+    let mapped: String = name
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '.') => c,
+            _ => '-',
+        })
+        .collect();
+    let labels: Vec<&str> = mapped
+        .split('.')
+        .map(|l| l.trim_matches('-'))
+        .filter(|l| !l.is_empty())
+        .collect();
+    if labels.is_empty() {
+        "my-policy".into()
+    } else {
+        labels.join(".")
+    }
 }
 
 /// The pattern of a Kubernetes object name (its 253-byte limit is checked on its own):
@@ -573,15 +692,23 @@ mod tests {
             "../../tests/data/validate/full-invalid.output.yaml"
         ))
         .expect("expected output parses");
-        let want: Vec<Violation> = want
+        let want: Vec<(String, String)> = want
             .violations
             .into_iter()
-            .map(|v| Violation::new(v.field, v.message))
+            .map(|v| (v.field, v.message))
             .collect();
         let spec: Spec =
             serde_yaml::from_str(include_str!("../../tests/data/validate/full-invalid.yaml"))
                 .expect("spec parses");
-        assert_eq!(validate_spec(&spec), want);
+        // Kuma's field paths and messages, byte for byte; passthrough's hints ride beside them.
+        let got: Vec<(String, String)> = validate_spec(&spec)
+            .into_iter()
+            .map(|v| {
+                assert!(v.is_error() && v.hint.is_some(), "{v:?}");
+                (v.field, v.message)
+            })
+            .collect();
+        assert_eq!(got, want);
     }
 
     // appendMatch rules (spec §b.2), one or more tests per rule.

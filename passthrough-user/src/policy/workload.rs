@@ -11,7 +11,9 @@ use super::model::DEFAULT_MESH;
 pub const NAMESPACE_TAG: &str = "k8s.kuma.io/namespace";
 
 /// Kuma's two proxy types (`targetRef.proxyTypes`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub enum ProxyType {
     #[default]
     Sidecar,
