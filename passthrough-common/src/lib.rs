@@ -13,9 +13,14 @@ use core::mem::size_of;
 /// A port value that stands for "any port" (an appendMatch entry without `port`).
 pub const PORT_ANY: u16 = 0;
 
+/// Version of the map layout: pins live under `maps_v<LAYOUT>/`, so an agent never reuses
+/// maps of another layout (it attaches beside them and removes them once it enforces).
+pub const LAYOUT: u32 = 2;
+
 /// Names of the maps, as the loader finds them in the object and pins them.
 pub mod map_names {
     pub const WORKLOADS: &str = "WORKLOADS";
+    pub const CGROUPS: &str = "CGROUPS";
     pub const EXACT_V4: &str = "EXACT_V4";
     pub const EXACT_V6: &str = "EXACT_V6";
     pub const CIDR_V4: &str = "CIDR_V4";
@@ -26,7 +31,6 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     pub const COUNTERS: &str = "COUNTERS";
     pub const REDIRECTS: &str = "REDIRECTS";
-    pub const PROXY_PEERS: &str = "PROXY_PEERS";
     pub const EVENTS: &str = "EVENTS";
     pub const EVENTS_DROPPED: &str = "EVENTS_DROPPED";
     pub const DNS_V4: &str = "DNS_V4";
@@ -39,7 +43,6 @@ pub mod program_names {
     pub const CONNECT6: &str = "passthrough_connect6";
     pub const GETPEERNAME4: &str = "passthrough_getpeername4";
     pub const GETPEERNAME6: &str = "passthrough_getpeername6";
-    pub const SOCK_OPS: &str = "passthrough_sock_ops";
     pub const SENDMSG4: &str = "passthrough_sendmsg4";
     pub const SENDMSG6: &str = "passthrough_sendmsg6";
     pub const SOCK_CREATE: &str = "passthrough_sock_create";
@@ -49,29 +52,25 @@ pub mod program_names {
 /// The LSM hook `SOCKET_CREATE_LSM` is attached to (per cgroup, `lsm_cgroup`).
 pub const SOCKET_CREATE_HOOK: &str = "socket_create";
 
-/// Capacities of the maps. User space refuses a policy that does not fit, before writing.
+/// Capacities of the maps. The rule maps are per policy (map-in-map): each compiled policy
+/// gets inner maps sized to its entries, so only the number of policies is bounded here.
+/// User space refuses what does not fit, before writing.
 pub mod capacity {
-    /// Workload cgroups one agent manages.
-    pub const WORKLOADS: u32 = 65_536;
-    /// Exact IPv4 entries over all slots.
-    pub const EXACT_V4: u32 = 2_097_152;
-    /// Exact IPv6 entries over all slots.
-    pub const EXACT_V6: u32 = 1_048_576;
-    /// IPv4 CIDR entries over all slots.
-    pub const CIDR_V4: u32 = 2_097_152;
-    /// IPv6 CIDR entries over all slots.
-    pub const CIDR_V6: u32 = 1_048_576;
-    /// (slot, port) pairs that carry Domain entries.
-    pub const DOMAIN_PORTS: u32 = 262_144;
+    /// Workload cgroups one agent manages (`WORKLOADS`).
+    pub const WORKLOADS: u32 = 16_384;
+    /// Cgroups below workloads whose workload is recorded (`CGROUPS`): containers of pods,
+    /// children of services. Others fall back to the ancestor walk.
+    pub const CGROUPS: u32 = 16_384;
+    /// Compiled policies at once (the outer arrays of the rule maps); index 0 is "none".
+    pub const POLICIES: u32 = 4_096;
     /// Mesh CIDRs of each family.
     pub const MESH: u32 = 1_024;
     /// Open connections handed to the peek proxy whose original destination is remembered
-    /// (for `getpeername`). Least recently used entries go first when it is full.
-    pub const REDIRECTS: u32 = 65_536;
-    /// Redirected connections the proxy has not accepted yet.
-    pub const PROXY_PEERS: u32 = 65_536;
-    /// Bytes of the deny-event ring buffer: 16 384 events of 64 bytes (plus headers).
-    pub const EVENTS_BYTES: u32 = 1 << 21;
+    /// (for the proxy and for `getpeername`); least recently used entries go first when
+    /// full. The agent sizes it from `proxy.maxConnections` at load (at least this).
+    pub const REDIRECTS: u32 = 8_192;
+    /// Bytes of the event ring buffer: 16 384 events of 64 bytes (plus headers).
+    pub const EVENTS_BYTES: u32 = 1 << 20;
     /// Resolver addresses UDP to port 53 may reach under `udp: Deny`, over all sets.
     pub const DNS: u32 = 4_096;
 }
@@ -100,13 +99,13 @@ pub mod workload_flags {
     pub const RAW_DENY: u8 = 4;
 }
 
-/// Value of the `WORKLOADS` map, keyed by cgroup id (`u64`): which policy slot a workload
+/// Value of the `WORKLOADS` map, keyed by cgroup id (`u64`): which compiled policy a workload
 /// uses. User space flips this single value to swap a workload to a new policy atomically.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Workload {
-    /// Slot of the workload's compiled policy in the rule maps.
-    pub slot: u32,
+    /// Index of the workload's compiled policy in the outer rule maps (0: no entries).
+    pub policy: u32,
     /// One of [`mode`].
     pub mode: u8,
     /// Bits from [`workload_flags`].
@@ -137,56 +136,55 @@ pub struct DnsV6Data {
 }
 const _: () = assert!(size_of::<DnsV6Data>() == 18);
 
-/// Key of `EXACT_V4`: an IP entry (or a /32 CIDR) of one slot, for one port or [`PORT_ANY`].
+/// Key of an `EXACT_V4` inner map: an IP entry (or a /32 CIDR) for one port or [`PORT_ANY`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ExactV4Key {
-    pub slot: u32,
     /// Destination port in host byte order, or [`PORT_ANY`].
     pub port: u16,
     pub _pad: u16,
     /// Address in network byte order (as `Ipv4Addr::octets`).
     pub addr: [u8; 4],
 }
-const _: () = assert!(size_of::<ExactV4Key>() == 12);
+const _: () = assert!(size_of::<ExactV4Key>() == 8);
 
-/// Key of `EXACT_V6`: an IP entry (or a /128 CIDR) of one slot, for one port or [`PORT_ANY`].
+/// Key of an `EXACT_V6` inner map: an IP entry (or a /128 CIDR) for one port or [`PORT_ANY`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ExactV6Key {
-    pub slot: u32,
     /// Destination port in host byte order, or [`PORT_ANY`].
     pub port: u16,
     pub _pad: u16,
     /// Address in network byte order (as `Ipv6Addr::octets`).
     pub addr: [u8; 16],
 }
-const _: () = assert!(size_of::<ExactV6Key>() == 24);
+const _: () = assert!(size_of::<ExactV6Key>() == 20);
 
-/// Bits of an LPM key that precede the address: the slot (32) and the port (16). They are
-/// always matched in full, so `prefix_len = LPM_FIXED_BITS + cidr prefix`.
-pub const LPM_FIXED_BITS: u32 = 48;
+/// Bits of an LPM key that precede the address: the port (16), always matched in full, so
+/// `prefix_len = LPM_FIXED_BITS + cidr prefix`.
+pub const LPM_FIXED_BITS: u32 = 16;
 
-/// Data part of a `CIDR_V4` LPM key. All fields are big-endian so the slot and port form the
-/// leading, always-matched bits of the prefix.
+/// Data part of a `CIDR_V4` inner LPM key. Big-endian, so the port forms the leading,
+/// always-matched bits of the prefix; the trailing padding (for the value's alignment) lies
+/// past every prefix and is never compared.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CidrV4Data {
-    pub slot: [u8; 4],
     pub port: [u8; 2],
     pub addr: [u8; 4],
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<CidrV4Data>() == 10);
+const _: () = assert!(size_of::<CidrV4Data>() == 8);
 
-/// Data part of a `CIDR_V6` LPM key; see [`CidrV4Data`].
+/// Data part of a `CIDR_V6` inner LPM key; see [`CidrV4Data`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CidrV6Data {
-    pub slot: [u8; 4],
     pub port: [u8; 2],
     pub addr: [u8; 16],
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<CidrV6Data>() == 22);
+const _: () = assert!(size_of::<CidrV6Data>() == 20);
 
 impl DnsV4Data {
     pub const fn new(set: u16, addr: [u8; 4]) -> Self {
@@ -207,21 +205,21 @@ impl DnsV6Data {
 }
 
 impl CidrV4Data {
-    pub const fn new(slot: u32, port: u16, addr: [u8; 4]) -> Self {
+    pub const fn new(port: u16, addr: [u8; 4]) -> Self {
         Self {
-            slot: slot.to_be_bytes(),
             port: port.to_be_bytes(),
             addr,
+            _pad: [0; 2],
         }
     }
 }
 
 impl CidrV6Data {
-    pub const fn new(slot: u32, port: u16, addr: [u8; 16]) -> Self {
+    pub const fn new(port: u16, addr: [u8; 16]) -> Self {
         Self {
-            slot: slot.to_be_bytes(),
             port: port.to_be_bytes(),
             addr,
+            _pad: [0; 2],
         }
     }
 }
@@ -236,20 +234,20 @@ pub struct RuleRef {
 }
 const _: () = assert!(size_of::<RuleRef>() == 4);
 
-/// Key of `DOMAIN_PORTS`: a slot has at least one Domain entry for this port (or for
-/// [`PORT_ANY`]), so a connect that no IP/CIDR entry allows is a candidate for the peek proxy.
+/// Key of a `DOMAIN_PORTS` inner map: the policy has at least one Domain entry for this
+/// port (or for [`PORT_ANY`]), so a connect that no IP/CIDR entry allows is a candidate for
+/// the peek proxy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DomainPortKey {
-    pub slot: u32,
     pub port: u16,
     pub _pad: u16,
 }
-const _: () = assert!(size_of::<DomainPortKey>() == 8);
+const _: () = assert!(size_of::<DomainPortKey>() == 4);
 
-/// Where a connect handed to the peek proxy was going. Value of `REDIRECTS` (keyed by the
-/// client socket's cookie, for `getpeername`) and of `PROXY_PEERS` (keyed by [`PeerKey`], for
-/// the proxy when it accepts the connection).
+/// Where a connect handed to the peek proxy was going. Value of `REDIRECTS`, keyed by the
+/// client socket's cookie: the proxy finds the cookie of the client end of an accepted
+/// connection through `sock_diag`, and `getpeername` answers from it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct OrigDst {
@@ -262,23 +260,6 @@ pub struct OrigDst {
     pub _pad: [u8; 6],
 }
 const _: () = assert!(size_of::<OrigDst>() == 32);
-
-/// Key of `PROXY_PEERS`: the client end of a redirected connection as the proxy sees it on
-/// accept (the peer address and port of the accepted socket), in its network namespace:
-/// two pods can both have a client at 127.0.0.1:40000.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PeerKey {
-    /// `bpf_get_netns_cookie` of the connection's network namespace (`SO_NETNS_COOKIE` of
-    /// the proxy's listener).
-    pub netns: u64,
-    /// Client address as IPv6 bytes; IPv4 is IPv4-mapped.
-    pub addr: [u8; 16],
-    /// Client port in host byte order.
-    pub port: u16,
-    pub _pad: [u8; 6],
-}
-const _: () = assert!(size_of::<PeerKey>() == 32);
 
 /// A denied connect, or one allowed only because of audit mode, as the kernel reports it
 /// through the `EVENTS` ring buffer.
@@ -357,9 +338,22 @@ pub struct Config {
     pub proxy_port_v6: u16,
     /// Non-zero: the programs log their decisions through aya-log.
     pub debug: u8,
-    pub _pad: [u8; 3],
+    /// Bits from [`config_flags`]: what the fast path may skip.
+    pub flags: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(size_of::<Config>() == 16);
+
+/// Bits of [`Config::flags`], kept by the agent so the common case does no lookup it
+/// cannot need.
+pub mod config_flags {
+    /// `MESH_V4` holds entries.
+    pub const MESH_V4: u8 = 1;
+    /// `MESH_V6` holds entries.
+    pub const MESH_V6: u8 = 2;
+    /// Some workload has `UDP_DENY`: without it, datagrams are not looked at.
+    pub const UDP: u8 = 4;
+}
 
 /// Why a connect was decided as it was. Index of the per-CPU `COUNTERS` array.
 #[repr(u32)]
@@ -518,7 +512,6 @@ mod pod {
     unsafe impl aya::Pod for DomainPortKey {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for OrigDst {}
-    unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for DnsV4Data {}
     unsafe impl aya::Pod for DnsV6Data {}
@@ -537,8 +530,8 @@ mod tests {
 
     #[test]
     fn lpm_data_is_big_endian() {
-        let d = CidrV4Data::new(0x0102_0304, 443, [10, 0, 0, 1]);
-        assert_eq!(d.slot, [1, 2, 3, 4]);
+        let d = CidrV4Data::new(443, [10, 0, 0, 1]);
         assert_eq!(d.port, [0x01, 0xbb]);
+        assert_eq!(d.addr, [10, 0, 0, 1]);
     }
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::SockAddrContext};
 use aya_log_ebpf::debug;
 use passthrough_common::{
     CidrV4Data, CidrV6Data, DomainPortKey, ExactV4Key, ExactV6Key, LPM_FIXED_BITS, PORT_ANY,
-    Reason, Workload, mode, v4_mapped, workload_flags,
+    Reason, Workload, config_flags, mode, v4_mapped, workload_flags,
 };
 
 pub use crate::decision::DENY;
@@ -95,14 +95,14 @@ fn debug_enabled() -> bool {
 }
 
 /// Steps 2 and the final denial, shared by both families: the mode decides unless it is
-/// `Matched`, in which case `matched` does.
+/// `Matched`, in which case `matched` does (with the workload's policy number).
 #[inline(always)]
 fn by_mode(id: u64, w: &Workload, matched: impl FnOnce(u32) -> Reason) -> Judged {
     let reason = match w.mode {
         mode::UNFILTERED => Reason::Unfiltered,
         mode::ALL => Reason::ModeAll,
         mode::NONE => Reason::ModeNone,
-        _ => matched(w.slot),
+        _ => matched(w.policy),
     };
     Judged {
         reason,
@@ -114,21 +114,22 @@ fn by_mode(id: u64, w: &Workload, matched: impl FnOnce(u32) -> Reason) -> Judged
 /// Step 4: a Domain entry for this port or for any port hands the connect to the peek
 /// proxy; with none, step 5 denies.
 #[inline(always)]
-fn domain_or_deny(slot: u32, port: u16) -> Reason {
-    let has = |port| {
-        DOMAIN_PORTS
-            .get_ptr(DomainPortKey {
-                slot,
-                port,
-                _pad: 0,
-            })
-            .is_some()
+fn domain_or_deny(policy: u32, port: u16) -> Reason {
+    let Some(ports) = DOMAIN_PORTS.get(policy) else {
+        return Reason::NoMatch;
     };
+    let has = |port| ports.get_ptr(DomainPortKey { port, _pad: 0 }).is_some();
     if has(port) || has(PORT_ANY) {
         Reason::ToProxy
     } else {
         Reason::NoMatch
     }
+}
+
+/// Whether the agent wrote mesh CIDRs of a family (`Config::flags`): without, no lookup.
+#[inline(always)]
+fn has_mesh(flag: u8) -> bool {
+    CONFIG.get(0).is_some_and(|c| c.flags & flag != 0)
 }
 
 #[inline(always)]
@@ -141,28 +142,31 @@ fn judge_v4(addr: [u8; 4], port: u16) -> Judged {
     if addr[0] == 127 || addr == [0; 4] {
         return Judged::fixed(Reason::Loopback);
     }
-    if MESH_V4.get(Key::new(32, addr)).is_some() {
+    if has_mesh(config_flags::MESH_V4) && MESH_V4.get(Key::new(32, addr)).is_some() {
         return Judged::fixed(Reason::MeshCidr);
     }
-    by_mode(id, &w, |slot| {
-        for p in [port, PORT_ANY] {
-            let key = ExactV4Key {
-                slot,
-                port: p,
-                _pad: 0,
-                addr,
-            };
-            if EXACT_V4.get_ptr(key).is_some() {
-                return Reason::IpEntry;
+    by_mode(id, &w, |policy| {
+        if let Some(exact) = EXACT_V4.get(policy) {
+            for p in [port, PORT_ANY] {
+                let key = ExactV4Key {
+                    port: p,
+                    _pad: 0,
+                    addr,
+                };
+                if exact.get_ptr(key).is_some() {
+                    return Reason::IpEntry;
+                }
             }
         }
-        for p in [port, PORT_ANY] {
-            let key = Key::new(LPM_FIXED_BITS + 32, CidrV4Data::new(slot, p, addr));
-            if CIDR_V4.get(key).is_some() {
-                return Reason::CidrEntry;
+        if let Some(cidrs) = CIDR_V4.get(policy) {
+            for p in [port, PORT_ANY] {
+                let key = Key::new(LPM_FIXED_BITS + 32, CidrV4Data::new(p, addr));
+                if cidrs.get(&key).is_some() {
+                    return Reason::CidrEntry;
+                }
             }
         }
-        domain_or_deny(slot, port)
+        domain_or_deny(policy, port)
     })
 }
 
@@ -175,27 +179,30 @@ fn judge_v6(addr: [u8; 16], port: u16) -> Judged {
     if addr == PROXY_V6 || addr == [0; 16] {
         return Judged::fixed(Reason::Loopback);
     }
-    if MESH_V6.get(Key::new(128, addr)).is_some() {
+    if has_mesh(config_flags::MESH_V6) && MESH_V6.get(Key::new(128, addr)).is_some() {
         return Judged::fixed(Reason::MeshCidr);
     }
-    by_mode(id, &w, |slot| {
-        for p in [port, PORT_ANY] {
-            let key = ExactV6Key {
-                slot,
-                port: p,
-                _pad: 0,
-                addr,
-            };
-            if EXACT_V6.get_ptr(key).is_some() {
-                return Reason::IpEntry;
+    by_mode(id, &w, |policy| {
+        if let Some(exact) = EXACT_V6.get(policy) {
+            for p in [port, PORT_ANY] {
+                let key = ExactV6Key {
+                    port: p,
+                    _pad: 0,
+                    addr,
+                };
+                if exact.get_ptr(key).is_some() {
+                    return Reason::IpEntry;
+                }
             }
         }
-        for p in [port, PORT_ANY] {
-            let key = Key::new(LPM_FIXED_BITS + 128, CidrV6Data::new(slot, p, addr));
-            if CIDR_V6.get(key).is_some() {
-                return Reason::CidrEntry;
+        if let Some(cidrs) = CIDR_V6.get(policy) {
+            for p in [port, PORT_ANY] {
+                let key = Key::new(LPM_FIXED_BITS + 128, CidrV6Data::new(p, addr));
+                if cidrs.get(&key).is_some() {
+                    return Reason::CidrEntry;
+                }
             }
         }
-        domain_or_deny(slot, port)
+        domain_or_deny(policy, port)
     })
 }

@@ -5,14 +5,15 @@
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::SockAddrContext};
 use passthrough_common::{
-    DNS_FIXED_BITS, DnsV4Data, DnsV6Data, Reason, unmapped_v4, v4_mapped, workload_flags,
+    DNS_FIXED_BITS, DnsV4Data, DnsV6Data, Reason, config_flags, unmapped_v4, v4_mapped,
+    workload_flags,
 };
 
 use crate::{
     connect::{ContextError, user_ip6},
     decision::{Judged, settle, verdict},
     events::Subject,
-    maps::{DNS_V4, DNS_V6, MESH_V4, MESH_V6},
+    maps::{CONFIG, DNS_V4, DNS_V6, MESH_V4, MESH_V6},
     redirect::PROXY_V6,
     workload::caller,
 };
@@ -44,9 +45,16 @@ pub fn sendmsg6(ctx: &SockAddrContext) -> Result<i32, ContextError> {
     Ok(verdict(settle(&j, Subject::Datagram(addr, port))))
 }
 
-/// The workload, when its UDP is judged; otherwise the reason to pass untouched.
+/// The workload, when its UDP is judged; otherwise the reason to pass untouched. Where no
+/// workload has `udp: Deny` (`Config::flags`), nothing is looked up.
 #[inline(always)]
 fn judged_workload() -> Result<(u64, u16, bool), Reason> {
+    if !CONFIG
+        .get(0)
+        .is_some_and(|c| c.flags & config_flags::UDP != 0)
+    {
+        return Err(Reason::NotTcp);
+    }
     let (id, w) = caller()?;
     if w.flags & workload_flags::UDP_DENY == 0 {
         return Err(Reason::NotTcp);

@@ -15,8 +15,8 @@ mod socket;
 mod workload;
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr, lsm_cgroup, sock_ops},
-    programs::{LsmContext, SockAddrContext, SockContext, SockOpsContext},
+    macros::{cgroup_sock, cgroup_sock_addr, lsm_cgroup},
+    programs::{LsmContext, SockAddrContext, SockContext},
 };
 
 /// `cgroup/connect4`: decides every IPv4 `connect()` of a workload.
@@ -74,14 +74,6 @@ pub fn passthrough_getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn passthrough_getpeername6(ctx: SockAddrContext) -> i32 {
     redirect::getpeername(&ctx, redirect::Socket::V6);
-    1
-}
-
-/// `sockops`: tells the peek proxy which client connection carries which original
-/// destination, and forgets it when the connection closes.
-#[sock_ops]
-pub fn passthrough_sock_ops(ctx: SockOpsContext) -> u32 {
-    redirect::sock_ops(&ctx);
     1
 }
 

@@ -1,50 +1,71 @@
-//! Every map the programs use. User space writes all of them except `COUNTERS`, which only
-//! the programs write. All are pinned by name, so enforcement outlives the agent process and a
-//! restarted agent adopts them.
+//! Every map the programs use. User space writes all of them except `COUNTERS`, `EVENTS`,
+//! `EVENTS_DROPPED` and `REDIRECTS`, which the programs write. All are pinned, so
+//! enforcement outlives the agent process and a restarted agent adopts them.
 //!
-//! Hash maps are created without preallocation: sized for millions of entries, they would
-//! otherwise pin hundreds of MiB of kernel memory whatever the policy. Only user space
-//! inserts, so allocating on update costs the programs nothing.
+//! The rule maps are maps of maps: an outer array indexed by a compiled policy's number
+//! (`Workload::policy`), each entry an inner map the agent builds to the policy's size, fills
+//! in full, and only then puts in place. A policy change never needs spare room in a shared
+//! map, and a 10-entry policy costs 10 entries' worth of kernel memory.
+//!
+//! Hash maps are created without preallocation; only user space inserts into them, so
+//! allocating on update costs the programs nothing.
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    macros::map,
+    btf_maps::{self, ArrayOfMaps},
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use passthrough_common::{
     CidrV4Data, CidrV6Data, Config, DnsV4Data, DnsV6Data, DomainPortKey, ExactV4Key, ExactV6Key,
-    OrigDst, PeerKey, Reason, RuleRef, Workload, capacity,
+    OrigDst, Reason, RuleRef, Workload, capacity,
 };
 
-/// cgroup id -> [`Workload`] (policy slot, mode, flags). Written by the agent; one update flips
-/// a workload to a new slot.
+/// Flags of the inner hash maps and LPM tries (the templates below and the agent's maps must
+/// agree, or the kernel refuses the inner map).
+const INNER_FLAGS: usize = BPF_F_NO_PREALLOC as usize;
+const POLICIES: usize = capacity::POLICIES as usize;
+
+/// cgroup id -> [`Workload`] (policy, mode, flags). Written by the agent; one update flips a
+/// workload to a new policy.
 #[map]
 pub static WORKLOADS: HashMap<u64, Workload> =
     HashMap::pinned(capacity::WORKLOADS, BPF_F_NO_PREALLOC);
 
-/// (slot, port or any, IPv4 address) -> rule. IP entries and /32 CIDRs. Written by the agent.
+/// cgroup id -> cgroup id of its workload (the deepest workload cgroup on its path, itself
+/// for a workload's own cgroup): the one-lookup path to `WORKLOADS`. Written by the agent for
+/// the cgroups it sees; any other cgroup falls back to walking its ancestors.
 #[map]
-pub static EXACT_V4: HashMap<ExactV4Key, RuleRef> =
-    HashMap::pinned(capacity::EXACT_V4, BPF_F_NO_PREALLOC);
+pub static CGROUPS: HashMap<u64, u64> = HashMap::pinned(capacity::CGROUPS, BPF_F_NO_PREALLOC);
 
-/// (slot, port or any, IPv6 address) -> rule. IP entries and /128 CIDRs. Written by the agent.
-#[map]
-pub static EXACT_V6: HashMap<ExactV6Key, RuleRef> =
-    HashMap::pinned(capacity::EXACT_V6, BPF_F_NO_PREALLOC);
+/// policy -> (port or any, IPv4 address) -> rule. IP entries and /32 CIDRs. Written by the
+/// agent.
+#[btf_map]
+pub static EXACT_V4: ArrayOfMaps<btf_maps::HashMap<ExactV4Key, RuleRef, 1, INNER_FLAGS>, POLICIES> =
+    ArrayOfMaps::new();
 
-/// LPM (slot, port or any, IPv4 prefix) -> rule. CIDR entries. Written by the agent.
-#[map]
-pub static CIDR_V4: LpmTrie<CidrV4Data, RuleRef> = LpmTrie::pinned(capacity::CIDR_V4, 0);
+/// policy -> (port or any, IPv6 address) -> rule. IP entries and /128 CIDRs.
+#[btf_map]
+pub static EXACT_V6: ArrayOfMaps<btf_maps::HashMap<ExactV6Key, RuleRef, 1, INNER_FLAGS>, POLICIES> =
+    ArrayOfMaps::new();
 
-/// LPM (slot, port or any, IPv6 prefix) -> rule. CIDR entries. Written by the agent.
-#[map]
-pub static CIDR_V6: LpmTrie<CidrV6Data, RuleRef> = LpmTrie::pinned(capacity::CIDR_V6, 0);
+/// policy -> LPM (port or any, IPv4 prefix) -> rule. CIDR entries.
+#[btf_map]
+pub static CIDR_V4: ArrayOfMaps<btf_maps::LpmTrie<CidrV4Data, RuleRef, 1, INNER_FLAGS>, POLICIES> =
+    ArrayOfMaps::new();
 
-/// (slot, port or any) -> first Domain rule of that port: the connect is for the peek proxy.
-/// Written by the agent.
-#[map]
-pub static DOMAIN_PORTS: HashMap<DomainPortKey, RuleRef> =
-    HashMap::pinned(capacity::DOMAIN_PORTS, BPF_F_NO_PREALLOC);
+/// policy -> LPM (port or any, IPv6 prefix) -> rule. CIDR entries.
+#[btf_map]
+pub static CIDR_V6: ArrayOfMaps<btf_maps::LpmTrie<CidrV6Data, RuleRef, 1, INNER_FLAGS>, POLICIES> =
+    ArrayOfMaps::new();
+
+/// policy -> (port or any) -> first Domain rule of that port: the connect is for the peek
+/// proxy.
+#[btf_map]
+pub static DOMAIN_PORTS: ArrayOfMaps<
+    btf_maps::HashMap<DomainPortKey, RuleRef, 1, INNER_FLAGS>,
+    POLICIES,
+> = ArrayOfMaps::new();
 
 /// LPM IPv4 prefix -> index: the agent's `meshCIDRs`, allowed for every workload.
 #[map]
@@ -67,18 +88,14 @@ pub static DNS_V6: LpmTrie<DnsV6Data, u32> = LpmTrie::pinned(capacity::DNS, 0);
 #[map]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
-/// Socket cookie -> original destination of a connect handed to the peek proxy, so that
-/// `getpeername()` answers what the application asked for. Written by the connect programs,
-/// removed by `sock_ops` when the socket closes; LRU in case a close is never seen.
+/// Socket cookie -> original destination of a connect handed to the peek proxy. Written by
+/// the connect programs; read by the proxy (which finds the client socket's cookie with
+/// `sock_diag`) and by `getpeername`, so the redirect stays invisible; removed by the proxy
+/// when the connection ends, LRU in case it never learns of one.
 #[map]
 pub static REDIRECTS: LruHashMap<u64, OrigDst> = LruHashMap::pinned(capacity::REDIRECTS, 0);
 
-/// Client address and port -> original destination, for the proxy to look up when it
-/// accepts. Written by `sock_ops` once the client's port is known, removed by the proxy.
-#[map]
-pub static PROXY_PEERS: LruHashMap<PeerKey, OrigDst> = LruHashMap::pinned(capacity::PROXY_PEERS, 0);
-
-/// [`Reason`] -> connects decided for that reason, per CPU. Written by the programs only.
+/// [`Reason`] -> decisions for that reason, per CPU. Written by the programs only.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
 

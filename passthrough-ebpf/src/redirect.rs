@@ -1,33 +1,21 @@
-//! The hand-off to the peek proxy (semantics.md "Decision", step 4, and "Peek proxy"):
+//! The hand-off to the peek proxy (semantics.md, "Decision", step 4, and "Peek proxy"):
 //! a connect that only a Domain entry could allow is sent to the proxy's listener on the
 //! loopback address of the caller's own network namespace, and the original destination is
-//! kept twice:
-//!
-//! - by socket cookie in `REDIRECTS`, so `getpeername()` answers what the application asked
-//!   for and the redirect stays invisible to it;
-//! - by the client's address and port in `PROXY_PEERS`, written by `sock_ops` once the
-//!   connection is established (only then is the client's port known). Loopback delivers the
-//!   SYN-ACK to the client before the proxy can accept, so the entry is there on accept.
+//! kept by the client socket's cookie in `REDIRECTS`. The proxy finds that cookie for a
+//! connection it accepted by asking the kernel (`sock_diag`) for the client end of it, and
+//! `getpeername()` answers from the same entry, so the redirect stays invisible to the
+//! application. Nothing runs for the workload's other sockets.
 
 use aya_ebpf::{
-    bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_TCP_CLOSE, bpf_sock_addr,
-    },
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    programs::{SockAddrContext, SockOpsContext},
+    bindings::bpf_sock_addr, helpers::bpf_get_socket_cookie, programs::SockAddrContext,
 };
-use passthrough_common::{OrigDst, PeerKey, Reason, unmapped_v4, v4_mapped};
+use passthrough_common::{OrigDst, Reason, unmapped_v4, v4_mapped};
 
-use crate::maps::{CONFIG, PROXY_PEERS, REDIRECTS};
+use crate::maps::{CONFIG, REDIRECTS};
 
 /// The proxy's listeners: the loopback addresses.
 pub const PROXY_V4: [u8; 4] = [127, 0, 0, 1];
 pub const PROXY_V6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-
-/// Address families of `bpf_sock_ops::family`.
-const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
 
 /// The socket family a program sees: `connect4`/`getpeername4` run for IPv4 sockets only
 /// and may touch only `user_ip4`; the `6` programs only `user_ip6`, in 4-byte accesses.
@@ -101,67 +89,6 @@ pub fn getpeername(ctx: &SockAddrContext, socket: Socket) {
             sa.user_port = u32::from(orig.port.to_be());
         }
     }
-}
-
-/// TCP events of workload sockets: records the client end of a redirected connection once
-/// it is established, and forgets the redirect when the socket closes.
-pub fn sock_ops(ctx: &SockOpsContext) {
-    match ctx.op() {
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-            let Some(orig) = (unsafe { REDIRECTS.get(cookie) }) else {
-                return;
-            };
-            if let Some(key) = local_end(ctx) {
-                let _ = PROXY_PEERS.insert(key, orig, 0);
-            }
-            // Ask for state changes of this socket only, to see it close.
-            let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
-        }
-        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-            let _ = REDIRECTS.remove(cookie);
-            if let Some(key) = local_end(ctx) {
-                let _ = PROXY_PEERS.remove(key);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// The client end of the connection: what the proxy sees as its peer.
-#[inline(always)]
-fn local_end(ctx: &SockOpsContext) -> Option<PeerKey> {
-    let addr = match ctx.family() {
-        AF_INET => v4_mapped(ctx.local_ip4().to_ne_bytes()),
-        AF_INET6 => {
-            // Four fixed-offset reads: the verifier refuses a context access at a computed
-            // offset, which a loop over the words would become.
-            // SAFETY: `ops` is the program's valid context.
-            let w = unsafe {
-                let ip6 = &(*ctx.ops).local_ip6;
-                [
-                    core::ptr::read_volatile(&ip6[0]),
-                    core::ptr::read_volatile(&ip6[1]),
-                    core::ptr::read_volatile(&ip6[2]),
-                    core::ptr::read_volatile(&ip6[3]),
-                ]
-            };
-            let mut a = [0u8; 16];
-            for (i, word) in w.iter().enumerate() {
-                a[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-            }
-            a
-        }
-        _ => return None,
-    };
-    Some(PeerKey {
-        netns: unsafe { bpf_get_netns_cookie(ctx.ops.cast()) },
-        addr,
-        // `local_port` is in host byte order.
-        port: ctx.local_port() as u16,
-        _pad: [0; 6],
-    })
 }
 
 /// Writes `bpf_sock_addr::user_ip6` one 4-byte word at a time: the verifier refuses wider

@@ -474,8 +474,10 @@ fn a_thousand_pods_created_and_deleted_leave_nothing_behind() {
         .map(|m| m["entries"].clone());
     assert_eq!(workloads, Some(serde_json::json!(0)), "{status}");
     // The kernel's own table: no workload entry left.
-    let map = aya::maps::MapData::from_pin(agent.bpffs().join("maps").join("WORKLOADS"))
-        .expect("pinned WORKLOADS");
+    let map = aya::maps::MapData::from_pin(
+        passthrough::agent::loader::maps_dir(agent.bpffs()).join("WORKLOADS"),
+    )
+    .expect("pinned WORKLOADS");
     let map: aya::maps::HashMap<_, u64, passthrough_common::Workload> =
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).expect("hash map");
     assert_eq!(

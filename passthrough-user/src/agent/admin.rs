@@ -309,8 +309,37 @@ pub fn metrics(status: &Status) -> String {
             .set(i64::try_from(m.entries).unwrap_or(i64::MAX));
         capacity.get_or_create(&labels).set(i64::from(m.capacity));
     }
-    registry.register("map_entries", "Entries in each kernel rule map", entries);
-    registry.register("map_capacity", "Capacity of each kernel rule map", capacity);
+    // The rule maps are per policy and sized to it: their entries, summed, have no fixed
+    // capacity.
+    let e = &status.policy_entries;
+    for (map, n) in [
+        (passthrough_common::map_names::EXACT_V4, e.exact_v4),
+        (passthrough_common::map_names::EXACT_V6, e.exact_v6),
+        (passthrough_common::map_names::CIDR_V4, e.cidr_v4),
+        (passthrough_common::map_names::CIDR_V6, e.cidr_v6),
+        (passthrough_common::map_names::DOMAIN_PORTS, e.domain_ports),
+    ] {
+        entries
+            .get_or_create(&MapLabels { map: map.into() })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "map_entries",
+        "Entries in each kernel map (the rule maps: over every installed policy)",
+        entries,
+    );
+    registry.register(
+        "map_capacity",
+        "Capacity of the kernel maps of fixed size",
+        capacity,
+    );
+    let memory = Gauge::<i64>::default();
+    memory.set(i64::try_from(status.policy_memory_bytes).unwrap_or(i64::MAX));
+    registry.register(
+        "policy_map_bytes",
+        "Kernel memory of the installed policies' maps (each sized to its policy)",
+        memory,
+    );
     let audit = Family::<WorkloadLabels, Gauge>::default();
     for w in &status.workloads {
         audit
@@ -443,10 +472,12 @@ mod tests {
             bpffs: "/sys/fs/bpf/passthrough".into(),
             slots: 1,
             maps: vec![MapFill {
-                map: "EXACT_V4".into(),
+                map: "WORKLOADS".into(),
                 entries: 1,
                 capacity: 2,
             }],
+            policy_entries: EntryCounts::default(),
+            policy_memory_bytes: 1,
             workloads: vec![WorkloadStatus {
                 cgroup: "/w".into(),
                 cgroup_id: Some(1),

@@ -82,6 +82,32 @@ pub fn check_workload_cgroup(root: &Path, cgroup: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Most cgroups below one workload that get a `CGROUPS` entry; the rest use the ancestor walk.
+pub const MAX_DESCENDANTS: usize = 4_096;
+
+/// The ids of the cgroups below `dir` (not `dir` itself), depth first, at most
+/// [`MAX_DESCENDANTS`]. Cgroups that disappear while being read are skipped.
+pub fn descendants(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if out.len() >= MAX_DESCENDANTS {
+                return out;
+            }
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                out.push((e.path(), md.ino()));
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

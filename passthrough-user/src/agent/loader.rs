@@ -2,7 +2,9 @@
 //! under the configured bpffs directory so enforcement outlives the agent process.
 //!
 //! Layout under `bpffs` (default `/sys/fs/bpf/passthrough`):
-//! - `maps/<MAP>`: every map, pinned by name; a restarted agent reuses them as they are.
+//! - `maps_v<LAYOUT>/<MAP>` (bpffs names cannot hold a dot): every map, pinned by name; a restarted agent of the same map
+//!   layout reuses them as they are. Maps of the first layout (`maps/`) are removed
+//!   once the new ones enforce ([`remove_old_layouts`]).
 //! - `links/<cgroup id>/<program>-<instance>`: one link per program and workload cgroup.
 //!   `instance` identifies the agent run that attached it. A new run attaches its own links
 //!   first and only then unpins the old ones, so a workload is never without a program.
@@ -16,14 +18,29 @@ use std::{
 use aya::{
     Btf, Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, LsmCgroup, SockOps,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, LsmCgroup,
         links::{FdLink, PinnedLink},
     },
 };
 use passthrough_common::{SOCKET_CREATE_HOOK, program_names};
 
 /// Directory names under the bpffs directory.
-pub const MAPS_DIR: &str = "maps";
+/// The pin directory of this map layout.
+pub fn maps_dir(bpffs: &Path) -> PathBuf {
+    bpffs.join(format!("maps_v{}", passthrough_common::LAYOUT))
+}
+
+/// Pin directories of earlier map layouts.
+const OLD_MAPS_DIRS: [&str; 1] = ["maps"];
+
+/// The maps declared with BTF (maps of maps), which aya pins only where told.
+const BTF_MAPS: [&str; 5] = [
+    passthrough_common::map_names::EXACT_V4,
+    passthrough_common::map_names::EXACT_V6,
+    passthrough_common::map_names::CIDR_V4,
+    passthrough_common::map_names::CIDR_V6,
+    passthrough_common::map_names::DOMAIN_PORTS,
+];
 pub const LINKS_DIR: &str = "links";
 
 /// The compiled eBPF object, built by aya-build from `passthrough-ebpf`.
@@ -74,40 +91,45 @@ pub enum PacketSockets {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     SockAddr,
-    SockOps,
     Sock,
     Lsm,
 }
 
 /// Every program attached to a workload cgroup, and how.
-const PROGRAMS: [(&str, Kind); 9] = [
+const PROGRAMS: [(&str, Kind); 8] = [
     (program_names::CONNECT4, Kind::SockAddr),
     (program_names::CONNECT6, Kind::SockAddr),
     (program_names::GETPEERNAME4, Kind::SockAddr),
     (program_names::GETPEERNAME6, Kind::SockAddr),
     (program_names::SENDMSG4, Kind::SockAddr),
     (program_names::SENDMSG6, Kind::SockAddr),
-    (program_names::SOCK_OPS, Kind::SockOps),
     (program_names::SOCK_CREATE, Kind::Sock),
     (program_names::SOCKET_CREATE_LSM, Kind::Lsm),
 ];
 
 impl Loader {
-    /// Loads the object, reusing the maps pinned under `bpffs` if an earlier run left them.
-    pub fn load(bpffs: &Path) -> Result<Self, LoadError> {
+    /// Loads the object, reusing the maps pinned under `bpffs` if an earlier run of this
+    /// layout left them. `redirects` sizes `REDIRECTS` (connections handed to the proxy at
+    /// once; at least its built-in capacity).
+    pub fn load(bpffs: &Path, redirects: u32) -> Result<Self, LoadError> {
         ensure_bpffs(bpffs)?;
-        let maps = bpffs.join(MAPS_DIR);
+        let maps = maps_dir(bpffs);
         fs::create_dir_all(&maps).map_err(|e| fs_err(&maps, e))?;
         fs::create_dir_all(bpffs.join(LINKS_DIR)).map_err(|e| fs_err(bpffs, e))?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&maps)
-            .load(OBJECT)
-            .map_err(LoadError::Object)?;
+        let pins: Vec<(&str, PathBuf)> = BTF_MAPS.iter().map(|m| (*m, maps.join(m))).collect();
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&maps).map_max_entries(
+            passthrough_common::map_names::REDIRECTS,
+            redirects.max(passthrough_common::capacity::REDIRECTS),
+        );
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
         let mut packet_sockets = PacketSockets::Refused;
         for (name, kind) in PROGRAMS {
             let loaded = match kind {
                 Kind::SockAddr => program::<CgroupSockAddr>(&mut ebpf, name)?.load(),
-                Kind::SockOps => program::<SockOps>(&mut ebpf, name)?.load(),
                 Kind::Sock => program::<CgroupSock>(&mut ebpf, name)?.load(),
                 Kind::Lsm => {
                     if let Err(why) = bpf_lsm_active() {
@@ -185,14 +207,6 @@ impl Loader {
             // other (and with programs attached in multi mode), which is what lets a new run
             // attach before the old one detaches.
             let link = match kind {
-                Kind::SockOps => {
-                    let p: &mut SockOps = program(&mut self.ebpf, name)?;
-                    let id = p
-                        .attach(&file, CgroupAttachMode::Single)
-                        .map_err(attach_err)?;
-                    let link = p.take_link(id).map_err(|e| prog_err(name, e))?;
-                    FdLink::try_from(link).map_err(|e| prog_err(name, e))?
-                }
                 Kind::SockAddr => {
                     let p: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
                     let id = p
@@ -273,17 +287,37 @@ pub fn uninstall(bpffs: &Path) -> Result<usize, LoadError> {
         removed += 1;
     }
     let _ = fs::remove_dir(bpffs.join(LINKS_DIR));
-    let maps = bpffs.join(MAPS_DIR);
-    if let Ok(entries) = fs::read_dir(&maps) {
-        for e in entries.flatten() {
-            fs::remove_file(e.path()).map_err(|err| fs_err(&e.path(), err))?;
+    let mut dirs: Vec<PathBuf> = OLD_MAPS_DIRS.iter().map(|d| bpffs.join(d)).collect();
+    dirs.push(maps_dir(bpffs));
+    for maps in dirs {
+        if let Ok(entries) = fs::read_dir(&maps) {
+            for e in entries.flatten() {
+                fs::remove_file(e.path()).map_err(|err| fs_err(&e.path(), err))?;
+            }
         }
+        let _ = fs::remove_dir(&maps);
     }
-    let _ = fs::remove_dir(&maps);
     if bpffs.exists() {
         fs::remove_dir(bpffs).map_err(|e| fs_err(bpffs, e))?;
     }
     Ok(removed)
+}
+
+/// Unpins the maps of earlier layouts (an upgraded agent's predecessor): once the new
+/// programs enforce on every workload, the old ones are detached (their links replaced) and
+/// nothing reads those maps. Returns how many pins were removed.
+pub fn remove_old_layouts(bpffs: &Path) -> usize {
+    let mut n = 0;
+    for d in OLD_MAPS_DIRS {
+        let dir = bpffs.join(d);
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                n += usize::from(fs::remove_file(e.path()).is_ok());
+            }
+        }
+        let _ = fs::remove_dir(&dir);
+    }
+    n
 }
 
 fn links_dir(bpffs: &Path, cgroup_id: u64) -> PathBuf {

@@ -1,6 +1,15 @@
-//! Typed handles on the kernel maps. The only module that touches `aya::maps`.
+//! Typed handles on the kernel maps, and the [`KernelStore`] on them. The only module that
+//! touches `aya::maps`.
+//!
+//! A compiled policy is installed as up to five inner maps (exact IPv4 and IPv6 entries, IPv4
+//! and IPv6 CIDRs, Domain ports), each created for exactly its entries, filled with batch
+//! updates, and only then put into the outer arrays at the policy's id.
 
-use std::{collections::BTreeSet, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::fd::AsFd as _,
+    path::Path,
+};
 
 use aya::{
     Ebpf,
@@ -9,12 +18,16 @@ use aya::{
 use ipnet::IpNet;
 use passthrough_common::{
     CidrV4Data, CidrV6Data, Config, DNS_FIXED_BITS, DnsV4Data, DnsV6Data, DomainPortKey,
-    ExactV4Key, ExactV6Key, Reason, RuleRef, Workload, map_names as names,
+    ExactV4Key, ExactV6Key, Reason, RuleRef, Workload, capacity, map_names as names,
 };
 
-use crate::policy::compile::CompiledPolicy;
+use super::{
+    store::{Cancel, KernelState, KernelStore, PolicyId, StoreError},
+    syscall::{self, UpdateError},
+};
+use crate::policy::tables::Tables;
 
-/// A map could not be opened or used; names the map.
+/// A map could not be opened; names the map.
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
     #[error("map {0} is missing from the BPF object or its pin directory")]
@@ -31,13 +44,59 @@ fn at(map: &'static str) -> impl Fn(MapError) -> MapsError {
     move |source| MapsError::Map { map, source }
 }
 
+/// `BPF_F_NO_PREALLOC`: the inner maps' flags must equal their templates' (maps.rs of the
+/// programs).
+const INNER_FLAGS: u32 = 1;
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
+
+/// An outer array of a rule map: policy id -> inner map.
+pub struct Outer {
+    name: &'static str,
+    data: MapData,
+}
+
+impl Outer {
+    fn new(name: &'static str, map: Map) -> Result<Self, MapsError> {
+        match map {
+            Map::ArrayOfMaps(data) => Ok(Self { name, data }),
+            _ => Err(MapsError::Map {
+                map: name,
+                source: MapError::InvalidName { name: name.into() },
+            }),
+        }
+    }
+
+    /// Puts `inner` at `id`.
+    fn set(&self, id: PolicyId, inner: &MapData) -> Result<(), StoreError> {
+        use std::os::fd::AsRawFd as _;
+        let fd: u32 = inner.fd().as_fd().as_raw_fd() as u32;
+        syscall::update_one(self.data.fd().as_fd(), &id, &fd).map_err(|source| StoreError::Kernel {
+            map: self.name,
+            op: "install",
+            source,
+        })
+    }
+
+    /// The inner map at `id`, if any.
+    fn get(&self, id: PolicyId) -> Option<MapData> {
+        let map_id: u32 = syscall::lookup(self.data.fd().as_fd(), &id).ok()??;
+        MapData::from_id(map_id).ok()
+    }
+
+    fn remove(&self, id: PolicyId) {
+        let _ = syscall::delete(self.data.fd().as_fd(), &id);
+    }
+}
+
 pub struct Maps {
     workloads: HashMap<MapData, u64, Workload>,
-    exact_v4: HashMap<MapData, ExactV4Key, RuleRef>,
-    exact_v6: HashMap<MapData, ExactV6Key, RuleRef>,
-    cidr_v4: LpmTrie<MapData, CidrV4Data, RuleRef>,
-    cidr_v6: LpmTrie<MapData, CidrV6Data, RuleRef>,
-    domain_ports: HashMap<MapData, DomainPortKey, RuleRef>,
+    cgroups: HashMap<MapData, u64, u64>,
+    exact_v4: Outer,
+    exact_v6: Outer,
+    cidr_v4: Outer,
+    cidr_v6: Outer,
+    domain_ports: Outer,
     mesh_v4: LpmTrie<MapData, [u8; 4], u32>,
     mesh_v6: LpmTrie<MapData, [u8; 16], u32>,
     dns_v4: LpmTrie<MapData, DnsV4Data, u32>,
@@ -46,8 +105,8 @@ pub struct Maps {
     counters: PerCpuArray<MapData, u64>,
 }
 
-/// Entries of one policy slot, per map, as counted by [`Maps::slot_entries`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+/// Entries of one policy, per table, for `/status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EntryCounts {
     pub exact_v4: usize,
@@ -58,19 +117,64 @@ pub struct EntryCounts {
 }
 
 impl EntryCounts {
-    pub fn of(c: &CompiledPolicy) -> Self {
+    pub fn of(t: &Tables) -> Self {
         Self {
-            exact_v4: c.exact_v4.len(),
-            exact_v6: c.exact_v6.len(),
-            cidr_v4: c.cidr_v4.len(),
-            cidr_v6: c.cidr_v6.len(),
-            domain_ports: c.domains.len(),
+            exact_v4: t.exact_v4.len(),
+            exact_v6: t.exact_v6.len(),
+            cidr_v4: t.cidr_v4.len(),
+            cidr_v6: t.cidr_v6.len(),
+            domain_ports: t.domain_ports.len(),
         }
     }
 }
 
+/// An inner map for `n` entries of `key_size` -> `value_size` bytes.
+fn inner(
+    map: &'static str,
+    kind: u32,
+    key_size: usize,
+    value_size: usize,
+    n: usize,
+) -> Result<MapData, StoreError> {
+    let max = u32::try_from(n.max(1)).map_err(|_| StoreError::Full {
+        map,
+        capacity: u32::MAX,
+        what: "one policy's entries of one table",
+    })?;
+    let obj =
+        aya_obj::Map::new_from_params(kind, key_size as u32, value_size as u32, max, INNER_FLAGS);
+    MapData::create(obj, &format!("pt_{}", map.to_ascii_lowercase()), None).map_err(|e| {
+        StoreError::Kernel {
+            map,
+            op: "create",
+            source: match e {
+                MapError::CreateError { io_error, .. } => io_error,
+                other => std::io::Error::other(other.to_string()),
+            },
+        }
+    })
+}
+
+/// Fills an inner map.
+fn fill<K: Copy, V: Copy>(
+    map: &'static str,
+    data: &MapData,
+    entries: impl Iterator<Item = (K, V)>,
+    cancel: &Cancel,
+) -> Result<(), StoreError> {
+    let (keys, values): (Vec<K>, Vec<V>) = entries.unzip();
+    syscall::update_all(data.fd().as_fd(), &keys, &values, cancel).map_err(|e| match e {
+        UpdateError::Cancelled => StoreError::Cancelled,
+        UpdateError::Kernel(source) => StoreError::Kernel {
+            map,
+            op: "write",
+            source,
+        },
+    })
+}
+
 impl Maps {
-    /// Takes the maps out of a loaded object (they are pinned by name by the loader).
+    /// Takes the maps out of a loaded object (the loader pinned them).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         Self::from_source(|name| ebpf.take_map(name))
     }
@@ -88,12 +192,12 @@ impl Maps {
         let mut take = |name: &'static str| get(name).ok_or(MapsError::Missing(name));
         Ok(Self {
             workloads: HashMap::try_from(take(names::WORKLOADS)?).map_err(at(names::WORKLOADS))?,
-            exact_v4: HashMap::try_from(take(names::EXACT_V4)?).map_err(at(names::EXACT_V4))?,
-            exact_v6: HashMap::try_from(take(names::EXACT_V6)?).map_err(at(names::EXACT_V6))?,
-            cidr_v4: LpmTrie::try_from(take(names::CIDR_V4)?).map_err(at(names::CIDR_V4))?,
-            cidr_v6: LpmTrie::try_from(take(names::CIDR_V6)?).map_err(at(names::CIDR_V6))?,
-            domain_ports: HashMap::try_from(take(names::DOMAIN_PORTS)?)
-                .map_err(at(names::DOMAIN_PORTS))?,
+            cgroups: HashMap::try_from(take(names::CGROUPS)?).map_err(at(names::CGROUPS))?,
+            exact_v4: Outer::new(names::EXACT_V4, take(names::EXACT_V4)?)?,
+            exact_v6: Outer::new(names::EXACT_V6, take(names::EXACT_V6)?)?,
+            cidr_v4: Outer::new(names::CIDR_V4, take(names::CIDR_V4)?)?,
+            cidr_v6: Outer::new(names::CIDR_V6, take(names::CIDR_V6)?)?,
+            domain_ports: Outer::new(names::DOMAIN_PORTS, take(names::DOMAIN_PORTS)?)?,
             mesh_v4: LpmTrie::try_from(take(names::MESH_V4)?).map_err(at(names::MESH_V4))?,
             mesh_v6: LpmTrie::try_from(take(names::MESH_V6)?).map_err(at(names::MESH_V6))?,
             dns_v4: LpmTrie::try_from(take(names::DNS_V4)?).map_err(at(names::DNS_V4))?,
@@ -103,104 +207,18 @@ impl Maps {
         })
     }
 
-    /// Writes every entry of `c` into `slot`. On error the slot may be partly written: the
-    /// caller clears it with [`Maps::clear_slot`] before reporting.
-    pub fn write_slot(&mut self, slot: u32, c: &CompiledPolicy) -> Result<(), MapsError> {
-        for (k, v) in c.exact_v4_entries(slot) {
-            self.exact_v4.insert(k, v, 0).map_err(at(names::EXACT_V4))?;
-        }
-        for (k, v) in c.exact_v6_entries(slot) {
-            self.exact_v6.insert(k, v, 0).map_err(at(names::EXACT_V6))?;
-        }
-        for (p, d, v) in c.cidr_v4_entries(slot) {
-            self.cidr_v4
-                .insert(&Key::new(p, d), v, 0)
-                .map_err(at(names::CIDR_V4))?;
-        }
-        for (p, d, v) in c.cidr_v6_entries(slot) {
-            self.cidr_v6
-                .insert(&Key::new(p, d), v, 0)
-                .map_err(at(names::CIDR_V6))?;
-        }
-        for (k, v) in c.domain_port_entries(slot) {
-            self.domain_ports
-                .insert(k, v, 0)
-                .map_err(at(names::DOMAIN_PORTS))?;
-        }
-        Ok(())
+    fn outers(&self) -> [&Outer; 5] {
+        [
+            &self.exact_v4,
+            &self.exact_v6,
+            &self.cidr_v4,
+            &self.cidr_v6,
+            &self.domain_ports,
+        ]
     }
 
-    /// Removes the entries `c` put into `slot`; entries already gone are no error.
-    pub fn clear_slot(&mut self, slot: u32, c: &CompiledPolicy) {
-        for (k, _) in c.exact_v4_entries(slot) {
-            let _ = self.exact_v4.remove(&k);
-        }
-        for (k, _) in c.exact_v6_entries(slot) {
-            let _ = self.exact_v6.remove(&k);
-        }
-        for (p, d, _) in c.cidr_v4_entries(slot) {
-            let _ = self.cidr_v4.remove(&Key::new(p, d));
-        }
-        for (p, d, _) in c.cidr_v6_entries(slot) {
-            let _ = self.cidr_v6.remove(&Key::new(p, d));
-        }
-        for (k, _) in c.domain_port_entries(slot) {
-            let _ = self.domain_ports.remove(&k);
-        }
-    }
-
-    /// Deletes every rule entry whose slot is not in `live` (used after adopting the state of
-    /// an earlier agent, whose slot contents are unknown). Returns the number deleted.
-    pub fn sweep(&mut self, live: &BTreeSet<u32>) -> usize {
-        let mut n = 0;
-        let keys: Vec<ExactV4Key> = self.exact_v4.keys().filter_map(Result::ok).collect();
-        for k in keys.iter().filter(|k| !live.contains(&k.slot)) {
-            n += usize::from(self.exact_v4.remove(k).is_ok());
-        }
-        let keys: Vec<ExactV6Key> = self.exact_v6.keys().filter_map(Result::ok).collect();
-        for k in keys.iter().filter(|k| !live.contains(&k.slot)) {
-            n += usize::from(self.exact_v6.remove(k).is_ok());
-        }
-        let keys: Vec<Key<CidrV4Data>> = self.cidr_v4.keys().filter_map(Result::ok).collect();
-        for k in keys
-            .iter()
-            .filter(|k| !live.contains(&u32::from_be_bytes(k.data().slot)))
-        {
-            n += usize::from(self.cidr_v4.remove(k).is_ok());
-        }
-        let keys: Vec<Key<CidrV6Data>> = self.cidr_v6.keys().filter_map(Result::ok).collect();
-        for k in keys
-            .iter()
-            .filter(|k| !live.contains(&u32::from_be_bytes(k.data().slot)))
-        {
-            n += usize::from(self.cidr_v6.remove(k).is_ok());
-        }
-        let keys: Vec<DomainPortKey> = self.domain_ports.keys().filter_map(Result::ok).collect();
-        for k in keys.iter().filter(|k| !live.contains(&k.slot)) {
-            n += usize::from(self.domain_ports.remove(k).is_ok());
-        }
-        n
-    }
-
-    /// Points a workload cgroup at a slot: one map update, so a connect sees either the old
-    /// policy or the new one, never a mix.
-    pub fn set_workload(&mut self, cgroup_id: u64, w: Workload) -> Result<(), MapsError> {
-        self.workloads
-            .insert(cgroup_id, w, 0)
-            .map_err(at(names::WORKLOADS))
-    }
-
-    pub fn remove_workload(&mut self, cgroup_id: u64) {
-        let _ = self.workloads.remove(&cgroup_id);
-    }
-
-    /// The workload table as the kernel sees it.
-    pub fn workloads(&self) -> Vec<(u64, Workload)> {
-        self.workloads.iter().filter_map(Result::ok).collect()
-    }
-
-    /// Replaces the mesh CIDRs with `cidrs`.
-    pub fn set_mesh_cidrs(&mut self, cidrs: &[IpNet]) -> Result<(), MapsError> {
+    /// Replaces the mesh CIDRs with `cidrs`; returns which families have any.
+    pub fn set_mesh_cidrs(&mut self, cidrs: &[IpNet]) -> Result<(bool, bool), MapsError> {
         let mut want_v4 = BTreeSet::new();
         let mut want_v6 = BTreeSet::new();
         for (i, n) in cidrs.iter().enumerate() {
@@ -234,7 +252,7 @@ impl Maps {
                 let _ = self.mesh_v6.remove(&k);
             }
         }
-        Ok(())
+        Ok((!want_v4.is_empty(), !want_v6.is_empty()))
     }
 
     /// Replaces the resolver sets: set `i` holds the networks of `sets[i]` (both families:
@@ -281,11 +299,15 @@ impl Maps {
         Ok(())
     }
 
+    pub fn config(&self) -> Config {
+        self.config.get(&0, 0).unwrap_or_default()
+    }
+
     pub fn set_config(&mut self, c: Config) -> Result<(), MapsError> {
         self.config.set(0, c, 0).map_err(at(names::CONFIG))
     }
 
-    /// Connects decided per [`Reason`], summed over CPUs.
+    /// Decisions per [`Reason`], summed over CPUs.
     pub fn counters(&self) -> Vec<(Reason, u64)> {
         Reason::ALL
             .iter()
@@ -298,5 +320,201 @@ impl Maps {
                 (r, n)
             })
             .collect()
+    }
+
+    /// Kernel memory charged to the inner maps of the installed policies (fdinfo `memlock`).
+    pub fn policy_memory(&self) -> u64 {
+        let mut total = 0;
+        for outer in self.outers() {
+            for id in 1..capacity::POLICIES {
+                if let Some(m) = outer.get(id) {
+                    total += memlock(&m);
+                }
+            }
+        }
+        total
+    }
+}
+
+/// The `memlock` a map is charged, from its fdinfo.
+pub fn memlock(m: &MapData) -> u64 {
+    use std::os::fd::AsRawFd as _;
+    let fd = m.fd().as_fd().as_raw_fd();
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+impl KernelStore for Maps {
+    fn install_policy(
+        &mut self,
+        id: PolicyId,
+        t: &Tables,
+        cancel: &Cancel,
+    ) -> Result<(), StoreError> {
+        // Every inner map is built and filled before any is put in place.
+        let mut built: Vec<(&'static str, MapData)> = Vec::new();
+        if !t.exact_v4.is_empty() {
+            let m = inner(
+                names::EXACT_V4,
+                BPF_MAP_TYPE_HASH,
+                size_of::<ExactV4Key>(),
+                size_of::<RuleRef>(),
+                t.exact_v4.len(),
+            )?;
+            fill(names::EXACT_V4, &m, t.exact_v4_entries(), cancel)?;
+            built.push((names::EXACT_V4, m));
+        }
+        if !t.exact_v6.is_empty() {
+            let m = inner(
+                names::EXACT_V6,
+                BPF_MAP_TYPE_HASH,
+                size_of::<ExactV6Key>(),
+                size_of::<RuleRef>(),
+                t.exact_v6.len(),
+            )?;
+            fill(names::EXACT_V6, &m, t.exact_v6_entries(), cancel)?;
+            built.push((names::EXACT_V6, m));
+        }
+        if !t.cidr_v4.is_empty() {
+            let m = inner(
+                names::CIDR_V4,
+                BPF_MAP_TYPE_LPM_TRIE,
+                size_of::<Key<CidrV4Data>>(),
+                size_of::<RuleRef>(),
+                t.cidr_v4.len(),
+            )?;
+            fill(
+                names::CIDR_V4,
+                &m,
+                t.cidr_v4_entries().map(|(p, d, v)| (Key::new(p, d), v)),
+                cancel,
+            )?;
+            built.push((names::CIDR_V4, m));
+        }
+        if !t.cidr_v6.is_empty() {
+            let m = inner(
+                names::CIDR_V6,
+                BPF_MAP_TYPE_LPM_TRIE,
+                size_of::<Key<CidrV6Data>>(),
+                size_of::<RuleRef>(),
+                t.cidr_v6.len(),
+            )?;
+            fill(
+                names::CIDR_V6,
+                &m,
+                t.cidr_v6_entries().map(|(p, d, v)| (Key::new(p, d), v)),
+                cancel,
+            )?;
+            built.push((names::CIDR_V6, m));
+        }
+        if !t.domain_ports.is_empty() {
+            let m = inner(
+                names::DOMAIN_PORTS,
+                BPF_MAP_TYPE_HASH,
+                size_of::<DomainPortKey>(),
+                size_of::<RuleRef>(),
+                t.domain_ports.len(),
+            )?;
+            fill(names::DOMAIN_PORTS, &m, t.domain_port_entries(), cancel)?;
+            built.push((names::DOMAIN_PORTS, m));
+        }
+        if cancel.is_cancelled() {
+            return Err(StoreError::Cancelled);
+        }
+        // The outer entries: the program sees a table from the moment it is set, but no
+        // workload points at `id` yet.
+        let mut placed: Vec<&Outer> = Vec::new();
+        for (map, m) in &built {
+            let outer = match *map {
+                names::EXACT_V4 => &self.exact_v4,
+                names::EXACT_V6 => &self.exact_v6,
+                names::CIDR_V4 => &self.cidr_v4,
+                names::CIDR_V6 => &self.cidr_v6,
+                _ => &self.domain_ports,
+            };
+            if let Err(e) = outer.set(id, m) {
+                for done in placed {
+                    done.remove(id);
+                }
+                return Err(e);
+            }
+            placed.push(outer);
+        }
+        Ok(())
+    }
+
+    fn remove_policy(&mut self, id: PolicyId) {
+        for outer in self.outers() {
+            outer.remove(id);
+        }
+    }
+
+    fn set_workload(&mut self, cgroup: u64, value: Workload) -> Result<(), StoreError> {
+        self.workloads
+            .insert(cgroup, value, 0)
+            .map_err(|e| kernel_error(names::WORKLOADS, "write", e, capacity::WORKLOADS))
+    }
+
+    fn remove_workload(&mut self, cgroup: u64) {
+        let _ = self.workloads.remove(&cgroup);
+    }
+
+    fn set_link(&mut self, cgroup: u64, owner: u64) -> Result<(), StoreError> {
+        self.cgroups
+            .insert(cgroup, owner, 0)
+            .map_err(|e| kernel_error(names::CGROUPS, "write", e, capacity::CGROUPS))
+    }
+
+    fn remove_link(&mut self, cgroup: u64) {
+        let _ = self.cgroups.remove(&cgroup);
+    }
+
+    fn read(&self) -> KernelState {
+        let mut policies = BTreeSet::new();
+        for outer in self.outers() {
+            for id in 1..capacity::POLICIES {
+                let present: Option<u32> =
+                    syscall::lookup(outer.data.fd().as_fd(), &id).ok().flatten();
+                if present.is_some() {
+                    policies.insert(id);
+                }
+            }
+        }
+        KernelState {
+            workloads: self.workloads.iter().filter_map(Result::ok).collect(),
+            links: self
+                .cgroups
+                .iter()
+                .filter_map(Result::ok)
+                .collect::<BTreeMap<_, _>>(),
+            policies,
+        }
+    }
+}
+
+/// A map write that failed: full maps are said so.
+fn kernel_error(map: &'static str, op: &'static str, e: MapError, capacity: u32) -> StoreError {
+    match e {
+        MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            StoreError::Full {
+                map,
+                capacity,
+                what: "remove workloads or raise the capacity",
+            }
+        }
+        MapError::SyscallError(s) => StoreError::Kernel {
+            map,
+            op,
+            source: s.io_error,
+        },
+        other => StoreError::Kernel {
+            map,
+            op,
+            source: std::io::Error::other(other.to_string()),
+        },
     }
 }

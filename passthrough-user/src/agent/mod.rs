@@ -1,10 +1,10 @@
 //! The agent: desired state from the config file and policy files, enforced in the kernel.
 //!
-//! `Agent::reconcile` is the one place that changes kernel state. For each workload it
-//! compiles the merged policy, writes it into a policy slot (or reuses an identical one),
-//! then flips the workload's `WORKLOADS` entry to that slot in one update, and only then
-//! frees the old slot. An invalid policy set changes nothing: every workload keeps its last
-//! good state.
+//! `Agent::reconcile` is the one place that changes kernel state. It compiles each workload's
+//! merged policy, builds the desired kernel state, and hands it with what the kernel holds to
+//! the planner (`plan`), whose operations the executor applies through the maps (`store`):
+//! new policies installed in full, then workloads flipped, then unused policies freed. An
+//! invalid policy set changes nothing: every workload keeps its last good state.
 
 pub mod admin;
 pub mod cgroup;
@@ -12,7 +12,10 @@ pub mod config;
 pub mod events;
 pub mod loader;
 pub mod maps;
+pub mod plan;
 pub mod run;
+pub mod store;
+pub mod syscall;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -22,7 +25,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use passthrough_common::{Config, Workload as KernelWorkload, workload_flags};
+use passthrough_common::{Config, Workload as KernelWorkload, config_flags, workload_flags};
 use serde::Serialize;
 
 use self::{
@@ -32,6 +35,8 @@ use self::{
     events::{EventCounts, EventLog},
     loader::Loader,
     maps::{EntryCounts, Maps, MapsError},
+    plan::{Desired, DesiredWorkload},
+    store::{Cancel, KernelStore as _, NO_POLICY, PolicyId},
 };
 use crate::{
     policy::{
@@ -45,17 +50,6 @@ use crate::{
     proxy::server::{SharedView, Stats as ProxyStats, StatsSnapshot, View, WorkloadView},
 };
 
-/// Slot 0 holds no entries: workloads whose mode needs none, or whose Matched list compiles
-/// to nothing, point at it.
-const EMPTY_SLOT: u32 = 0;
-
-/// A policy slot in the rule maps.
-struct Slot {
-    id: u32,
-    tables: CompiledPolicy,
-    users: usize,
-}
-
 /// What is enforced for one workload.
 #[derive(Clone, Debug)]
 struct Applied {
@@ -64,7 +58,8 @@ struct Applied {
     compiled: CompiledPolicy,
     policies: Vec<PolicyRef>,
     mode_from: Option<PolicyRef>,
-    slot: u32,
+    /// Its policy's id in the kernel's rule maps.
+    policy: PolicyId,
     generation: u64,
 }
 
@@ -76,6 +71,15 @@ struct WorkloadState {
 }
 
 impl WorkloadState {
+    fn new(config: WorkloadConfig) -> Self {
+        Self {
+            config,
+            applied: None,
+            attached: None,
+            error: None,
+        }
+    }
+
     /// Its policy is in the maps and the programs are attached to the same cgroup.
     fn enforced(&self) -> bool {
         self.applied
@@ -106,9 +110,10 @@ pub struct Agent {
     cgroup_root: PathBuf,
     pub(crate) loader: Loader,
     maps: Maps,
-    slots: Vec<Slot>,
-    /// Slots an earlier agent run left in the maps; swept once every workload is reconciled.
-    adopted: BTreeSet<u32>,
+    /// What the kernel holds, as the planner sees it.
+    kernel: plan::Applied,
+    /// Set when the agent stops: a long reconcile gives up between steps.
+    pub(crate) cancel: Cancel,
     workloads: Vec<WorkloadState>,
     generation: u64,
     last_reload: Option<ReloadReport>,
@@ -123,11 +128,11 @@ pub struct Agent {
     pub(crate) kube_problems: Arc<crate::k8s::source::Problems>,
     /// The kubepods cgroup (path, id) once the programs are attached to it.
     kubepods: Option<(PathBuf, u64)>,
-    /// Entries written for pods outside the mesh (`unknownPods: deny` only).
-    left_alone: BTreeSet<u64>,
     /// The resolver sets in `DNS_V4/6`: set 0 is the agent's `udp.dns`, then each
     /// workload's own list.
     dns_sets: Vec<Option<Vec<IpNet>>>,
+    /// Kernel memory of the installed policies' maps, as of the last reconcile.
+    policy_memory: u64,
 }
 
 /// A MeshPassthrough object the agent refused, and why.
@@ -181,6 +186,13 @@ pub enum AgentError {
     Other(String),
 }
 
+/// One workload's part of the desired state, or why it has none yet.
+struct Wanted {
+    cgroup_id: u64,
+    desired: DesiredWorkload,
+    applied: Applied,
+}
+
 impl Agent {
     /// Loads the programs and adopts whatever an earlier run left pinned; enforces nothing
     /// new until [`Agent::reconcile`].
@@ -195,7 +207,10 @@ impl Agent {
         }
         let config = preflight.into_config()?;
         let cgroup_root = cgroup::cgroup2_root().map_err(|e| AgentError::Other(e.to_string()))?;
-        let mut loader = Loader::load(&config.bpffs)?;
+        let redirects = config.proxy.as_ref().map_or(0, |p| {
+            u32::try_from(p.max_connections.saturating_mul(4)).unwrap_or(u32::MAX)
+        });
+        let mut loader = Loader::load(&config.bpffs, redirects)?;
         let mut maps = Maps::take(loader.ebpf_mut())?;
         let agent_cgroup = agent_cgroup(&config, &cgroup_root)?;
         let (proxy_port_v4, proxy_port_v6) = config.proxy.as_ref().map_or((0, 0), |p| p.ports());
@@ -206,39 +221,30 @@ impl Agent {
             debug: u8::from(config.debug),
             ..Config::default()
         })?;
-        maps.set_mesh_cidrs(&config.mesh_cidrs)?;
         let dns_sets = dns_sets(&config);
         maps.set_dns_sets(&dns_networks(&dns_sets))?;
-        let adopted: BTreeSet<u32> = maps
-            .workloads()
-            .iter()
-            .map(|(_, w)| w.slot)
-            .filter(|s| *s != EMPTY_SLOT)
-            .collect();
-        if !adopted.is_empty() {
+        let kernel = plan::Applied::adopt(maps.read());
+        if !kernel.workloads.is_empty() {
             tracing::info!(
-                slots = adopted.len(),
+                workloads = kernel.workloads.len(),
+                policies = kernel.policies.len(),
                 "adopted the enforcement state left by an earlier run"
             );
         }
         let workloads = config
             .workloads
             .iter()
-            .map(|w| WorkloadState {
-                config: w.clone(),
-                applied: None,
-                attached: None,
-                error: None,
-            })
+            .cloned()
+            .map(WorkloadState::new)
             .collect();
-        Ok(Self {
+        let mut agent = Self {
             config,
             config_path: config_path.to_path_buf(),
             cgroup_root,
             loader,
             maps,
-            slots: Vec::new(),
-            adopted,
+            kernel,
+            cancel: Cancel::default(),
             workloads,
             generation: 0,
             last_reload: None,
@@ -248,9 +254,11 @@ impl Agent {
             kube: KubeState::default(),
             kube_problems: Arc::default(),
             kubepods: None,
-            left_alone: BTreeSet::new(),
             dns_sets,
-        })
+            policy_memory: 0,
+        };
+        agent.set_mesh_cidrs()?;
+        Ok(agent)
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -260,6 +268,43 @@ impl Agent {
     /// The detected cgroup v2 mount.
     pub fn cgroup_root(&self) -> &Path {
         &self.cgroup_root
+    }
+
+    /// Writes the mesh CIDRs and tells the programs which families have any.
+    fn set_mesh_cidrs(&mut self) -> Result<(), AgentError> {
+        let (v4, v6) = self.maps.set_mesh_cidrs(&self.config.mesh_cidrs)?;
+        let mut c = self.maps.config();
+        c.flags &= !(config_flags::MESH_V4 | config_flags::MESH_V6);
+        if v4 {
+            c.flags |= config_flags::MESH_V4;
+        }
+        if v6 {
+            c.flags |= config_flags::MESH_V6;
+        }
+        self.maps.set_config(c)?;
+        Ok(())
+    }
+
+    /// Tells the programs whether any workload has `udp: Deny` (else datagrams are not
+    /// looked at).
+    fn set_udp_flag(&mut self) {
+        let any = self
+            .kernel
+            .workloads
+            .values()
+            .any(|w| w.flags & workload_flags::UDP_DENY != 0);
+        let mut c = self.maps.config();
+        let want = if any {
+            c.flags | config_flags::UDP
+        } else {
+            c.flags & !config_flags::UDP
+        };
+        if want != c.flags {
+            c.flags = want;
+            if let Err(e) = self.maps.set_config(c) {
+                tracing::error!("{e}");
+            }
+        }
     }
 
     /// Re-reads the config file (SIGHUP): workloads and mesh CIDRs change, bpffs and the
@@ -276,11 +321,11 @@ impl Agent {
         {
             tracing::warn!("bpffs, admin and proxy changes take effect after a restart");
         }
-        self.maps.set_mesh_cidrs(&new.mesh_cidrs)?;
         let sets = dns_sets(&new);
         self.maps.set_dns_sets(&dns_networks(&sets))?;
         self.dns_sets = sets;
         self.config = new;
+        self.set_mesh_cidrs()?;
         self.sync_workloads();
         Ok(())
     }
@@ -302,7 +347,7 @@ impl Agent {
 
     /// The workloads are those of the config file and those of Kubernetes (a cgroup listed
     /// by both is the config's). Existing state is kept for a workload that stays; one that
-    /// left is forgotten (detached, its slot freed).
+    /// left is detached (its kernel entries go with the next reconcile).
     fn sync_workloads(&mut self) {
         let mut old: BTreeMap<PathBuf, WorkloadState> = self
             .workloads
@@ -319,30 +364,18 @@ impl Agent {
             .cloned()
             .collect();
         for w in wanted {
-            let mut state = old.remove(&w.cgroup).unwrap_or(WorkloadState {
-                config: w.clone(),
-                applied: None,
-                attached: None,
-                error: None,
-            });
+            let mut state = old
+                .remove(&w.cgroup)
+                .unwrap_or_else(|| WorkloadState::new(w.clone()));
             state.config = w;
             self.workloads.push(state);
         }
         for (_, gone) in old {
-            self.forget(gone);
+            if let Some(id) = gone.attached {
+                loader::detach(&self.config.bpffs, id);
+            }
+            tracing::info!(cgroup = %gone.config.cgroup.display(), "workload removed");
         }
-    }
-
-    /// Stops enforcing on a workload that left the config.
-    fn forget(&mut self, w: WorkloadState) {
-        if let Some(a) = w.applied {
-            self.maps.remove_workload(a.cgroup_id);
-            self.release(a.slot);
-        }
-        if let Some(id) = w.attached {
-            loader::detach(&self.config.bpffs, id);
-        }
-        tracing::info!(cgroup = %w.config.cgroup.display(), "workload removed");
     }
 
     /// Brings the kernel in line with the config and the policy files.
@@ -377,13 +410,13 @@ impl Agent {
                 warnings,
             });
         }
-        let mut changed = false;
         let mut problems = Vec::new();
+        let mut wanted: Vec<Option<Wanted>> = Vec::with_capacity(self.workloads.len());
         for i in 0..self.workloads.len() {
-            match self.reconcile_one(i, &set, &opts) {
-                Ok(c) => {
-                    changed |= c;
+            match self.wanted(i, &set, &opts) {
+                Ok(w) => {
                     self.workloads[i].error = None;
+                    wanted.push(Some(w));
                 }
                 Err(e) => {
                     tracing::error!(cgroup = %self.workloads[i].config.cgroup.display(), "{e}");
@@ -392,11 +425,16 @@ impl Agent {
                         self.workloads[i].config.cgroup.display()
                     ));
                     self.workloads[i].error = Some(e);
+                    wanted.push(None);
                 }
             }
         }
+        self.attach_kubepods();
+        let desired = self.desired(&wanted);
+        let changed = self.apply(desired, &mut wanted, &mut problems);
         self.attach_all();
-        self.sweep();
+        self.set_udp_flag();
+        self.policy_memory = self.maps.policy_memory();
         self.publish_proxy_view();
         if changed {
             self.generation += 1;
@@ -415,6 +453,240 @@ impl Agent {
             problems,
             warnings,
         })
+    }
+
+    /// Plans and executes; records what each workload now has. `true` when the kernel
+    /// changed.
+    fn apply(
+        &mut self,
+        desired: Desired,
+        wanted: &mut [Option<Wanted>],
+        problems: &mut Vec<String>,
+    ) -> bool {
+        let ops = match plan::plan(&desired, &self.kernel) {
+            Ok(ops) => ops,
+            Err(e) => {
+                tracing::error!("{e}");
+                problems.push(e.to_string());
+                return false;
+            }
+        };
+        if ops.is_empty() {
+            return false;
+        }
+        let outcome = plan::execute(ops, &mut self.maps, &mut self.kernel, &self.cancel);
+        if outcome.cancelled {
+            tracing::warn!(
+                "reconcile abandoned: the agent is stopping; the kernel keeps its last complete state"
+            );
+        }
+        for f in &outcome.failures {
+            tracing::error!("{}", f.error);
+        }
+        let failed: BTreeSet<u64> = outcome.failures.iter().filter_map(|f| f.cgroup).collect();
+        for f in outcome.failures.iter().filter(|f| f.cgroup.is_none()) {
+            problems.push(f.error.to_string());
+        }
+        let mut changed = false;
+        for (i, w) in wanted.iter_mut().enumerate() {
+            let Some(w) = w.take() else { continue };
+            // What the kernel now holds for the workload decides what it has.
+            let Some(value) = self.kernel.workloads.get(&w.cgroup_id).copied() else {
+                continue;
+            };
+            let holds = value.mode == w.desired.mode
+                && value.flags == w.desired.flags
+                && value.dns_set == w.desired.dns_set
+                && (w.desired.tables.is_empty() && value.policy == NO_POLICY
+                    || self
+                        .kernel
+                        .policies
+                        .get(&value.policy)
+                        .and_then(|p| p.tables.as_ref())
+                        .is_some_and(|t| *t == w.desired.tables));
+            if !holds {
+                if failed.contains(&w.cgroup_id) {
+                    let cgroup = self.workloads[i].config.cgroup.display().to_string();
+                    let e = "its new policy could not be written to the kernel (see the log); it keeps its last good state";
+                    problems.push(format!("{cgroup}: {e}"));
+                    self.workloads[i].error = Some(e.into());
+                }
+                continue;
+            }
+            let unchanged = self.workloads[i].applied.as_ref().is_some_and(|a| {
+                a.cgroup_id == w.cgroup_id
+                    && a.compiled == w.applied.compiled
+                    && a.containment == w.applied.containment
+            });
+            if !unchanged {
+                changed = true;
+                self.workloads[i].applied = Some(Applied {
+                    policy: value.policy,
+                    generation: self.generation + 1,
+                    ..w.applied
+                });
+            }
+        }
+        changed || outcome.done > 0
+    }
+
+    /// One workload's desired kernel state.
+    fn wanted(&self, i: usize, set: &PolicySet, opts: &SelectOptions) -> Result<Wanted, String> {
+        let wc = &self.workloads[i].config;
+        cgroup::check_workload_cgroup(&self.cgroup_root, &wc.cgroup)?;
+        let cgroup_id = cgroup::cgroup_id(&wc.cgroup).map_err(|e| {
+            format!(
+                "cgroup {} is not there ({e}): waiting for it to appear",
+                wc.cgroup.display()
+            )
+        })?;
+        let merged = merged_for(&set.policies, &wc.identity(), opts).map_err(|conflicts| {
+            let text: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
+            format!("{}; keeping the last good state", text.join("; "))
+        })?;
+        let mut compiled = compile(&merged).map_err(|e| e.to_string())?;
+        if compiled.mode == EffectiveMode::Unfiltered
+            && self.config.default_mode == Some(DefaultMode::None)
+        {
+            compiled.mode = EffectiveMode::None;
+        }
+        compiled.audit |= self.config.audit || wc.audit;
+        let containment = wc.containment(&self.config);
+        let k = self.kernel_entry(compiled.mode.kernel(), compiled.audit, &containment);
+        Ok(Wanted {
+            cgroup_id,
+            desired: DesiredWorkload {
+                tables: compiled.tables.clone(),
+                mode: k.mode,
+                flags: k.flags,
+                dns_set: k.dns_set,
+            },
+            applied: Applied {
+                cgroup_id,
+                containment,
+                compiled,
+                policies: merged.policies,
+                mode_from: merged.mode_from,
+                policy: NO_POLICY,
+                generation: 0,
+            },
+        })
+    }
+
+    /// The whole desired kernel state: the workloads, the entries of Kubernetes' unknown
+    /// and left-alone pods, and the links of every cgroup below a workload.
+    fn desired(&self, wanted: &[Option<Wanted>]) -> Desired {
+        let mut d = Desired::default();
+        let empty = Arc::new(crate::policy::tables::Tables::default());
+        let mode_only = |entry: KernelWorkload| DesiredWorkload {
+            tables: empty.clone(),
+            mode: entry.mode,
+            flags: entry.flags,
+            dns_set: entry.dns_set,
+        };
+        if let (Some(k), Some((_, id))) = (&self.config.kubernetes, &self.kubepods)
+            && k.unknown_pods == UnknownPods::Deny
+        {
+            // Pods the agent has not been told about yet: denied. Below it, the deeper
+            // entry of each known pod wins.
+            d.workloads.insert(
+                *id,
+                mode_only(self.kernel_entry(
+                    passthrough_common::mode::NONE,
+                    self.config.audit,
+                    &self.agent_containment(),
+                )),
+            );
+            for p in &self.kube.others {
+                if let Ok(id) = cgroup::cgroup_id(p) {
+                    d.workloads.insert(
+                        id,
+                        mode_only(self.kernel_entry(
+                            passthrough_common::mode::UNFILTERED,
+                            false,
+                            &self.agent_containment(),
+                        )),
+                    );
+                }
+            }
+        }
+        let mut roots: Vec<(&Path, u64)> = Vec::new();
+        for (w, state) in wanted.iter().zip(&self.workloads) {
+            match w {
+                Some(w) => {
+                    d.workloads.insert(w.cgroup_id, w.desired.clone());
+                    roots.push((&state.config.cgroup, w.cgroup_id));
+                }
+                // Not computable now: it keeps what the kernel has, and nothing is swept.
+                None => {
+                    d.complete = false;
+                    if let Some(a) = &state.applied
+                        && let Some(value) = self.kernel.workloads.get(&a.cgroup_id)
+                    {
+                        d.workloads.insert(
+                            a.cgroup_id,
+                            DesiredWorkload {
+                                tables: self
+                                    .kernel
+                                    .policies
+                                    .get(&value.policy)
+                                    .and_then(|p| p.tables.clone())
+                                    .unwrap_or_else(|| a.compiled.tables.clone()),
+                                mode: value.mode,
+                                flags: value.flags,
+                                dns_set: value.dns_set,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        if wanted.iter().all(Option::is_some)
+            && (self.config.kubernetes.is_none() || self.kube.synced)
+        {
+            d.complete = true;
+        }
+        d.links = links(&roots);
+        d
+    }
+
+    /// The `WORKLOADS` value for a workload of kernel mode `mode` (policy left empty): the
+    /// datagram and raw socket settings apply to modes `None` and `Matched` only.
+    fn kernel_entry(&self, mode: u8, audit: bool, c: &Containment) -> KernelWorkload {
+        use passthrough_common::mode as m;
+        let judged = mode == m::NONE || mode == m::MATCHED;
+        let mut flags = 0;
+        if audit {
+            flags |= workload_flags::AUDIT;
+        }
+        if judged && c.udp == UdpMode::Deny {
+            flags |= workload_flags::UDP_DENY;
+        }
+        if judged && c.raw_sockets == RawSockets::Deny {
+            flags |= workload_flags::RAW_DENY;
+        }
+        let dns_set = self
+            .dns_sets
+            .iter()
+            .position(|s| *s == c.dns)
+            .and_then(|i| u16::try_from(i).ok())
+            .unwrap_or(0);
+        KernelWorkload {
+            policy: NO_POLICY,
+            mode,
+            flags,
+            dns_set,
+        }
+    }
+
+    /// The agent's own settings, for entries no workload config stands behind (the
+    /// kubepods default).
+    fn agent_containment(&self) -> Containment {
+        Containment {
+            udp: self.config.udp.mode,
+            dns: self.config.udp.dns.clone(),
+            raw_sockets: self.config.raw_sockets,
+        }
     }
 
     /// Hands the violations of MeshPassthrough objects to the Kubernetes source, which
@@ -482,165 +754,8 @@ impl Agent {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(view);
     }
 
-    /// Reconciles one workload; `Ok(true)` when its kernel state changed.
-    fn reconcile_one(
-        &mut self,
-        i: usize,
-        set: &PolicySet,
-        opts: &SelectOptions,
-    ) -> Result<bool, String> {
-        let wc = self.workloads[i].config.clone();
-        cgroup::check_workload_cgroup(&self.cgroup_root, &wc.cgroup)?;
-        let cgroup_id = match cgroup::cgroup_id(&wc.cgroup) {
-            Ok(id) => id,
-            Err(e) => {
-                // The cgroup is gone (or not there yet): nothing to enforce on.
-                if let Some(a) = self.workloads[i].applied.take() {
-                    self.maps.remove_workload(a.cgroup_id);
-                    self.release(a.slot);
-                }
-                if let Some(id) = self.workloads[i].attached.take() {
-                    loader::detach(&self.config.bpffs, id);
-                }
-                return Err(format!(
-                    "cgroup {} is not there ({e}): waiting for it to appear",
-                    wc.cgroup.display()
-                ));
-            }
-        };
-        let merged = merged_for(&set.policies, &wc.identity(), opts).map_err(|conflicts| {
-            let text: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
-            format!("{}; keeping the last good state", text.join("; "))
-        })?;
-        let mut compiled = compile(&merged).map_err(|e| e.to_string())?;
-        if compiled.mode == EffectiveMode::Unfiltered
-            && self.config.default_mode == Some(DefaultMode::None)
-        {
-            compiled.mode = EffectiveMode::None;
-        }
-        compiled.audit |= self.config.audit || wc.audit;
-        let containment = wc.containment(&self.config);
-        if let Some(a) = &self.workloads[i].applied
-            && a.cgroup_id == cgroup_id
-            && a.compiled == compiled
-            && a.containment == containment
-        {
-            return Ok(false);
-        }
-        let slot = self.acquire(&compiled).map_err(|e| {
-            format!(
-                "cannot write the policy into the kernel maps: {e}; keeping the last good state"
-            )
-        })?;
-        let entry = KernelWorkload {
-            slot,
-            ..self.kernel_entry(compiled.mode.kernel(), compiled.audit, &containment)
-        };
-        if let Err(e) = self.maps.set_workload(cgroup_id, entry) {
-            self.release(slot);
-            return Err(e.to_string());
-        }
-        let old = self.workloads[i].applied.replace(Applied {
-            cgroup_id,
-            containment,
-            compiled,
-            policies: merged.policies,
-            mode_from: merged.mode_from,
-            slot,
-            generation: self.generation + 1,
-        });
-        if let Some(old) = old {
-            if old.cgroup_id != cgroup_id {
-                // Same path, new cgroup (the service was restarted): drop the stale entry.
-                self.maps.remove_workload(old.cgroup_id);
-            }
-            self.release(old.slot);
-        }
-        Ok(true)
-    }
-
-    /// The `WORKLOADS` value for a workload of kernel mode `mode` (slot left empty): the
-    /// datagram and raw socket settings apply to modes `None` and `Matched` only.
-    fn kernel_entry(&self, mode: u8, audit: bool, c: &Containment) -> KernelWorkload {
-        use passthrough_common::mode as m;
-        let judged = mode == m::NONE || mode == m::MATCHED;
-        let mut flags = 0;
-        if audit {
-            flags |= workload_flags::AUDIT;
-        }
-        if judged && c.udp == UdpMode::Deny {
-            flags |= workload_flags::UDP_DENY;
-        }
-        if judged && c.raw_sockets == RawSockets::Deny {
-            flags |= workload_flags::RAW_DENY;
-        }
-        let dns_set = self
-            .dns_sets
-            .iter()
-            .position(|s| *s == c.dns)
-            .and_then(|i| u16::try_from(i).ok())
-            .unwrap_or(0);
-        KernelWorkload {
-            slot: EMPTY_SLOT,
-            mode,
-            flags,
-            dns_set,
-        }
-    }
-
-    /// The agent's own settings, for entries no workload config stands behind (the
-    /// kubepods default).
-    fn agent_containment(&self) -> Containment {
-        Containment {
-            udp: self.config.udp.mode,
-            dns: self.config.udp.dns.clone(),
-            raw_sockets: self.config.raw_sockets,
-        }
-    }
-
-    /// A slot holding `c`'s tables: an existing identical one, or a new one written in full.
-    fn acquire(&mut self, c: &CompiledPolicy) -> Result<u32, MapsError> {
-        let tables = c.tables();
-        if tables.kernel_entries() == 0 {
-            return Ok(EMPTY_SLOT);
-        }
-        if let Some(s) = self.slots.iter_mut().find(|s| s.tables == tables) {
-            s.users += 1;
-            return Ok(s.id);
-        }
-        let used: BTreeSet<u32> = self.slots.iter().map(|s| s.id).collect();
-        let id = (1..)
-            .find(|id| !used.contains(id) && !self.adopted.contains(id))
-            .unwrap_or(u32::MAX);
-        if let Err(e) = self.maps.write_slot(id, &tables) {
-            self.maps.clear_slot(id, &tables);
-            return Err(e);
-        }
-        self.slots.push(Slot {
-            id,
-            tables,
-            users: 1,
-        });
-        Ok(id)
-    }
-
-    fn release(&mut self, id: u32) {
-        if id == EMPTY_SLOT {
-            return;
-        }
-        if let Some(pos) = self.slots.iter().position(|s| s.id == id) {
-            self.slots[pos].users -= 1;
-            if self.slots[pos].users == 0 {
-                let s = self.slots.swap_remove(pos);
-                self.maps.clear_slot(s.id, &s.tables);
-            }
-        }
-    }
-
     /// Attaches the programs to every workload cgroup that has its state written.
     fn attach_all(&mut self) {
-        self.attach_kubepods();
-        self.leave_others_alone();
         for i in 0..self.workloads.len() {
             let Some(id) = self.workloads[i].applied.as_ref().map(|a| a.cgroup_id) else {
                 continue;
@@ -670,10 +785,36 @@ impl Agent {
                 }
             }
         }
+        if self.last_reload.is_some() || !self.kernel.workloads.is_empty() {
+            self.detach_leftovers();
+        }
+    }
+
+    /// Links of cgroups no current workload (or the kubepods attachment) stands for: left by
+    /// an earlier run or by workloads that left. Only once every workload is enforced.
+    fn detach_leftovers(&mut self) {
+        if !self.workloads.iter().all(WorkloadState::enforced) {
+            return;
+        }
+        let mut live: BTreeSet<u64> = self.workloads.iter().filter_map(|w| w.attached).collect();
+        if let Some((_, id)) = &self.kubepods {
+            live.insert(*id);
+        }
+        for id in loader::attached_cgroups(&self.config.bpffs) {
+            if !live.contains(&id) {
+                loader::detach(&self.config.bpffs, id);
+            }
+        }
+        let old = loader::remove_old_layouts(&self.config.bpffs);
+        if old > 0 {
+            tracing::info!(pins = old, "removed the maps of an earlier map layout");
+        }
     }
 
     /// With Kubernetes, attaches the programs once to the parent of all pod cgroups, so a pod
-    /// is covered the moment its entry is written (and new pods need no attachment).
+    /// is covered the moment its entry is written (and new pods need no attachment). With
+    /// `unknownPods: Deny`, its default entry is written first, so that no pod is ever judged
+    /// without it.
     fn attach_kubepods(&mut self) {
         let Some(k) = &self.config.kubernetes else {
             return;
@@ -699,20 +840,21 @@ impl Agent {
                 return;
             }
         };
-        // Pods the agent has not been told about yet: as the config says. The entry is
-        // written before the programs are attached, so no pod is ever judged without it.
-        if k.unknown_pods == UnknownPods::Deny
-            && let Err(e) = self.maps.set_workload(
-                id,
-                self.kernel_entry(
-                    passthrough_common::mode::NONE,
-                    self.config.audit,
-                    &self.agent_containment(),
-                ),
-            )
-        {
-            tracing::error!("kubepods default entry: {e}");
-            return;
+        if k.unknown_pods == UnknownPods::Deny {
+            let entry = self.kernel_entry(
+                passthrough_common::mode::NONE,
+                self.config.audit,
+                &self.agent_containment(),
+            );
+            match self.maps.set_workload(id, entry) {
+                Ok(()) => {
+                    self.kernel.workloads.insert(id, entry);
+                }
+                Err(e) => {
+                    tracing::error!("kubepods default entry: {e}");
+                    return;
+                }
+            }
         }
         match self.loader.attach(&path, id) {
             Ok(()) => {
@@ -720,85 +862,6 @@ impl Agent {
                 self.kubepods = Some((path, id));
             }
             Err(e) => tracing::error!(cgroup = %path.display(), "{e}"),
-        }
-    }
-
-    /// With `unknownPods: deny`, pods outside the mesh get an entry that leaves them
-    /// unfiltered (below the kubepods default, the deeper entry wins).
-    fn leave_others_alone(&mut self) {
-        let deny = self
-            .config
-            .kubernetes
-            .as_ref()
-            .is_some_and(|k| k.unknown_pods == UnknownPods::Deny);
-        let wanted: BTreeSet<u64> = if deny {
-            self.kube
-                .others
-                .iter()
-                .filter_map(|p| cgroup::cgroup_id(p).ok())
-                .collect()
-        } else {
-            BTreeSet::new()
-        };
-        for id in self
-            .left_alone
-            .difference(&wanted)
-            .copied()
-            .collect::<Vec<_>>()
-        {
-            self.maps.remove_workload(id);
-            self.left_alone.remove(&id);
-        }
-        for id in wanted {
-            if self.left_alone.contains(&id) {
-                continue;
-            }
-            match self.maps.set_workload(
-                id,
-                self.kernel_entry(
-                    passthrough_common::mode::UNFILTERED,
-                    false,
-                    &self.agent_containment(),
-                ),
-            ) {
-                Ok(()) => {
-                    self.left_alone.insert(id);
-                }
-                Err(e) => tracing::error!("entry for a pod outside the mesh: {e}"),
-            }
-        }
-    }
-
-    /// Once every workload is reconciled, removes what earlier runs left that no current
-    /// workload uses: slots, workload entries and links of cgroups that left the config.
-    fn sweep(&mut self) {
-        if self.workloads.iter().any(|w| w.applied.is_none()) {
-            return;
-        }
-        let mut live_ids: BTreeSet<u64> = self
-            .workloads
-            .iter()
-            .filter_map(|w| w.applied.as_ref().map(|a| a.cgroup_id))
-            .collect();
-        if let Some((_, id)) = &self.kubepods {
-            live_ids.insert(*id);
-        }
-        live_ids.extend(self.left_alone.iter().copied());
-        for (id, _) in self.maps.workloads() {
-            if !live_ids.contains(&id) {
-                self.maps.remove_workload(id);
-            }
-        }
-        for id in loader::attached_cgroups(&self.config.bpffs) {
-            if !live_ids.contains(&id) {
-                loader::detach(&self.config.bpffs, id);
-            }
-        }
-        if !self.adopted.is_empty() {
-            let live: BTreeSet<u32> = self.slots.iter().map(|s| s.id).collect();
-            let removed = self.maps.sweep(&live);
-            tracing::info!(removed, "removed the entries of an earlier run");
-            self.adopted.clear();
         }
     }
 
@@ -860,35 +923,24 @@ impl Agent {
         )
     }
 
-    /// Entries of every live slot, per map, against the map's capacity.
+    /// The kernel maps' fill: workloads, links and policies against their capacity.
     fn map_fill(&self) -> Vec<MapFill> {
         use passthrough_common::{capacity, map_names};
-        let mut total = EntryCounts::default();
-        for s in &self.slots {
-            let c = EntryCounts::of(&s.tables);
-            total.exact_v4 += c.exact_v4;
-            total.exact_v6 += c.exact_v6;
-            total.cidr_v4 += c.cidr_v4;
-            total.cidr_v6 += c.cidr_v6;
-            total.domain_ports += c.domain_ports;
-        }
         [
-            (map_names::EXACT_V4, total.exact_v4, capacity::EXACT_V4),
-            (map_names::EXACT_V6, total.exact_v6, capacity::EXACT_V6),
-            (map_names::CIDR_V4, total.cidr_v4, capacity::CIDR_V4),
-            (map_names::CIDR_V6, total.cidr_v6, capacity::CIDR_V6),
-            (
-                map_names::DOMAIN_PORTS,
-                total.domain_ports,
-                capacity::DOMAIN_PORTS,
-            ),
             (
                 map_names::WORKLOADS,
-                self.workloads
-                    .iter()
-                    .filter(|w| w.applied.is_some())
-                    .count(),
+                self.kernel.workloads.len(),
                 capacity::WORKLOADS,
+            ),
+            (
+                map_names::CGROUPS,
+                self.kernel.links.len(),
+                capacity::CGROUPS,
+            ),
+            (
+                "POLICIES",
+                self.kernel.policies.len(),
+                capacity::POLICIES - 1,
             ),
         ]
         .into_iter()
@@ -898,6 +950,22 @@ impl Agent {
             capacity,
         })
         .collect()
+    }
+
+    /// Entries over every installed policy's tables.
+    fn policy_entries(&self) -> EntryCounts {
+        let mut total = EntryCounts::default();
+        for p in self.kernel.policies.values() {
+            if let Some(t) = &p.tables {
+                let c = EntryCounts::of(t);
+                total.exact_v4 += c.exact_v4;
+                total.exact_v6 += c.exact_v6;
+                total.cidr_v4 += c.cidr_v4;
+                total.cidr_v6 += c.cidr_v6;
+                total.domain_ports += c.domain_ports;
+            }
+        }
+        total
     }
 
     pub fn status(&self) -> Status {
@@ -917,8 +985,10 @@ impl Agent {
             generation: self.generation,
             last_reload: self.last_reload.clone(),
             bpffs: self.config.bpffs.clone(),
-            slots: self.slots.len(),
+            slots: self.kernel.policies.len(),
             maps: self.map_fill(),
+            policy_entries: self.policy_entries(),
+            policy_memory_bytes: self.policy_memory,
             workloads: self
                 .workloads
                 .iter()
@@ -939,9 +1009,9 @@ impl Agent {
                     entries: w
                         .applied
                         .as_ref()
-                        .map(|a| EntryCounts::of(&a.compiled))
+                        .map(|a| EntryCounts::of(&a.compiled.tables))
                         .unwrap_or_default(),
-                    slot: w.applied.as_ref().map(|a| a.slot),
+                    slot: w.applied.as_ref().map(|a| a.policy),
                     containment: w.applied.as_ref().map(|a| a.containment.clone()),
                     generation: w.applied.as_ref().map(|a| a.generation),
                     error: w.error.clone(),
@@ -966,6 +1036,29 @@ impl Agent {
     }
 }
 
+/// Every cgroup below a workload (and the workload's own) -> the deepest workload on its
+/// path, as the programs' ancestor walk would find it.
+fn links(roots: &[(&Path, u64)]) -> BTreeMap<u64, u64> {
+    let mut roots: Vec<(&Path, u64)> = roots.to_vec();
+    // Deepest first: a cgroup below two workloads belongs to the deeper one.
+    roots.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+    let mut out = BTreeMap::new();
+    for (path, id) in roots {
+        if out.len() >= passthrough_common::capacity::CGROUPS as usize {
+            tracing::warn!(
+                "more cgroups below workloads than CGROUPS holds ({}): the rest use the ancestor walk",
+                passthrough_common::capacity::CGROUPS
+            );
+            break;
+        }
+        out.entry(id).or_insert(id);
+        for (_, child) in cgroup::descendants(path) {
+            out.entry(child).or_insert(id);
+        }
+    }
+    out
+}
+
 /// How full one rule map is.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -986,10 +1079,17 @@ pub struct Status {
     #[serde(skip_deserializing)]
     pub last_reload: Option<ReloadReport>,
     pub bpffs: PathBuf,
+    /// Compiled policies installed in the kernel (workloads with equal tables share one).
     pub slots: usize,
-    /// Entries in each rule map against its capacity.
+    /// Fill of the kernel maps with a fixed capacity.
     #[serde(default)]
     pub maps: Vec<MapFill>,
+    /// Entries over every installed policy (each policy's maps are sized to its entries).
+    #[serde(default)]
+    pub policy_entries: EntryCounts,
+    /// Kernel memory of the installed policies' maps, in bytes.
+    #[serde(default)]
+    pub policy_memory_bytes: u64,
     pub workloads: Vec<WorkloadStatus>,
     /// Connects decided in the kernel, by reason, since the maps were created.
     pub counters: BTreeMap<String, u64>,

@@ -190,7 +190,7 @@ fn start_events(agent: &mut Agent) -> Result<(), AgentError> {
 /// Binds the peek proxy's listeners and serves them. Binding happens before `/ready`, so a
 /// ready agent never redirects to a port nobody listens on.
 async fn start_proxy(agent: &mut Agent, cfg: ProxyConfig) -> Result<Arc<Proxy>, AgentError> {
-    let peers = take_map(agent, passthrough_common::map_names::PROXY_PEERS)?;
+    let redirects = take_map(agent, passthrough_common::map_names::REDIRECTS)?;
     let bounds = Bounds {
         peek_bytes: cfg.peek_bytes,
         peek_timeout: cfg.peek_timeout,
@@ -211,7 +211,7 @@ async fn start_proxy(agent: &mut Agent, cfg: ProxyConfig) -> Result<Arc<Proxy>, 
     };
     let proxy = Arc::new(Proxy::new(
         agent.proxy_view.clone(),
-        peers,
+        crate::proxy::origin::Origins::new(redirects),
         bounds,
         agent.proxy_stats.clone(),
         agent.events.clone(),

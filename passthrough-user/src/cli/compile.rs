@@ -18,10 +18,6 @@ use crate::policy::{
 pub struct Args {
     #[command(flatten)]
     pub workload: WorkloadArgs,
-
-    /// The policy slot the entries are shown for (the agent assigns one per workload).
-    #[arg(long, default_value_t = 0)]
-    pub slot: u32,
 }
 
 /// One kernel map entry, as it would be written.
@@ -31,7 +27,7 @@ pub struct TableEntry {
     pub map: &'static str,
     /// The key, readable.
     pub key: String,
-    /// LPM tries only: the key's prefix length in bits (slot and port take the first 48).
+    /// LPM tries only: the key's prefix length in bits (the port takes the first 16).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix_len: Option<u32>,
     /// The key's bytes as the kernel sees them, hex.
@@ -44,7 +40,6 @@ pub struct TableEntry {
 #[serde(rename_all = "camelCase")]
 pub struct Compiled<'a> {
     pub workload: Workload,
-    pub slot: u32,
     pub merged: &'a Merged,
     pub compiled: &'a CompiledPolicy,
     pub tables: Vec<TableEntry>,
@@ -72,10 +67,9 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(output, &e.to_string()),
     };
-    let tables = tables(&compiled, args.slot);
+    let tables = tables(&compiled);
     let out = Compiled {
         workload,
-        slot: args.slot,
         merged: &merged,
         compiled: &compiled,
         tables,
@@ -108,59 +102,52 @@ fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
 
-fn tables(c: &CompiledPolicy, slot: u32) -> Vec<TableEntry> {
+/// The entries of the policy's inner maps (the agent puts them at the policy's id in each
+/// outer map).
+fn tables(c: &CompiledPolicy) -> Vec<TableEntry> {
     use passthrough_common::map_names as m;
+    let t = &c.tables;
     let mut out = Vec::new();
-    for (k, v) in c.exact_v4_entries(slot) {
+    for (k, v) in t.exact_v4_entries() {
         out.push(TableEntry {
             map: m::EXACT_V4,
-            key: format!(
-                "slot {} {}:{}",
-                k.slot,
-                std::net::Ipv4Addr::from(k.addr),
-                port(k.port)
-            ),
+            key: format!("{}:{}", std::net::Ipv4Addr::from(k.addr), port(k.port)),
             prefix_len: None,
             key_bytes: hex(&bytes_of(&k)),
             rule: v.rule,
         });
     }
-    for (k, v) in c.exact_v6_entries(slot) {
+    for (k, v) in t.exact_v6_entries() {
         out.push(TableEntry {
             map: m::EXACT_V6,
-            key: format!(
-                "slot {} [{}]:{}",
-                k.slot,
-                std::net::Ipv6Addr::from(k.addr),
-                port(k.port)
-            ),
+            key: format!("[{}]:{}", std::net::Ipv6Addr::from(k.addr), port(k.port)),
             prefix_len: None,
             key_bytes: hex(&bytes_of(&k)),
             rule: v.rule,
         });
     }
-    for ((p, net), (prefix_len, data, v)) in c.cidr_v4.keys().zip(c.cidr_v4_entries(slot)) {
+    for (((p, net), _), (prefix_len, data, v)) in t.cidr_v4.iter().zip(t.cidr_v4_entries()) {
         out.push(TableEntry {
             map: m::CIDR_V4,
-            key: format!("slot {slot} port {} {net}", port(*p)),
+            key: format!("port {} {net}", port(*p)),
             prefix_len: Some(prefix_len),
             key_bytes: hex(&bytes_of(&data)),
             rule: v.rule,
         });
     }
-    for ((p, net), (prefix_len, data, v)) in c.cidr_v6.keys().zip(c.cidr_v6_entries(slot)) {
+    for (((p, net), _), (prefix_len, data, v)) in t.cidr_v6.iter().zip(t.cidr_v6_entries()) {
         out.push(TableEntry {
             map: m::CIDR_V6,
-            key: format!("slot {slot} port {} {net}", port(*p)),
+            key: format!("port {} {net}", port(*p)),
             prefix_len: Some(prefix_len),
             key_bytes: hex(&bytes_of(&data)),
             rule: v.rule,
         });
     }
-    for (k, v) in c.domain_port_entries(slot) {
+    for (k, v) in t.domain_port_entries() {
         out.push(TableEntry {
             map: m::DOMAIN_PORTS,
-            key: format!("slot {} port {}", k.slot, port(k.port)),
+            key: format!("port {}", port(k.port)),
             prefix_len: None,
             key_bytes: hex(&bytes_of(&k)),
             rule: v.rule,
@@ -197,7 +184,7 @@ fn print_text(out: &Compiled<'_>) {
     for (i, r) in out.compiled.rules.iter().enumerate() {
         println!("  [{i}] {r}");
     }
-    println!("kernel tables (slot {}):", out.slot);
+    println!("kernel tables (the policy's inner maps):");
     if out.tables.is_empty() {
         println!("  (no entries)");
     }

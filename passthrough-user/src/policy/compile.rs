@@ -6,21 +6,15 @@
 //! destination whatever their `protocol` (a documented deviation from Kuma, which would also
 //! inspect the bytes); Domain entries become per-port name rules for the proxy.
 
-use std::{
-    collections::BTreeMap,
-    fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use passthrough_common::{
-    CidrV4Data, CidrV6Data, DomainPortKey, ExactV4Key, ExactV6Key, LPM_FIXED_BITS, PORT_ANY,
-    RuleRef, mode,
-};
+use passthrough_common::{PORT_ANY, mode};
 use serde::Serialize;
 
 use super::{
     merge::{Merged, MergedEntry, Mode},
+    tables::{Tables, TablesBuilder},
     validate::{parse_cidr, parse_ip},
 };
 
@@ -163,18 +157,10 @@ pub struct CompiledPolicy {
     pub mode: EffectiveMode,
     pub audit: bool,
     /// The merged appendMatch list; map values index into it.
-    pub rules: Vec<MergedEntry>,
-    /// Exact IPv4 entries: (address, port or [`PORT_ANY`]) -> rule.
-    #[serde(serialize_with = "entries")]
-    pub exact_v4: BTreeMap<(Ipv4Addr, u16), u32>,
-    #[serde(serialize_with = "entries")]
-    pub exact_v6: BTreeMap<(Ipv6Addr, u16), u32>,
-    /// IPv4 CIDR entries: (port or [`PORT_ANY`], network) -> rule.
-    #[serde(serialize_with = "entries")]
-    pub cidr_v4: BTreeMap<(u16, Ipv4Net), u32>,
-    #[serde(serialize_with = "entries")]
-    pub cidr_v6: BTreeMap<(u16, Ipv6Net), u32>,
-    /// Domain rules by port ([`PORT_ANY`] for entries without a port).
+    pub rules: Arc<[MergedEntry]>,
+    /// The kernel's tables: IP and CIDR entries, and the ports with Domain entries.
+    pub tables: Arc<Tables>,
+    /// Domain rules by port ([`PORT_ANY`] for entries without a port), for the proxy.
     pub domains: BTreeMap<u16, Vec<DomainRule>>,
 }
 
@@ -187,15 +173,6 @@ impl CompiledPolicy {
             .find(|d| d.rule == rule)
             .map(|d| &d.pattern)
     }
-}
-
-/// JSON object keys must be strings: tables keyed by tuples are written as
-/// `[[key...], rule]` pairs.
-fn entries<S: serde::Serializer, K: Serialize, V: Serialize>(
-    map: &BTreeMap<K, V>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    s.collect_seq(map.iter())
 }
 
 /// An entry that validation should have refused; compiling never guesses.
@@ -242,17 +219,15 @@ pub fn compile(merged: &Merged) -> Result<CompiledPolicy, CompileError> {
     let mut c = CompiledPolicy {
         mode,
         audit: merged.audit,
-        rules: merged.entries.clone(),
-        exact_v4: BTreeMap::new(),
-        exact_v6: BTreeMap::new(),
-        cidr_v4: BTreeMap::new(),
-        cidr_v6: BTreeMap::new(),
+        rules: merged.entries.clone().into(),
+        tables: Arc::default(),
         domains: BTreeMap::new(),
     };
     // Outside Matched, Kuma ignores appendMatch, and so does the kernel.
     if mode != EffectiveMode::Matched {
         return Ok(c);
     }
+    let mut t = TablesBuilder::default();
     for (i, e) in merged.entries.iter().enumerate() {
         let rule = u32::try_from(i).map_err(|_| CompileError {
             entry: e.to_string(),
@@ -274,18 +249,10 @@ pub fn compile(merged: &Merged) -> Result<CompiledPolicy, CompileError> {
                 let net = normalize_net(&e.entry.kind, &e.entry.value)
                     .ok_or_else(|| bad("not an IP address or CIDR"))?;
                 match net {
-                    Net::V4(n) if n.prefix_len() == 32 => {
-                        c.exact_v4.entry((n.addr(), port)).or_insert(rule);
-                    }
-                    Net::V4(n) => {
-                        c.cidr_v4.entry((port, n)).or_insert(rule);
-                    }
-                    Net::V6(n) if n.prefix_len() == 128 => {
-                        c.exact_v6.entry((n.addr(), port)).or_insert(rule);
-                    }
-                    Net::V6(n) => {
-                        c.cidr_v6.entry((port, n)).or_insert(rule);
-                    }
+                    Net::V4(n) if n.prefix_len() == 32 => t.exact_v4(n.addr(), port, rule),
+                    Net::V4(n) => t.cidr_v4(port, n, rule),
+                    Net::V6(n) if n.prefix_len() == 128 => t.exact_v6(n.addr(), port, rule),
+                    Net::V6(n) => t.cidr_v6(port, n, rule),
                 }
             }
             "Domain" => {
@@ -307,109 +274,28 @@ pub fn compile(merged: &Merged) -> Result<CompiledPolicy, CompileError> {
             _ => return Err(bad("type must be Domain, IP or CIDR")),
         }
     }
+    for (&port, rules) in &c.domains {
+        if let Some(first) = rules.first() {
+            t.domain_port(port, first.rule);
+        }
+    }
+    c.tables = Arc::new(t.build());
     Ok(c)
 }
 
-/// The map entries of a compiled policy placed in `slot`.
 impl CompiledPolicy {
-    pub fn exact_v4_entries(&self, slot: u32) -> impl Iterator<Item = (ExactV4Key, RuleRef)> + '_ {
-        self.exact_v4.iter().map(move |(&(addr, port), &rule)| {
-            (
-                ExactV4Key {
-                    slot,
-                    port,
-                    _pad: 0,
-                    addr: addr.octets(),
-                },
-                RuleRef { rule },
-            )
-        })
-    }
-
-    pub fn exact_v6_entries(&self, slot: u32) -> impl Iterator<Item = (ExactV6Key, RuleRef)> + '_ {
-        self.exact_v6.iter().map(move |(&(addr, port), &rule)| {
-            (
-                ExactV6Key {
-                    slot,
-                    port,
-                    _pad: 0,
-                    addr: addr.octets(),
-                },
-                RuleRef { rule },
-            )
-        })
-    }
-
-    /// `(prefix_len, data, value)` for the IPv4 LPM trie.
-    pub fn cidr_v4_entries(
-        &self,
-        slot: u32,
-    ) -> impl Iterator<Item = (u32, CidrV4Data, RuleRef)> + '_ {
-        self.cidr_v4.iter().map(move |(&(port, net), &rule)| {
-            (
-                LPM_FIXED_BITS + u32::from(net.prefix_len()),
-                CidrV4Data::new(slot, port, net.network().octets()),
-                RuleRef { rule },
-            )
-        })
-    }
-
-    /// `(prefix_len, data, value)` for the IPv6 LPM trie.
-    pub fn cidr_v6_entries(
-        &self,
-        slot: u32,
-    ) -> impl Iterator<Item = (u32, CidrV6Data, RuleRef)> + '_ {
-        self.cidr_v6.iter().map(move |(&(port, net), &rule)| {
-            (
-                LPM_FIXED_BITS + u32::from(net.prefix_len()),
-                CidrV6Data::new(slot, port, net.network().octets()),
-                RuleRef { rule },
-            )
-        })
-    }
-
-    /// Ports with Domain rules, for the kernel's redirect decision.
-    pub fn domain_port_entries(
-        &self,
-        slot: u32,
-    ) -> impl Iterator<Item = (DomainPortKey, RuleRef)> + '_ {
-        self.domains.iter().filter_map(move |(&port, rules)| {
-            rules.first().map(|r| {
-                (
-                    DomainPortKey {
-                        slot,
-                        port,
-                        _pad: 0,
-                    },
-                    RuleRef { rule: r.rule },
-                )
-            })
-        })
-    }
-
-    /// The kernel tables alone: what a policy slot holds. Two workloads whose tables are
-    /// equal can share a slot.
-    pub fn tables(&self) -> CompiledPolicy {
-        CompiledPolicy {
-            mode: EffectiveMode::Matched,
-            audit: false,
-            rules: Vec::new(),
-            ..self.clone()
-        }
-    }
-
     /// Number of kernel map entries this policy takes.
     pub fn kernel_entries(&self) -> usize {
-        self.exact_v4.len()
-            + self.exact_v6.len()
-            + self.cidr_v4.len()
-            + self.cidr_v6.len()
-            + self.domains.len()
+        self.tables.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
+    use passthrough_common::{CidrV4Data, ExactV4Key};
+
     use super::*;
     use crate::policy::{
         merge::PolicyRef,
@@ -456,8 +342,8 @@ mod tests {
             vec![entry("IP", "::ffff:198.51.100.7", Some(443), "tcp")],
         ))
         .expect("compile");
-        assert_eq!(c.exact_v4.get(&(v4("198.51.100.7"), 443)), Some(&0));
-        assert!(c.exact_v6.is_empty());
+        assert_eq!(c.tables.exact_v4_rule(v4("198.51.100.7"), 443), Some(0));
+        assert!(c.tables.exact_v6.is_empty());
     }
 
     #[test]
@@ -471,9 +357,9 @@ mod tests {
         ))
         .expect("compile");
         let n: Ipv4Net = "198.51.100.0/24".parse().expect("net");
-        assert_eq!(c.cidr_v4.get(&(PORT_ANY, n)), Some(&0));
+        assert_eq!(c.tables.cidr_v4, vec![((PORT_ANY, n), 0)]);
         let all: Ipv6Net = "::/0".parse().expect("net");
-        assert_eq!(c.cidr_v6.get(&(PORT_ANY, all)), Some(&1));
+        assert_eq!(c.tables.cidr_v6, vec![((PORT_ANY, all), 1)]);
     }
 
     #[test]
@@ -486,9 +372,8 @@ mod tests {
             ],
         ))
         .expect("compile");
-        assert_eq!(c.cidr_v4.len(), 1);
         let n: Ipv4Net = "10.0.0.0/24".parse().expect("net");
-        assert_eq!(c.cidr_v4.get(&(80, n)), Some(&0));
+        assert_eq!(c.tables.cidr_v4, vec![((80, n), 0)]);
     }
 
     #[test]
@@ -503,10 +388,10 @@ mod tests {
             ],
         ))
         .expect("compile");
-        assert_eq!(c.exact_v4.len(), 1);
-        assert!(c.cidr_v4.is_empty());
-        assert_eq!(c.exact_v6.len(), 1);
-        assert!(c.cidr_v6.is_empty());
+        assert_eq!(c.tables.exact_v4.len(), 1);
+        assert!(c.tables.cidr_v4.is_empty());
+        assert_eq!(c.tables.exact_v6.len(), 1);
+        assert!(c.tables.cidr_v6.is_empty());
     }
 
     #[test]
@@ -556,32 +441,42 @@ mod tests {
     }
 
     #[test]
-    fn lpm_keys_put_slot_and_port_before_the_prefix() {
+    fn lpm_keys_put_the_port_before_the_prefix() {
         let c = compile(&merged(
             Mode::Matched,
             vec![entry("CIDR", "203.0.113.0/24", Some(8080), "tcp")],
         ))
         .expect("compile");
-        let (prefix, data, value) = c.cidr_v4_entries(7).next().expect("entry");
-        assert_eq!(prefix, 48 + 24);
-        assert_eq!(data, CidrV4Data::new(7, 8080, [203, 0, 113, 0]));
+        let (prefix, data, value) = c.tables.cidr_v4_entries().next().expect("entry");
+        assert_eq!(prefix, 16 + 24);
+        assert_eq!(data, CidrV4Data::new(8080, [203, 0, 113, 0]));
         assert_eq!(value.rule, 0);
-        let (key, _) = compile(&merged(
+        let c = compile(&merged(
             Mode::Matched,
             vec![entry("IP", "198.51.100.1", None, "tcp")],
         ))
-        .expect("compile")
-        .exact_v4_entries(3)
-        .next()
-        .expect("entry");
+        .expect("compile");
+        let (key, _) = c.tables.exact_v4_entries().next().expect("entry");
         assert_eq!(
             key,
             ExactV4Key {
-                slot: 3,
                 port: PORT_ANY,
                 _pad: 0,
                 addr: [198, 51, 100, 1]
             }
         );
+    }
+
+    #[test]
+    fn domain_ports_are_kernel_entries() {
+        let c = compile(&merged(
+            Mode::Matched,
+            vec![
+                entry("Domain", "a.example", Some(443), "tls"),
+                entry("Domain", "b.example", None, "http"),
+            ],
+        ))
+        .expect("compile");
+        assert_eq!(c.tables.domain_ports, vec![(PORT_ANY, 1), (443, 0)]);
     }
 }

@@ -6,7 +6,7 @@
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
 };
 
 use ipnet::IpNet;
@@ -200,50 +200,35 @@ fn decide_unaudited(
 
 /// Step 3: exact entries before CIDRs, the destination's own port before any port.
 fn ip_verdict(c: &CompiledPolicy, ip: IpAddr, port: u16) -> Option<Verdict> {
+    let t = &c.tables;
     let hit = |reason, rule| Some(Verdict::new(Action::Allow, reason, Some(rule)));
     match ip {
         IpAddr::V4(a) => {
             for p in [port, PORT_ANY] {
-                if let Some(&r) = c.exact_v4.get(&(a, p)) {
+                if let Some(r) = t.exact_v4_rule(a, p) {
                     return hit(Reason::IpEntry, r);
                 }
             }
             for p in [port, PORT_ANY] {
-                if let Some(r) = longest_v4(c, a, p) {
+                if let Some(r) = t.longest_v4(a, p) {
                     return hit(Reason::CidrEntry, r);
                 }
             }
         }
         IpAddr::V6(a) => {
             for p in [port, PORT_ANY] {
-                if let Some(&r) = c.exact_v6.get(&(a, p)) {
+                if let Some(r) = t.exact_v6_rule(a, p) {
                     return hit(Reason::IpEntry, r);
                 }
             }
             for p in [port, PORT_ANY] {
-                if let Some(r) = longest_v6(c, a, p) {
+                if let Some(r) = t.longest_v6(a, p) {
                     return hit(Reason::CidrEntry, r);
                 }
             }
         }
     }
     None
-}
-
-fn longest_v4(c: &CompiledPolicy, a: Ipv4Addr, port: u16) -> Option<u32> {
-    c.cidr_v4
-        .iter()
-        .filter(|((p, n), _)| *p == port && n.contains(&a))
-        .max_by_key(|((_, n), _)| n.prefix_len())
-        .map(|(_, &r)| r)
-}
-
-fn longest_v6(c: &CompiledPolicy, a: Ipv6Addr, port: u16) -> Option<u32> {
-    c.cidr_v6
-        .iter()
-        .filter(|((p, n), _)| *p == port && n.contains(&a))
-        .max_by_key(|((_, n), _)| n.prefix_len())
-        .map(|(_, &r)| r)
 }
 
 /// The host part of an HTTP `Host` / `:authority` value, normalised.

@@ -17,6 +17,7 @@ pub mod merge;
 pub mod model;
 pub mod overlap;
 pub mod set;
+pub mod tables;
 pub mod validate;
 pub mod workload;
 

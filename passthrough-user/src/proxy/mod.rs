@@ -5,11 +5,13 @@
 //! - [`hpack`]: the HPACK (RFC 7541) decoder that reads an HTTP/2 request's header block.
 //! - [`server`]: the proxy itself: accept, peek, decide, splice or refuse.
 //! - [`resolve`]: the names Domain entries allow, resolved, for the name to address binding.
+//! - [`origin`]: where a redirected connection was going (`REDIRECTS`, `sock_diag`).
 //! - [`netns`]: listeners and upstream sockets inside pods' network namespaces.
 //! - [`splice`]: zero-copy forwarding of an allowed connection.
 
 pub mod hpack;
 pub mod netns;
+pub mod origin;
 pub mod peek;
 pub mod resolve;
 pub mod server;

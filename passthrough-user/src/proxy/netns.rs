@@ -18,10 +18,6 @@ use std::{
     path::Path,
 };
 
-/// `SO_NETNS_COOKIE` (Linux 5.14): the cookie `bpf_get_netns_cookie` reports for a socket's
-/// namespace.
-const SO_NETNS_COOKIE: libc::c_int = 71;
-
 /// A network namespace, held open.
 #[derive(Debug)]
 pub struct Netns {
@@ -48,7 +44,10 @@ impl Netns {
     }
 
     /// Runs `f` on a thread inside this namespace.
-    fn within<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    pub(crate) fn within<T: Send>(
+        &self,
+        f: impl FnOnce() -> io::Result<T> + Send,
+    ) -> io::Result<T> {
         let fd = self.file.as_raw_fd();
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -97,26 +96,6 @@ impl Netns {
             std::net::TcpStream::from(fd),
         ))
     }
-}
-
-/// The netns cookie of a socket's namespace.
-pub fn cookie(socket: &impl std::os::fd::AsRawFd) -> io::Result<u64> {
-    let mut value: u64 = 0;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `value`.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut value).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(value)
 }
 
 /// A process in a cgroup or any cgroup below it: the pod's pause container, or any of its

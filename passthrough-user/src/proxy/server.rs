@@ -13,8 +13,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
-use passthrough_common::{OrigDst, PeerKey, unmapped_v4, v4_mapped};
+use passthrough_common::unmapped_v4;
 use serde::Serialize;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -23,7 +22,8 @@ use tokio::{
 };
 
 use super::{
-    netns::{self, Netns},
+    netns::Netns,
+    origin::{Diag, Origins},
     peek::{Progress, peek},
     resolve::NameResolver,
 };
@@ -37,10 +37,10 @@ use crate::{
     },
 };
 
-/// Where a listener is: its namespace's cookie (the kernel keys redirected connections by
-/// it) and, for a pod's namespace, the namespace itself.
+/// Where a listener is: a `sock_diag` socket of its namespace (to find the client end of an
+/// accepted connection) and, for a pod's namespace, the namespace itself.
 struct Place {
-    cookie: u64,
+    diag: Diag,
     netns: Option<Arc<Netns>>,
 }
 
@@ -144,8 +144,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The proxy: shared by every listener and connection.
 pub struct Proxy {
     view: SharedView,
-    /// The kernel's record of redirected connections not accepted yet (`PROXY_PEERS`).
-    peers: Mutex<BpfHashMap<MapData, PeerKey, OrigDst>>,
+    /// The kernel's record of redirected connections (`REDIRECTS`).
+    origins: Origins,
     bounds: Bounds,
     slots: Arc<Semaphore>,
     pub stats: Arc<Stats>,
@@ -156,7 +156,7 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(
         view: SharedView,
-        peers: BpfHashMap<MapData, PeerKey, OrigDst>,
+        origins: Origins,
         bounds: Bounds,
         stats: Arc<Stats>,
         events: Arc<EventLog>,
@@ -164,7 +164,7 @@ impl Proxy {
     ) -> Self {
         Self {
             view,
-            peers: Mutex::new(peers),
+            origins,
             slots: Arc::new(Semaphore::new(bounds.max_connections)),
             bounds,
             stats,
@@ -176,15 +176,19 @@ impl Proxy {
     /// Accepts connections forever. `netns` is the namespace the listener is in when it is
     /// not the agent's own (a pod's): upstream connections are made from there too.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, netns: Option<Arc<Netns>>) {
-        let place = match netns::cookie(&listener) {
-            Ok(cookie) => Arc::new(Place { cookie, netns }),
+        let diag = match &netns {
+            Some(ns) => Diag::in_netns(ns),
+            None => Diag::new(),
+        };
+        let place = match diag {
+            Ok(diag) => Arc::new(Place { diag, netns }),
             Err(e) => {
-                tracing::error!("proxy listener: no netns cookie ({e}); needs Linux 5.14");
+                tracing::error!("proxy listener: no sock_diag socket in its namespace ({e})");
                 return;
             }
         };
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let (stream, _) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -202,38 +206,48 @@ impl Proxy {
             let place = place.clone();
             tokio::spawn(async move {
                 proxy.stats.active.fetch_add(1, Ordering::Relaxed);
-                proxy.handle(stream, peer, &place).await;
+                proxy.handle(stream, &place).await;
                 proxy.stats.active.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
         }
     }
 
-    /// The original destination of a redirected connection, removed from the kernel's
-    /// table. `None` for a connection the kernel did not redirect.
-    fn original(&self, peer: SocketAddr, netns: u64) -> Option<OrigDst> {
-        let addr = match peer.ip() {
-            IpAddr::V4(a) => v4_mapped(a.octets()),
-            IpAddr::V6(a) => a.octets(),
+    /// The client socket's cookie and where it was going, for a connection the kernel
+    /// redirected; `None` for one that came to the proxy port by itself.
+    fn original(
+        &self,
+        client: &TcpStream,
+        place: &Place,
+    ) -> Option<(u64, passthrough_common::OrigDst)> {
+        let (peer, local) = (client.peer_addr().ok()?, client.local_addr().ok()?);
+        // The client end: its local address is our peer, its remote address our local one.
+        let cookie = match place.diag.cookie(peer, local) {
+            Ok(c) => c?,
+            Err(e) => {
+                tracing::warn!(%peer, "sock_diag lookup failed: {e}");
+                return None;
+            }
         };
-        let key = PeerKey {
-            netns,
-            addr,
-            port: peer.port(),
-            _pad: [0; 6],
-        };
-        let mut peers = lock(&self.peers);
-        let orig = peers.get(&key, 0).ok()?;
-        let _ = peers.remove(&key);
-        Some(orig)
+        Some((cookie, self.origins.get(cookie)?))
     }
 
-    async fn handle(&self, mut client: TcpStream, peer: SocketAddr, place: &Place) {
-        let Some(orig) = self.original(peer, place.cookie) else {
+    async fn handle(&self, client: TcpStream, place: &Place) {
+        let Some((cookie, orig)) = self.original(&client, place) else {
             // Something connected to the proxy port directly: there is nothing to decide.
             self.stats.refuse("not_redirected");
             return;
         };
+        self.decide_and_forward(client, orig, place).await;
+        self.origins.forget(cookie);
+    }
+
+    async fn decide_and_forward(
+        &self,
+        mut client: TcpStream,
+        orig: passthrough_common::OrigDst,
+        place: &Place,
+    ) {
         let dest = SocketAddr::new(
             unmapped_v4(&orig.addr).map_or(IpAddr::from(orig.addr), IpAddr::from),
             orig.port,

@@ -443,7 +443,7 @@ struct Apply {
 /// Kernel memory charged to the pinned maps (fdinfo `memlock`).
 fn maps_memlock(bpffs: &Path) -> u64 {
     let mut total = 0;
-    for e in fs::read_dir(bpffs.join("maps"))
+    for e in fs::read_dir(passthrough::agent::loader::maps_dir(bpffs))
         .into_iter()
         .flatten()
         .flatten()

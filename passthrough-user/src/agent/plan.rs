@@ -1,0 +1,546 @@
+//! Decisions apart from effects: [`plan`] turns the desired kernel state and what the kernel
+//! holds into an ordered list of operations (pure), and [`execute`] applies them through a
+//! [`KernelStore`], keeping every workload on its last good state when a step fails.
+//!
+//! The order is what makes a change safe: every new policy is installed in full at a free id
+//! before any workload points at it; workloads then flip, one map update each; only then are
+//! policies no workload uses any more removed. Workloads whose compiled tables are equal share
+//! one policy. An agent that restarts adopts the kernel's state: policies it cannot read back
+//! are replaced, not trusted, and removed once nothing points at them.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use passthrough_common::{Workload as KernelWorkload, capacity};
+
+use super::store::{Cancel, KernelState, KernelStore, NO_POLICY, PolicyId, StoreError};
+use crate::policy::tables::Tables;
+
+/// What one workload cgroup should get.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredWorkload {
+    pub tables: Arc<Tables>,
+    pub mode: u8,
+    pub flags: u8,
+    pub dns_set: u16,
+}
+
+/// The kernel state the agent wants.
+#[derive(Clone, Debug, Default)]
+pub struct Desired {
+    pub workloads: BTreeMap<u64, DesiredWorkload>,
+    /// cgroup -> its workload's cgroup, for the one-lookup path.
+    pub links: BTreeMap<u64, u64>,
+    /// The desired state is complete: what the kernel holds beyond it was left by an earlier
+    /// run (or by a workload that left) and goes. Until then it is kept.
+    pub complete: bool,
+}
+
+/// A policy in the kernel: its tables, or `None` when an earlier run put it there and its
+/// contents are unknown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedPolicy {
+    pub tables: Option<Arc<Tables>>,
+}
+
+/// What the kernel holds, as the agent knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub policies: BTreeMap<PolicyId, AppliedPolicy>,
+    pub workloads: BTreeMap<u64, KernelWorkload>,
+    pub links: BTreeMap<u64, u64>,
+}
+
+impl Applied {
+    /// The state an earlier run left: every policy's contents unknown.
+    pub fn adopt(k: KernelState) -> Self {
+        Self {
+            policies: k
+                .policies
+                .into_iter()
+                .map(|id| (id, AppliedPolicy { tables: None }))
+                .collect(),
+            workloads: k.workloads,
+            links: k.links,
+        }
+    }
+
+    /// The id of an installed policy with exactly these tables.
+    fn find(&self, t: &Tables) -> Option<PolicyId> {
+        self.policies
+            .iter()
+            .find(|(_, p)| p.tables.as_deref().is_some_and(|have| have == t))
+            .map(|(id, _)| *id)
+    }
+
+    /// Whether some workload points at `id`.
+    fn used(&self, id: PolicyId) -> bool {
+        self.workloads.values().any(|w| w.policy == id)
+    }
+}
+
+/// One kernel operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Install { id: PolicyId, tables: Arc<Tables> },
+    SetWorkload { cgroup: u64, value: KernelWorkload },
+    SetLink { cgroup: u64, owner: u64 },
+    RemoveLink { cgroup: u64 },
+    RemoveWorkload { cgroup: u64 },
+    RemovePolicy { id: PolicyId },
+}
+
+/// No free policy id is left.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{wanted} distinct compiled policies do not fit the {} the kernel maps hold; workloads with equal policies share one, so merge policies or split the node's workloads",
+    capacity::POLICIES - 1
+)]
+pub struct TooManyPolicies {
+    pub wanted: usize,
+}
+
+/// The operations that bring `applied` to `desired`, in the order they must run.
+pub fn plan(desired: &Desired, applied: &Applied) -> Result<Vec<Op>, TooManyPolicies> {
+    let mut installs = Vec::new();
+    // Distinct tables -> the id they get: an installed equal one, or a free id.
+    let mut chosen: Vec<(Arc<Tables>, PolicyId)> = Vec::new();
+    let mut taken: BTreeSet<PolicyId> = applied.policies.keys().copied().collect();
+    let mut next_free = 1;
+    let mut id_for =
+        |tables: &Arc<Tables>, installs: &mut Vec<Op>| -> Result<PolicyId, TooManyPolicies> {
+            if tables.is_empty() {
+                return Ok(NO_POLICY);
+            }
+            if let Some((_, id)) = chosen.iter().find(|(t, _)| t == tables) {
+                return Ok(*id);
+            }
+            let id = match applied.find(tables) {
+                Some(id) => id,
+                None => {
+                    while taken.contains(&next_free) {
+                        next_free += 1;
+                    }
+                    if next_free >= capacity::POLICIES {
+                        return Err(TooManyPolicies {
+                            wanted: chosen.len() + 1,
+                        });
+                    }
+                    taken.insert(next_free);
+                    installs.push(Op::Install {
+                        id: next_free,
+                        tables: tables.clone(),
+                    });
+                    next_free
+                }
+            };
+            chosen.push((tables.clone(), id));
+            Ok(id)
+        };
+    let mut sets = Vec::new();
+    let mut after: BTreeMap<u64, KernelWorkload> = if desired.complete {
+        BTreeMap::new()
+    } else {
+        applied.workloads.clone()
+    };
+    for (&cgroup, w) in &desired.workloads {
+        let value = KernelWorkload {
+            policy: id_for(&w.tables, &mut installs)?,
+            mode: w.mode,
+            flags: w.flags,
+            dns_set: w.dns_set,
+        };
+        if applied.workloads.get(&cgroup) != Some(&value) {
+            sets.push(Op::SetWorkload { cgroup, value });
+        }
+        after.insert(cgroup, value);
+    }
+    let mut ops = installs;
+    ops.append(&mut sets);
+    for (&cgroup, &owner) in &desired.links {
+        if applied.links.get(&cgroup) != Some(&owner) {
+            ops.push(Op::SetLink { cgroup, owner });
+        }
+    }
+    if desired.complete {
+        for &cgroup in applied.links.keys() {
+            if !desired.links.contains_key(&cgroup) {
+                ops.push(Op::RemoveLink { cgroup });
+            }
+        }
+        for &cgroup in applied.workloads.keys() {
+            if !desired.workloads.contains_key(&cgroup) {
+                ops.push(Op::RemoveWorkload { cgroup });
+            }
+        }
+    }
+    for &id in applied.policies.keys() {
+        if !after.values().any(|w| w.policy == id) {
+            ops.push(Op::RemovePolicy { id });
+        }
+    }
+    Ok(ops)
+}
+
+/// A step that failed, and what it kept.
+#[derive(Debug)]
+pub struct Failure {
+    /// The workload cgroup that kept its last good state, if the failure was about one.
+    pub cgroup: Option<u64>,
+    pub error: StoreError,
+}
+
+/// What [`execute`] did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub failures: Vec<Failure>,
+    /// The agent is stopping: the operations after the last complete one were not run.
+    pub cancelled: bool,
+    /// Operations run.
+    pub done: usize,
+}
+
+/// Runs `ops` in order, keeping `applied` equal to what the kernel holds. A policy that cannot
+/// be installed leaves every workload that was to use it on its current policy; a policy is
+/// only removed once no workload points at it.
+pub fn execute(
+    ops: Vec<Op>,
+    store: &mut impl KernelStore,
+    applied: &mut Applied,
+    cancel: &Cancel,
+) -> Outcome {
+    let mut out = Outcome::default();
+    let mut failed: BTreeSet<PolicyId> = BTreeSet::new();
+    for op in ops {
+        if cancel.is_cancelled() {
+            out.cancelled = true;
+            break;
+        }
+        match op {
+            Op::Install { id, tables } => match store.install_policy(id, &tables, cancel) {
+                Ok(()) => {
+                    applied.policies.insert(
+                        id,
+                        AppliedPolicy {
+                            tables: Some(tables),
+                        },
+                    );
+                }
+                Err(StoreError::Cancelled) => {
+                    out.cancelled = true;
+                    break;
+                }
+                Err(error) => {
+                    failed.insert(id);
+                    out.failures.push(Failure {
+                        cgroup: None,
+                        error,
+                    });
+                }
+            },
+            Op::SetWorkload { cgroup, value } => {
+                if failed.contains(&value.policy) {
+                    out.failures.push(Failure {
+                        cgroup: Some(cgroup),
+                        error: StoreError::Full {
+                            map: "policy",
+                            capacity: 0,
+                            what: "its new policy could not be installed; it keeps its last good state",
+                        },
+                    });
+                    continue;
+                }
+                match store.set_workload(cgroup, value) {
+                    Ok(()) => {
+                        applied.workloads.insert(cgroup, value);
+                    }
+                    Err(error) => out.failures.push(Failure {
+                        cgroup: Some(cgroup),
+                        error,
+                    }),
+                }
+            }
+            Op::SetLink { cgroup, owner } => match store.set_link(cgroup, owner) {
+                Ok(()) => {
+                    applied.links.insert(cgroup, owner);
+                }
+                // A missing link only costs the fallback walk: worth a report, not a stop.
+                Err(error) => out.failures.push(Failure {
+                    cgroup: None,
+                    error,
+                }),
+            },
+            Op::RemoveLink { cgroup } => {
+                store.remove_link(cgroup);
+                applied.links.remove(&cgroup);
+            }
+            Op::RemoveWorkload { cgroup } => {
+                store.remove_workload(cgroup);
+                applied.workloads.remove(&cgroup);
+            }
+            Op::RemovePolicy { id } => {
+                // A workload whose flip failed may still point at it.
+                if applied.used(id) {
+                    continue;
+                }
+                store.remove_policy(id);
+                applied.policies.remove(&id);
+            }
+        }
+        out.done += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use passthrough_common::mode;
+
+    use super::*;
+    use crate::{agent::store::FakeStore, policy::tables::TablesBuilder};
+
+    fn tables(ips: &[u8]) -> Arc<Tables> {
+        let mut b = TablesBuilder::default();
+        for (rule, last) in ips.iter().enumerate() {
+            b.exact_v4([10, 0, 0, *last].into(), 80, rule as u32);
+        }
+        Arc::new(b.build())
+    }
+
+    fn want(t: &Arc<Tables>) -> DesiredWorkload {
+        DesiredWorkload {
+            tables: t.clone(),
+            mode: mode::MATCHED,
+            flags: 0,
+            dns_set: 0,
+        }
+    }
+
+    fn desired(ws: &[(u64, &Arc<Tables>)]) -> Desired {
+        Desired {
+            workloads: ws.iter().map(|(c, t)| (*c, want(t))).collect(),
+            links: BTreeMap::new(),
+            complete: true,
+        }
+    }
+
+    /// Plans and executes until nothing is left to do; returns the ops of the first pass.
+    fn converge(d: &Desired, store: &mut FakeStore, applied: &mut Applied) -> Vec<Op> {
+        let ops = plan(d, applied).expect("plan");
+        let out = execute(ops.clone(), store, applied, &Cancel::default());
+        assert!(out.failures.is_empty(), "{:?}", out.failures);
+        assert_eq!(
+            store.read(),
+            kernel_of(applied),
+            "applied mirrors the kernel"
+        );
+        ops
+    }
+
+    fn kernel_of(a: &Applied) -> KernelState {
+        KernelState {
+            workloads: a.workloads.clone(),
+            links: a.links.clone(),
+            policies: a.policies.keys().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn equal_tables_share_one_policy_and_empty_ones_take_none() {
+        let (t, empty) = (tables(&[1, 2]), Arc::new(Tables::default()));
+        let mut store = FakeStore::default();
+        let mut applied = Applied::default();
+        converge(
+            &desired(&[(10, &t), (11, &tables(&[1, 2])), (12, &empty)]),
+            &mut store,
+            &mut applied,
+        );
+        assert_eq!(store.installed.len(), 1, "one install for two equal tables");
+        assert_eq!(applied.workloads[&10].policy, applied.workloads[&11].policy);
+        assert_eq!(applied.workloads[&12].policy, NO_POLICY);
+        // Nothing changed: nothing to do.
+        let again = plan(&desired(&[(10, &t), (11, &t), (12, &empty)]), &applied).expect("plan");
+        assert!(again.is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn a_change_installs_in_full_then_flips_then_frees() {
+        let mut store = FakeStore::default();
+        let mut applied = Applied::default();
+        converge(&desired(&[(10, &tables(&[1]))]), &mut store, &mut applied);
+        let old = applied.workloads[&10].policy;
+        store.log.clear();
+        converge(
+            &desired(&[(10, &tables(&[1, 2]))]),
+            &mut store,
+            &mut applied,
+        );
+        let new = applied.workloads[&10].policy;
+        assert_ne!(
+            old, new,
+            "a change goes to a fresh id, never into the live one"
+        );
+        assert_eq!(
+            store.log,
+            vec![
+                format!("install {new}"),
+                format!("set 10 -> {new}"),
+                format!("remove policy {old}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_install_keeps_every_workload_on_its_last_good_state() {
+        let mut store = FakeStore::default();
+        let mut applied = Applied::default();
+        converge(
+            &desired(&[(10, &tables(&[1])), (11, &tables(&[1]))]),
+            &mut store,
+            &mut applied,
+        );
+        let before = applied.clone();
+        let ops = plan(
+            &desired(&[(10, &tables(&[7])), (11, &tables(&[7]))]),
+            &applied,
+        )
+        .expect("plan");
+        let Op::Install { id, .. } = &ops[0] else {
+            panic!("first an install: {ops:?}");
+        };
+        store.fail_install.insert(*id);
+        let out = execute(ops, &mut store, &mut applied, &Cancel::default());
+        assert_eq!(applied, before, "nothing flipped, nothing freed");
+        assert_eq!(store.read(), kernel_of(&applied));
+        let errors: Vec<String> = out.failures.iter().map(|f| f.error.to_string()).collect();
+        assert_eq!(out.failures.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("Cannot allocate memory"), "{errors:?}");
+        assert!(
+            errors[0].contains("raise the agent's memory limit"),
+            "{errors:?}"
+        );
+        assert_eq!(
+            out.failures
+                .iter()
+                .filter_map(|f| f.cgroup)
+                .collect::<Vec<_>>(),
+            vec![10, 11]
+        );
+    }
+
+    #[test]
+    fn a_failed_flip_keeps_the_policy_the_workload_still_uses() {
+        let mut store = FakeStore::default();
+        let mut applied = Applied::default();
+        converge(&desired(&[(10, &tables(&[1]))]), &mut store, &mut applied);
+        let old = applied.workloads[&10].policy;
+        store.fail_set.insert(10);
+        let ops = plan(&desired(&[(10, &tables(&[2]))]), &applied).expect("plan");
+        let out = execute(ops, &mut store, &mut applied, &Cancel::default());
+        assert_eq!(applied.workloads[&10].policy, old);
+        assert!(
+            applied.policies.contains_key(&old),
+            "not freed while in use"
+        );
+        assert_eq!(out.failures.len(), 1);
+        assert!(
+            out.failures[0]
+                .error
+                .to_string()
+                .contains("WORKLOADS is full")
+        );
+        // The next pass, once the map has room, finishes the job and frees the old policy.
+        store.fail_set.clear();
+        converge(&desired(&[(10, &tables(&[2]))]), &mut store, &mut applied);
+        assert!(!applied.policies.contains_key(&old));
+        assert_eq!(applied.policies.len(), 1);
+    }
+
+    #[test]
+    fn a_restart_adopts_replaces_unknown_policies_and_sweeps_them() {
+        let mut store = FakeStore::default();
+        let mut applied = Applied::default();
+        converge(
+            &desired(&[(10, &tables(&[1])), (20, &tables(&[9]))]),
+            &mut store,
+            &mut applied,
+        );
+        // A new agent: it cannot read the policies' contents back.
+        let mut adopted = Applied::adopt(store.read());
+        assert!(adopted.policies.values().all(|p| p.tables.is_none()));
+        // Until its desired state is complete (a workload still waits for its cgroup), what
+        // the kernel holds for others stays.
+        let mut partial = desired(&[(10, &tables(&[1]))]);
+        partial.complete = false;
+        let ops = plan(&partial, &adopted).expect("plan");
+        assert!(
+            matches!(ops[0], Op::Install { .. }),
+            "unknown contents are never trusted"
+        );
+        let out = execute(ops, &mut store, &mut adopted, &Cancel::default());
+        assert!(out.failures.is_empty());
+        assert!(adopted.workloads.contains_key(&20), "kept while incomplete");
+        assert_eq!(
+            adopted.policies.len(),
+            2,
+            "10's new policy and 20's adopted one"
+        );
+        // Complete: the leftover workload and its policy go.
+        converge(&desired(&[(10, &tables(&[1]))]), &mut store, &mut adopted);
+        assert_eq!(
+            adopted.workloads.keys().copied().collect::<Vec<_>>(),
+            vec![10]
+        );
+        assert_eq!(adopted.policies.len(), 1);
+        assert_eq!(store.installed.len(), 1);
+    }
+
+    #[test]
+    fn links_follow_the_desired_state() {
+        let t = tables(&[1]);
+        let mut store = FakeStore::default();
+        let mut applied = Applied::default();
+        let mut d = desired(&[(10, &t)]);
+        d.links = [(10, 10), (11, 10), (12, 10)].into();
+        converge(&d, &mut store, &mut applied);
+        assert_eq!(store.state.links.len(), 3);
+        d.links = [(10, 10), (12, 10)].into();
+        let ops = converge(&d, &mut store, &mut applied);
+        assert_eq!(ops, vec![Op::RemoveLink { cgroup: 11 }]);
+    }
+
+    #[test]
+    fn a_stop_during_an_install_leaves_the_last_complete_state() {
+        let mut store = FakeStore::default();
+        let mut applied = Applied::default();
+        converge(&desired(&[(10, &tables(&[1]))]), &mut store, &mut applied);
+        let before = applied.clone();
+        let ops = plan(&desired(&[(10, &tables(&[5]))]), &applied).expect("plan");
+        let Op::Install { id, .. } = &ops[0] else {
+            panic!("{ops:?}");
+        };
+        let cancel = Cancel::default();
+        store.cancel_during = Some((*id, cancel.clone()));
+        let out = execute(ops, &mut store, &mut applied, &cancel);
+        assert!(out.cancelled);
+        assert_eq!(out.done, 0);
+        assert_eq!(applied, before);
+        assert_eq!(store.read(), kernel_of(&applied));
+    }
+
+    #[test]
+    fn ids_run_out_with_a_clear_error() {
+        let ws: Vec<(u64, Arc<Tables>)> = (0..u64::from(capacity::POLICIES))
+            .map(|i| {
+                let mut b = TablesBuilder::default();
+                b.exact_v4([10, 0, (i >> 8) as u8, i as u8].into(), 80, 0);
+                (i, Arc::new(b.build()))
+            })
+            .collect();
+        let refs: Vec<(u64, &Arc<Tables>)> = ws.iter().map(|(c, t)| (*c, t)).collect();
+        let e = plan(&desired(&refs), &Applied::default()).expect_err("too many");
+        assert!(e.to_string().contains("share one"), "{e}");
+    }
+}
