@@ -346,7 +346,7 @@ fn explain_refuses_invalid_policies_with_exit_2() {
 #[test]
 fn compile_shows_kernel_entries_with_key_bytes() {
     let (code, out, _) = run(bin()
-        .args(["-o", "json", "compile", "--slot", "7", "--policy"])
+        .args(["-o", "json", "compile", "--policy"])
         .arg(examples().join("allow-some.yaml"))
         .args(["--tag", SERVICE]));
     assert_eq!(code, 0);
@@ -356,9 +356,8 @@ fn compile_shows_kernel_entries_with_key_bytes() {
         .iter()
         .find(|t| t["map"] == "EXACT_V4")
         .expect("exact entry");
-    // slot 7 (native u32), port 8888 (native u16), pad, 10.240.15.39
+    // The policy's inner map: port 8888 (native u16), pad, 10.240.15.39.
     let mut want = Vec::new();
-    want.extend_from_slice(&7u32.to_ne_bytes());
     want.extend_from_slice(&8888u16.to_ne_bytes());
     want.extend_from_slice(&[0, 0, 10, 240, 15, 39]);
     let hex: String = want.iter().map(|b| format!("{b:02x}")).collect();
@@ -367,6 +366,7 @@ fn compile_shows_kernel_entries_with_key_bytes() {
         .iter()
         .find(|t| t["map"] == "CIDR_V4")
         .expect("cidr entry");
-    assert_eq!(cidr["prefixLen"], 48 + 16);
-    assert_eq!(cidr["keyBytes"], "000000072710".to_string() + "0afa0000");
+    // Port 10000 big-endian, then 10.250.0.0, then the padding past every prefix.
+    assert_eq!(cidr["prefixLen"], 16 + 16);
+    assert_eq!(cidr["keyBytes"], "2710".to_string() + "0afa0000" + "0000");
 }

@@ -14,11 +14,8 @@ use tokio::{
     sync::broadcast,
 };
 
-use super::{
-    Agent, Status,
-    events::{EventLog, EventRecord},
-    run::lock,
-};
+use super::{Agent, events::EventLog, run::lock};
+use crate::api::{EventRecord, Status};
 
 pub async fn serve(listener: TcpListener, agent: Arc<Mutex<Agent>>) {
     loop {
@@ -279,7 +276,7 @@ pub fn metrics(status: &Status) -> String {
     if let Some(r) = &status.last_reload {
         reload
             .get_or_create(&ReloadLabels {
-                result: r.result.into(),
+                result: r.result.name().into(),
             })
             .set(1);
     }
@@ -382,7 +379,7 @@ pub fn metrics(status: &Status) -> String {
             decisions
                 .get_or_create(&ProxyDecisionLabels {
                     workload: k.workload.clone(),
-                    verdict: k.verdict.into(),
+                    verdict: k.verdict.name().into(),
                     rule: k.rule.clone(),
                 })
                 .inc_by(*n);
@@ -396,7 +393,7 @@ pub fn metrics(status: &Status) -> String {
         for (cause, n) in &p.refused {
             refused
                 .get_or_create(&ProxyRefusedLabels {
-                    cause: (*cause).into(),
+                    cause: cause.clone(),
                 })
                 .inc_by(*n);
         }
@@ -455,8 +452,8 @@ mod tests {
     fn status_and_event_json_keys_are_camel_case() {
         use crate::{
             agent::{KubeStatus, MapFill, ReloadReport, WorkloadStatus, maps::EntryCounts},
+            api::{DecisionKey, EventKind, EventSource, ProxyStats, ReloadResult, Verdict},
             policy::compile::EffectiveMode,
-            proxy::server::{DecisionKey, StatsSnapshot},
         };
         let status = Status {
             ready: false,
@@ -465,7 +462,7 @@ mod tests {
             last_reload: Some(ReloadReport {
                 at: "t".into(),
                 unix: 1,
-                result: "applied",
+                result: ReloadResult::Applied,
                 problems: vec!["p".into()],
                 warnings: vec!["w".into()],
             }),
@@ -500,17 +497,17 @@ mod tests {
             }],
             counters: [("no_match".to_string(), 1)].into(),
             packet_sockets: crate::agent::loader::PacketSockets::Open("r".into()),
-            proxy: Some(StatsSnapshot {
+            proxy: Some(ProxyStats {
                 active: 1,
                 decisions: vec![(
                     DecisionKey {
                         workload: "/w".into(),
-                        verdict: "allow",
+                        verdict: Verdict::Allow,
                         rule: "r".into(),
                     },
                     1,
                 )],
-                refused: [("peek_timeout", 1)].into(),
+                refused: [("peek_timeout".to_string(), 1)].into(),
             }),
             events: Default::default(),
             kubernetes: Some(KubeStatus {
@@ -520,21 +517,21 @@ mod tests {
         };
         let event = EventRecord {
             time: "t".into(),
-            source: "proxy".into(),
+            source: EventSource::Proxy,
             workload: "/w".into(),
             workload_name: Some("ns/n".into()),
             mesh: "default".into(),
             tags: vec![("k".into(), "v".into())],
             pid: Some(1),
             command: Some("c".into()),
-            kind: crate::agent::events::EventKind::Datagram,
+            kind: EventKind::Datagram,
             destination: Some("192.0.2.1:443".parse().expect("addr")),
             socket: Some("AF_PACKET SOCK_RAW protocol 768".into()),
             pinned_to: Some("192.0.2.2:443".parse().expect("addr")),
             name: Some("example.com".into()),
             protocol: Some("tls".into()),
-            verdict: "would-deny".into(),
-            reason: "domain_no_match".into(),
+            verdict: Verdict::WouldDeny,
+            reason: passthrough_common::Reason::DomainNoMatch,
             rule: "r".into(),
             count: 1,
         };

@@ -15,13 +15,15 @@ use std::{
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use passthrough_common::{Event, Reason, event_kind, unmapped_v4};
-use serde::{Deserialize, Serialize};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::broadcast,
 };
 
-use crate::proxy::server::SharedView;
+use crate::{
+    api::{EventCounts, EventKind, EventRecord, EventSource, Verdict},
+    proxy::server::SharedView,
+};
 
 /// Records kept for `passthrough events` and `recommend`.
 pub const RECENT: usize = 4096;
@@ -29,90 +31,6 @@ pub const RECENT: usize = 4096;
 pub const AGGREGATE_WINDOW: Duration = Duration::from_secs(10);
 /// Events a follower may lag behind before it loses some.
 const FOLLOW_BUFFER: usize = 1024;
-
-/// One event, or several identical ones (`count`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EventRecord {
-    /// When the first of them happened (RFC 3339, UTC).
-    pub time: String,
-    /// `kernel` (a connect decided in the kernel) or `proxy` (a peek proxy decision).
-    pub source: String,
-    /// The workload's cgroup, as in the config, its mesh and its tags.
-    pub workload: String,
-    /// Its name where it has one: `namespace/name` (Kubernetes) or `name`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload_name: Option<String>,
-    #[serde(default)]
-    pub mesh: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tags: Vec<(String, String)>,
-    /// Process id and command (kernel events).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub command: Option<String>,
-    /// What was refused: a connection, a datagram, or a socket.
-    #[serde(default)]
-    pub kind: EventKind,
-    /// Where it was going (connections and datagrams).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub destination: Option<SocketAddr>,
-    /// The socket that was to be created (socket events): family, type and protocol.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub socket: Option<String>,
-    /// Where the peek proxy connected instead, when `domainCheck: Pin` bound the name to
-    /// another of its addresses than the one dialled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pinned_to: Option<SocketAddr>,
-    /// The name the client sent (proxy events): SNI, Host or `:authority`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// The protocol the proxy recognised: `tls`, `http`, `http2`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<String>,
-    /// `deny`, `would-deny` (audit mode let it through) or `allow` (proxy).
-    pub verdict: String,
-    /// Why, as in the kernel counters (`no_match`, `mode_none`, `domain_no_match`, ...).
-    pub reason: String,
-    /// The deciding entry (`policy/appendMatch[i]`), or "no entry matched (mode M)".
-    pub rule: String,
-    pub count: u64,
-}
-
-impl EventRecord {
-    /// Whether the event is of workload `w`: its cgroup path, or its name.
-    pub fn is_of(&self, w: &str) -> bool {
-        self.workload == w || self.workload_name.as_deref() == Some(w)
-    }
-
-    /// Two events that are the same occurrence repeated.
-    fn same(&self, other: &EventRecord) -> bool {
-        self.source == other.source
-            && self.workload == other.workload
-            && self.pid == other.pid
-            && self.kind == other.kind
-            && self.destination == other.destination
-            && self.socket == other.socket
-            && self.name == other.name
-            && self.verdict == other.verdict
-            && self.reason == other.reason
-            && self.rule == other.rule
-    }
-}
-
-/// What an event is about.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventKind {
-    /// A `connect()` (or a connection through the peek proxy).
-    #[default]
-    Connect,
-    /// A UDP datagram sent to an address.
-    Datagram,
-    /// A socket that was to be created (raw, packet, ping).
-    Socket,
-}
 
 /// `AF_INET SOCK_RAW protocol 6`: a socket's description for events.
 pub fn describe_socket(family: u8, sock_type: u8, protocol: u16) -> String {
@@ -130,18 +48,6 @@ pub fn describe_socket(family: u8, sock_type: u8, protocol: u16) -> String {
         t => format!("type {t}"),
     };
     format!("{family} {kind} protocol {protocol}")
-}
-
-/// Counters of the event path, for `/status` and `/metrics`.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EventCounts {
-    /// Events received (each aggregated repeat counts).
-    pub received: u64,
-    /// Events the kernel could not queue because the ring buffer was full.
-    pub kernel_dropped: u64,
-    /// Events followers missed because they fell behind.
-    pub follower_dropped: u64,
 }
 
 pub struct EventLog {
@@ -289,9 +195,11 @@ fn kernel_record(e: &Event, view: &SharedView) -> EventRecord {
         .clone();
     let w = view.workloads.get(&e.workload);
     let ip = unmapped_v4(&e.addr).map_or(IpAddr::from(e.addr), IpAddr::from);
+    // A reason the programs never write would be a bug; name it as the denial it was.
     let reason = Reason::ALL
         .get(usize::from(e.reason))
-        .map_or("unknown", |r| r.name());
+        .copied()
+        .unwrap_or(Reason::NoMatch);
     let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
     let mode = w.map_or_else(|| "?".to_string(), |w| format!("{:?}", w.policy.mode));
     let (kind, destination, socket) = match e.kind {
@@ -310,7 +218,7 @@ fn kernel_record(e: &Event, view: &SharedView) -> EventRecord {
     };
     EventRecord {
         time: rfc3339(wall_time(e.boot_ns)),
-        source: "kernel".into(),
+        source: EventSource::Kernel,
         workload: w.map_or_else(|| format!("cgroup id {}", e.workload), |w| w.name.clone()),
         workload_name: w.and_then(|w| w.label.clone()),
         mesh: w.map_or_else(String::new, |w| w.mesh.clone()),
@@ -323,8 +231,12 @@ fn kernel_record(e: &Event, view: &SharedView) -> EventRecord {
         pinned_to: None,
         name: None,
         protocol: None,
-        verdict: if e.audit != 0 { "would-deny" } else { "deny" }.into(),
-        reason: reason.into(),
+        verdict: if e.audit != 0 {
+            Verdict::WouldDeny
+        } else {
+            Verdict::Deny
+        },
+        reason,
         rule,
         count: 1,
     }
@@ -337,7 +249,7 @@ mod tests {
     fn record(dest: &str) -> EventRecord {
         EventRecord {
             time: "t".into(),
-            source: "kernel".into(),
+            source: EventSource::Kernel,
             workload: "/w".into(),
             workload_name: Some("shop/web".into()),
             mesh: "default".into(),
@@ -350,8 +262,8 @@ mod tests {
             pinned_to: None,
             name: None,
             protocol: None,
-            verdict: "deny".into(),
-            reason: "no_match".into(),
+            verdict: Verdict::Deny,
+            reason: Reason::NoMatch,
             rule: "no entry matched (mode Matched)".into(),
             count: 1,
         }

@@ -26,19 +26,19 @@ use std::{
 
 use ipnet::IpNet;
 use passthrough_common::{Config, Workload as KernelWorkload, config_flags, workload_flags};
-use serde::Serialize;
 
 use self::{
     config::{
         AgentConfig, Containment, DefaultMode, RawSockets, UdpMode, UnknownPods, WorkloadConfig,
     },
-    events::{EventCounts, EventLog},
+    events::EventLog,
     loader::Loader,
     maps::{EntryCounts, Maps, MapsError},
     plan::{Desired, DesiredWorkload},
     store::{Cancel, KernelStore as _, NO_POLICY, PolicyId},
 };
 use crate::{
+    api::{KubeStatus, MapFill, ReloadReport, ReloadResult, Status, WorkloadStatus},
     policy::{
         Severity,
         compile::{CompiledPolicy, EffectiveMode, compile},
@@ -47,7 +47,7 @@ use crate::{
         merge::{PolicyRef, SelectOptions, merged_for},
         set::{Finding, PolicySet},
     },
-    proxy::server::{SharedView, Stats as ProxyStats, StatsSnapshot, View, WorkloadView},
+    proxy::server::{SharedView, Stats as ProxyStats, View, WorkloadView},
 };
 
 /// What is enforced for one workload.
@@ -86,22 +86,6 @@ impl WorkloadState {
             .as_ref()
             .is_some_and(|a| self.attached == Some(a.cgroup_id))
     }
-}
-
-/// Result of the last reload, as `/status` shows it.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ReloadReport {
-    pub at: String,
-    /// The same instant in seconds since the Unix epoch, for `/metrics`.
-    pub unix: u64,
-    /// `applied`, `unchanged`, or `refused` (invalid policies: nothing was changed).
-    pub result: &'static str,
-    /// What refused the set (or, for `partial`, the workloads it could not be applied to).
-    pub problems: Vec<String>,
-    /// What was reported without refusing anything (`warning: ` lines, as `validate` prints).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
 }
 
 pub struct Agent {
@@ -159,18 +143,6 @@ pub struct KubeState {
     pub synced: bool,
     pub connected: bool,
     pub error: Option<String>,
-}
-
-/// The Kubernetes source in `/status`.
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct KubeStatus {
-    pub synced: bool,
-    pub connected: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub policies: usize,
-    pub pods: usize,
 }
 
 /// Errors that stop the agent from starting.
@@ -405,7 +377,7 @@ impl Agent {
             return self.last_reload.insert(ReloadReport {
                 at,
                 unix: unix_now(),
-                result: "refused",
+                result: ReloadResult::Refused,
                 problems: errors.iter().map(Finding::line).collect(),
                 warnings,
             });
@@ -444,11 +416,11 @@ impl Agent {
             at,
             unix: unix_now(),
             result: if !problems.is_empty() {
-                "partial"
+                ReloadResult::Partial
             } else if changed {
-                "applied"
+                ReloadResult::Applied
             } else {
-                "unchanged"
+                ReloadResult::Unchanged
             },
             problems,
             warnings,
@@ -1057,87 +1029,6 @@ fn links(roots: &[(&Path, u64)]) -> BTreeMap<u64, u64> {
         }
     }
     out
-}
-
-/// How full one rule map is.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MapFill {
-    pub map: String,
-    pub entries: usize,
-    pub capacity: u32,
-}
-
-/// `/status` and `passthrough status -o json`.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Status {
-    pub ready: bool,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub not_ready: Vec<String>,
-    pub generation: u64,
-    #[serde(skip_deserializing)]
-    pub last_reload: Option<ReloadReport>,
-    pub bpffs: PathBuf,
-    /// Compiled policies installed in the kernel (workloads with equal tables share one).
-    pub slots: usize,
-    /// Fill of the kernel maps with a fixed capacity.
-    #[serde(default)]
-    pub maps: Vec<MapFill>,
-    /// Entries over every installed policy (each policy's maps are sized to its entries).
-    #[serde(default)]
-    pub policy_entries: EntryCounts,
-    /// Kernel memory of the installed policies' maps, in bytes.
-    #[serde(default)]
-    pub policy_memory_bytes: u64,
-    pub workloads: Vec<WorkloadStatus>,
-    /// Connects decided in the kernel, by reason, since the maps were created.
-    pub counters: BTreeMap<String, u64>,
-    /// Whether packet sockets can be refused on this kernel (`rawSockets: Deny`).
-    #[serde(default = "packet_sockets_unknown")]
-    pub packet_sockets: loader::PacketSockets,
-    /// The peek proxy's decisions and refusals since the agent started, when it runs.
-    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<StatsSnapshot>,
-    /// Deny, audit and proxy events received and lost.
-    #[serde(default)]
-    pub events: EventCounts,
-    /// The Kubernetes source, when configured.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kubernetes: Option<KubeStatus>,
-}
-
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkloadStatus {
-    pub cgroup: PathBuf,
-    pub cgroup_id: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    pub enforced: bool,
-    #[serde(skip_deserializing)]
-    pub mode: Option<EffectiveMode>,
-    #[serde(skip_deserializing)]
-    pub mode_from: Option<PolicyRef>,
-    pub audit: bool,
-    #[serde(skip_deserializing)]
-    pub policies: Vec<PolicyRef>,
-    #[serde(skip_deserializing)]
-    pub entries: EntryCounts,
-    pub slot: Option<u32>,
-    /// The UDP and raw socket settings that apply (in the kernel for modes None and
-    /// Matched only).
-    #[serde(skip_deserializing)]
-    pub containment: Option<Containment>,
-    pub generation: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-fn packet_sockets_unknown() -> loader::PacketSockets {
-    loader::PacketSockets::Open("not reported by this agent".into())
 }
 
 /// The cgroup whose processes (and those below it) are never filtered: the agent's own.

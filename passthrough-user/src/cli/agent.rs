@@ -11,10 +11,13 @@ use std::{
 use clap::Args as ClapArgs;
 
 use super::{Output, fail, print_findings_text, print_json};
-use crate::agent::{
-    AgentError, Status,
-    config::{AgentConfig, ConfigError, DEFAULT_ADMIN},
-    loader,
+use crate::{
+    agent::{
+        AgentError,
+        config::{AgentConfig, ConfigError, DEFAULT_ADMIN},
+        loader,
+    },
+    api::Status,
 };
 
 #[derive(Debug, ClapArgs)]
@@ -208,32 +211,25 @@ pub fn status(args: &StatusArgs, output: Output) -> ExitCode {
         println!("{body}");
         return ExitCode::SUCCESS;
     }
-    let raw: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    let status: Status = match serde_json::from_value(raw.clone()) {
+    let status: Status = match serde_json::from_str(&body) {
         Ok(s) => s,
         Err(e) => return fail(output, &format!("unexpected answer from the agent: {e}")),
     };
     println!(
-        "ready: {}   policy generation: {}   slots: {}   bpffs: {}",
+        "ready: {}   policy generation: {}   policies in the kernel: {} ({} KiB)   bpffs: {}",
         status.ready,
         status.generation,
         status.slots,
+        status.policy_memory_bytes / 1024,
         status.bpffs.display()
     );
     for r in &status.not_ready {
         println!("  not ready: {r}");
     }
-    if let Some(r) = raw.get("lastReload") {
-        println!(
-            "last reload: {} at {}",
-            r["result"].as_str().unwrap_or("?"),
-            r["at"].as_str().unwrap_or("?")
-        );
-        for p in r["problems"].as_array().into_iter().flatten() {
-            println!("  {}", p.as_str().unwrap_or(""));
-        }
-        for w in r["warnings"].as_array().into_iter().flatten() {
-            println!("  {}", w.as_str().unwrap_or(""));
+    if let Some(r) = &status.last_reload {
+        println!("last reload: {} at {}", r.result.name(), r.at);
+        for p in r.problems.iter().chain(&r.warnings) {
+            println!("  {p}");
         }
     }
     match &status.packet_sockets {
@@ -247,39 +243,27 @@ pub fn status(args: &StatusArgs, output: Output) -> ExitCode {
         "{:<50} {:<9} {:<10} {:<6} {:<8} {:<6} {:<6} POLICIES",
         "WORKLOAD", "ENFORCED", "MODE", "AUDIT", "ENTRIES", "UDP", "RAW"
     );
-    for (w, raw_w) in status
-        .workloads
-        .iter()
-        .zip(raw["workloads"].as_array().into_iter().flatten())
-    {
-        let entries: u64 = raw_w["entries"]
-            .as_object()
-            .map(|o| o.values().filter_map(serde_json::Value::as_u64).sum())
-            .unwrap_or(0);
-        let policies: Vec<&str> = raw_w["policies"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p["name"].as_str())
-            .collect();
+    for w in &status.workloads {
+        let e = &w.entries;
+        let entries = e.exact_v4 + e.exact_v6 + e.cidr_v4 + e.cidr_v6 + e.domain_ports;
+        let policies: Vec<&str> = w.policies.iter().map(|p| p.name.as_str()).collect();
         // The settings bind modes None and Matched only.
-        let judged = matches!(raw_w["mode"].as_str(), Some("None" | "Matched"));
-        let setting = |key: &str| {
-            raw_w["containment"][key]
-                .as_str()
-                .filter(|_| judged)
-                .unwrap_or("-")
-                .to_string()
+        let judged = w
+            .mode
+            .is_some_and(crate::policy::containment::Containment::applies_to);
+        let (udp, raw) = match (&w.containment, judged) {
+            (Some(c), true) => (format!("{:?}", c.udp), format!("{:?}", c.raw_sockets)),
+            _ => ("-".into(), "-".into()),
         };
         println!(
             "{:<50} {:<9} {:<10} {:<6} {:<8} {:<6} {:<6} {}",
             w.cgroup.display(),
             if w.enforced { "yes" } else { "NO" },
-            raw_w["mode"].as_str().unwrap_or("-"),
+            w.mode.map_or_else(|| "-".to_string(), |m| format!("{m:?}")),
             if w.audit { "on" } else { "off" },
             entries,
-            setting("udp"),
-            setting("rawSockets"),
+            udp,
+            raw,
             policies.join(",")
         );
         if let Some(e) = &w.error {

@@ -13,9 +13,9 @@ use super::{
     agent::{AdminAddr, connect, fetch, no_agent},
     fail,
 };
-use crate::agent::{
-    config::DEFAULT_ADMIN,
-    events::{EventKind, EventRecord},
+use crate::{
+    agent::config::DEFAULT_ADMIN,
+    api::{EventKind, EventRecord},
 };
 
 #[derive(Debug, ClapArgs)]
@@ -121,7 +121,15 @@ fn render(r: &EventRecord, output: Output) -> String {
     };
     format!(
         "{} {:<10} {}{} -> {}{} {} by {}{}",
-        r.time, r.verdict, r.workload, who, target, name, r.reason, r.rule, count
+        r.time,
+        r.verdict,
+        r.workload,
+        who,
+        target,
+        name,
+        r.reason.name(),
+        r.rule,
+        count
     )
 }
 

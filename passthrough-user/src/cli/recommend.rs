@@ -19,8 +19,9 @@ use super::{
 use crate::{
     agent::{
         config::{DEFAULT_ADMIN, duration_text},
-        events::{EventKind, EventRecord, rfc3339},
+        events::rfc3339,
     },
+    api::{EventKind, EventRecord},
     policy::decide::host_name,
 };
 
@@ -156,7 +157,7 @@ fn render(out: &mut String, workload: &str, events: &[&EventRecord]) {
         };
         let seen = entries.entry(entry).or_default();
         seen.count += e.count;
-        *seen.verdicts.entry(e.verdict.clone()).or_default() += e.count;
+        *seen.verdicts.entry(e.verdict.to_string()).or_default() += e.count;
         if e.time > seen.last {
             seen.last = e.time.clone();
         }
@@ -270,15 +271,22 @@ fn quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{
-        load::{Document, parse_documents},
-        validate::validate,
+    use crate::{
+        api::{EventSource, Verdict},
+        policy::{
+            load::{Document, parse_documents},
+            validate::validate,
+        },
     };
 
     fn event(dest: &str, name: Option<(&str, &str)>, verdict: &str, count: u64) -> EventRecord {
         EventRecord {
             time: "2026-11-22T10:00:00.000Z".into(),
-            source: if name.is_some() { "proxy" } else { "kernel" }.into(),
+            source: if name.is_some() {
+                EventSource::Proxy
+            } else {
+                EventSource::Kernel
+            },
             workload: "/sys/fs/cgroup/app.service".into(),
             workload_name: None,
             mesh: "default".into(),
@@ -291,8 +299,12 @@ mod tests {
             pinned_to: None,
             name: name.map(|(n, _)| n.to_string()),
             protocol: name.map(|(_, p)| p.to_string()),
-            verdict: verdict.into(),
-            reason: "no_match".into(),
+            verdict: match verdict {
+                "deny" => Verdict::Deny,
+                "would-deny" => Verdict::WouldDeny,
+                _ => Verdict::Allow,
+            },
+            reason: passthrough_common::Reason::NoMatch,
             rule: "no entry matched".into(),
             count,
         }

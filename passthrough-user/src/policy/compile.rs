@@ -19,7 +19,7 @@ use super::{
 };
 
 /// What the kernel does for a workload before looking at any entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum EffectiveMode {
     All,
     None,

@@ -35,7 +35,7 @@ pub enum RawSockets {
 }
 
 /// The datagram and raw socket settings that apply to one workload.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Containment {
     pub udp: UdpMode,

@@ -337,7 +337,7 @@ pub fn select<'a>(
 }
 
 /// A policy as merged results refer to it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PolicyRef {
     pub name: String,
     pub source: Source,

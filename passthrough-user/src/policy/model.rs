@@ -25,7 +25,7 @@ pub mod labels {
 }
 
 /// Where a policy document came from: a file and the document's index in it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Source {
     pub file: String,
     pub doc: usize,

@@ -14,7 +14,6 @@ use std::{
 };
 
 use passthrough_common::unmapped_v4;
-use serde::Serialize;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -28,7 +27,8 @@ use super::{
     resolve::NameResolver,
 };
 use crate::{
-    agent::events::{EventLog, EventRecord, rfc3339},
+    agent::events::{EventLog, rfc3339},
+    api::{DecisionKey, EventKind, EventRecord, EventSource, ProxyStats, Verdict as EventVerdict},
     policy::{
         bind::{Binding, DomainCheck, bind},
         compile::{CompiledPolicy, NamePattern},
@@ -98,33 +98,18 @@ pub struct Stats {
     active: AtomicU64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DecisionKey {
-    pub workload: String,
-    pub verdict: &'static str,
-    /// `policy/appendMatch[i]` that allowed it, or why it was denied.
-    pub rule: String,
-}
-
-/// A snapshot of [`Stats`].
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StatsSnapshot {
-    pub active: u64,
-    pub decisions: Vec<(DecisionKey, u64)>,
-    pub refused: BTreeMap<&'static str, u64>,
-}
-
 impl Stats {
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
+    pub fn snapshot(&self) -> ProxyStats {
+        ProxyStats {
             active: self.active.load(Ordering::Relaxed),
             decisions: lock(&self.decisions)
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
-            refused: lock(&self.refused).clone(),
+            refused: lock(&self.refused)
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), *v))
+                .collect(),
         }
     }
 
@@ -284,21 +269,21 @@ impl Proxy {
         let name = peeked_name(&peeked);
         self.events.push(EventRecord {
             time: rfc3339(SystemTime::now()),
-            source: "proxy".into(),
+            source: EventSource::Proxy,
             workload: workload.name.clone(),
             workload_name: workload.label.clone(),
             mesh: workload.mesh.clone(),
             tags: workload.tags.clone(),
             pid: None,
             command: None,
-            kind: crate::agent::events::EventKind::Connect,
+            kind: EventKind::Connect,
             destination: Some(dest),
             socket: None,
             pinned_to: (upstream != dest).then_some(upstream),
             name: (name != "-").then(|| name.to_string()),
             protocol: peeked_protocol(&peeked).map(str::to_string),
-            verdict: verdict_label(&verdict).replace('_', "-"),
-            reason: verdict.would_deny.unwrap_or(verdict.reason).name().into(),
+            verdict: verdict_label(&verdict),
+            reason: verdict.would_deny.unwrap_or(verdict.reason),
             rule: match deciding_entry(&workload.policy, &verdict) {
                 Some(e) => entry_name(e),
                 None => format!("no entry matched (mode {:?})", workload.policy.mode),
@@ -388,11 +373,11 @@ impl Proxy {
     }
 }
 
-fn verdict_label(v: &Verdict) -> &'static str {
+fn verdict_label(v: &Verdict) -> EventVerdict {
     match (v.action, v.would_deny) {
-        (Action::Allow, Some(_)) => "would_deny",
-        (Action::Allow, None) => "allow",
-        _ => "deny",
+        (Action::Allow, Some(_)) => EventVerdict::WouldDeny,
+        (Action::Allow, None) => EventVerdict::Allow,
+        _ => EventVerdict::Deny,
     }
 }
 

@@ -1,0 +1,315 @@
+//! The wire types of the admin endpoint (`/status`, `/events`) and of `passthrough status`,
+//! `events` and `recommend`: one set of structs the agent serializes and the CLI
+//! deserializes. Verdicts, reasons, sources and results are enums, never strings built in one
+//! place and parsed in another.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
+
+use passthrough_common::Reason;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{
+    agent::{loader::PacketSockets, maps::EntryCounts},
+    policy::{compile::EffectiveMode, containment::Containment, merge::PolicyRef},
+};
+
+/// A [`Reason`] by its stable name (`no_match`, `udp_denied`, ...).
+pub mod reason_name {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(r: &Reason, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(r.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Reason, D::Error> {
+        let name = String::deserialize(d)?;
+        from_name(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown reason {name:?}")))
+    }
+
+    /// The reason named `name`.
+    pub fn from_name(name: &str) -> Option<Reason> {
+        Reason::ALL.iter().copied().find(|r| r.name() == name)
+    }
+}
+
+/// What happened to a connection, datagram or socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Allow,
+    Deny,
+    /// Audit mode let it through; the policy would have denied it.
+    WouldDeny,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Verdict {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::WouldDeny => "would-deny",
+        }
+    }
+}
+
+/// Who decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventSource {
+    /// A program in the kernel.
+    Kernel,
+    /// The peek proxy.
+    Proxy,
+}
+
+/// One event, or several identical ones (`count`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRecord {
+    /// When the first of them happened (RFC 3339, UTC).
+    pub time: String,
+    /// A program in the kernel, or the peek proxy.
+    pub source: EventSource,
+    /// The workload's cgroup, as in the config, its mesh and its tags.
+    pub workload: String,
+    /// Its name where it has one: `namespace/name` (Kubernetes) or `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_name: Option<String>,
+    #[serde(default)]
+    pub mesh: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<(String, String)>,
+    /// Process id and command (kernel events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// What was refused: a connection, a datagram, or a socket.
+    #[serde(default)]
+    pub kind: EventKind,
+    /// Where it was going (connections and datagrams).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<SocketAddr>,
+    /// The socket that was to be created (socket events): family, type and protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// Where the peek proxy connected instead, when `domainCheck: Pin` bound the name to
+    /// another of its addresses than the one dialled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_to: Option<SocketAddr>,
+    /// The name the client sent (proxy events): SNI, Host or `:authority`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The protocol the proxy recognised: `tls`, `http`, `http2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// `deny`, `would-deny` (audit mode let it through) or `allow` (proxy).
+    pub verdict: Verdict,
+    /// Why, as in the kernel counters (`no_match`, `mode_none`, `domain_no_match`, ...).
+    #[serde(with = "reason_name")]
+    pub reason: Reason,
+    /// The deciding entry (`policy/appendMatch[i]`), or "no entry matched (mode M)".
+    pub rule: String,
+    pub count: u64,
+}
+
+impl EventRecord {
+    /// Whether the event is of workload `w`: its cgroup path, or its name.
+    pub fn is_of(&self, w: &str) -> bool {
+        self.workload == w || self.workload_name.as_deref() == Some(w)
+    }
+
+    /// Two events that are the same occurrence repeated.
+    pub fn same(&self, other: &EventRecord) -> bool {
+        self.source == other.source
+            && self.workload == other.workload
+            && self.pid == other.pid
+            && self.kind == other.kind
+            && self.destination == other.destination
+            && self.socket == other.socket
+            && self.name == other.name
+            && self.verdict == other.verdict
+            && self.reason == other.reason
+            && self.rule == other.rule
+    }
+}
+
+/// What an event is about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A `connect()` (or a connection through the peek proxy).
+    #[default]
+    Connect,
+    /// A UDP datagram sent to an address.
+    Datagram,
+    /// A socket that was to be created (raw, packet, ping).
+    Socket,
+}
+
+/// Counters of the event path, for `/status` and `/metrics`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventCounts {
+    /// Events received (each aggregated repeat counts).
+    pub received: u64,
+    /// Events the kernel could not queue because the ring buffer was full.
+    pub kernel_dropped: u64,
+    /// Events followers missed because they fell behind.
+    pub follower_dropped: u64,
+}
+
+/// How a reload ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReloadResult {
+    /// Policies or workloads changed and are enforced.
+    Applied,
+    /// Nothing changed.
+    Unchanged,
+    /// Some workloads could not be given their new state; they keep their last good one.
+    Partial,
+    /// Invalid policies: nothing was changed.
+    Refused,
+}
+
+impl ReloadResult {
+    pub const fn name(self) -> &'static str {
+        match self {
+            ReloadResult::Applied => "applied",
+            ReloadResult::Unchanged => "unchanged",
+            ReloadResult::Partial => "partial",
+            ReloadResult::Refused => "refused",
+        }
+    }
+}
+
+/// Result of the last reload, as `/status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadReport {
+    pub at: String,
+    /// The same instant in seconds since the Unix epoch, for `/metrics`.
+    pub unix: u64,
+    pub result: ReloadResult,
+    /// What refused the set (or, for `partial`, the workloads it could not be applied to).
+    pub problems: Vec<String>,
+    /// What was reported without refusing anything (`warning: ` lines, as `validate` prints).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The Kubernetes source in `/status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeStatus {
+    pub synced: bool,
+    pub connected: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub policies: usize,
+    pub pods: usize,
+}
+
+/// How full one rule map is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MapFill {
+    pub map: String,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
+/// `/status` and `passthrough status -o json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub ready: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ready: Vec<String>,
+    pub generation: u64,
+    pub last_reload: Option<ReloadReport>,
+    pub bpffs: PathBuf,
+    /// Compiled policies installed in the kernel (workloads with equal tables share one).
+    pub slots: usize,
+    /// Fill of the kernel maps with a fixed capacity.
+    #[serde(default)]
+    pub maps: Vec<MapFill>,
+    /// Entries over every installed policy (each policy's maps are sized to its entries).
+    #[serde(default)]
+    pub policy_entries: EntryCounts,
+    /// Kernel memory of the installed policies' maps, in bytes.
+    #[serde(default)]
+    pub policy_memory_bytes: u64,
+    pub workloads: Vec<WorkloadStatus>,
+    /// Connects decided in the kernel, by reason, since the maps were created.
+    pub counters: BTreeMap<String, u64>,
+    /// Whether packet sockets can be refused on this kernel (`rawSockets: Deny`).
+    #[serde(default = "packet_sockets_unknown")]
+    pub packet_sockets: PacketSockets,
+    /// The peek proxy's decisions and refusals since the agent started, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyStats>,
+    /// Deny, audit and proxy events received and lost.
+    #[serde(default)]
+    pub events: EventCounts,
+    /// The Kubernetes source, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubeStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    pub cgroup: PathBuf,
+    pub cgroup_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub enforced: bool,
+    pub mode: Option<EffectiveMode>,
+    pub mode_from: Option<PolicyRef>,
+    pub audit: bool,
+    pub policies: Vec<PolicyRef>,
+    pub entries: EntryCounts,
+    pub slot: Option<u32>,
+    /// The UDP and raw socket settings that apply (in the kernel for modes None and
+    /// Matched only).
+    pub containment: Option<Containment>,
+    pub generation: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn packet_sockets_unknown() -> PacketSockets {
+    PacketSockets::Open("not reported by this agent".into())
+}
+
+/// The peek proxy's counters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyStats {
+    /// Connections it holds now.
+    pub active: u64,
+    /// Decisions by workload, verdict and deciding entry.
+    pub decisions: Vec<(DecisionKey, u64)>,
+    /// Connections closed before any decision, by cause.
+    pub refused: BTreeMap<String, u64>,
+}
+
+/// What the proxy counts its decisions by.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionKey {
+    pub workload: String,
+    pub verdict: Verdict,
+    /// `policy/appendMatch[i]` that allowed it, or why it was denied.
+    pub rule: String,
+}
