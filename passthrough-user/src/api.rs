@@ -8,10 +8,42 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 use passthrough_common::Reason;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::{
-    agent::{loader::PacketSockets, maps::EntryCounts},
-    policy::{compile::EffectiveMode, containment::Containment, merge::PolicyRef},
+use crate::policy::{
+    compile::EffectiveMode, containment::Containment, merge::PolicyRef, tables::Tables,
 };
+
+/// Whether `lsm_cgroup/socket_create` can refuse packet sockets here.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", tag = "state", content = "reason")]
+pub enum PacketSockets {
+    /// The program is loaded and attached with the others.
+    Refused,
+    /// It cannot be: why, and what to do.
+    Open(String),
+}
+
+/// Entries of one policy, per table, for `/status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryCounts {
+    pub exact_v4: usize,
+    pub exact_v6: usize,
+    pub cidr_v4: usize,
+    pub cidr_v6: usize,
+    pub domain_ports: usize,
+}
+
+impl EntryCounts {
+    pub fn of(t: &Tables) -> Self {
+        Self {
+            exact_v4: t.exact_v4.len(),
+            exact_v6: t.exact_v6.len(),
+            cidr_v4: t.cidr_v4.len(),
+            cidr_v6: t.cidr_v6.len(),
+            domain_ports: t.domain_ports.len(),
+        }
+    }
+}
 
 /// A [`Reason`] by its stable name (`no_match`, `udp_denied`, ...).
 pub mod reason_name {
@@ -312,4 +344,116 @@ pub struct DecisionKey {
     pub verdict: Verdict,
     /// `policy/appendMatch[i]` that allowed it, or why it was denied.
     pub rule: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys of ours are camelCase; maps keyed by data (counter reasons, refusal causes) are
+    /// only looked into.
+    fn camel_case_keys(v: &serde_json::Value, at: &str, bad: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                let data = at.ends_with(".counters") || at.ends_with(".refused");
+                for (k, v) in m {
+                    if !data && !k.chars().all(|c| c.is_ascii_alphanumeric()) {
+                        bad.push(format!("{at}.{k}"));
+                    }
+                    camel_case_keys(v, &format!("{at}.{k}"), bad);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| camel_case_keys(v, at, bad)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn status_and_event_json_keys_are_camel_case() {
+        use crate::policy::compile::EffectiveMode;
+        let status = Status {
+            ready: false,
+            not_ready: vec!["x".into()],
+            generation: 1,
+            last_reload: Some(ReloadReport {
+                at: "t".into(),
+                unix: 1,
+                result: ReloadResult::Applied,
+                problems: vec!["p".into()],
+                warnings: vec!["w".into()],
+            }),
+            bpffs: "/sys/fs/bpf/passthrough".into(),
+            slots: 1,
+            maps: vec![MapFill {
+                map: "WORKLOADS".into(),
+                entries: 1,
+                capacity: 2,
+            }],
+            policy_entries: EntryCounts::default(),
+            policy_memory_bytes: 1,
+            workloads: vec![WorkloadStatus {
+                cgroup: "/w".into(),
+                cgroup_id: Some(1),
+                name: Some("n".into()),
+                namespace: Some("ns".into()),
+                enforced: true,
+                mode: Some(EffectiveMode::Matched),
+                mode_from: None,
+                audit: false,
+                policies: Vec::new(),
+                entries: EntryCounts::default(),
+                slot: Some(1),
+                containment: Some(crate::policy::containment::Containment {
+                    udp: crate::policy::containment::UdpMode::Deny,
+                    dns: None,
+                    raw_sockets: crate::policy::containment::RawSockets::Deny,
+                }),
+                generation: Some(1),
+                error: Some("e".into()),
+            }],
+            counters: [("no_match".to_string(), 1)].into(),
+            packet_sockets: PacketSockets::Open("r".into()),
+            proxy: Some(ProxyStats {
+                active: 1,
+                decisions: vec![(
+                    DecisionKey {
+                        workload: "/w".into(),
+                        verdict: Verdict::Allow,
+                        rule: "r".into(),
+                    },
+                    1,
+                )],
+                refused: [("peek_timeout".to_string(), 1)].into(),
+            }),
+            events: Default::default(),
+            kubernetes: Some(KubeStatus {
+                error: Some("e".into()),
+                ..KubeStatus::default()
+            }),
+        };
+        let event = EventRecord {
+            time: "t".into(),
+            source: EventSource::Proxy,
+            workload: "/w".into(),
+            workload_name: Some("ns/n".into()),
+            mesh: "default".into(),
+            tags: vec![("k".into(), "v".into())],
+            pid: Some(1),
+            command: Some("c".into()),
+            kind: EventKind::Datagram,
+            destination: Some("192.0.2.1:443".parse().expect("addr")),
+            socket: Some("AF_PACKET SOCK_RAW protocol 768".into()),
+            pinned_to: Some("192.0.2.2:443".parse().expect("addr")),
+            name: Some("example.com".into()),
+            protocol: Some("tls".into()),
+            verdict: Verdict::WouldDeny,
+            reason: passthrough_common::Reason::DomainNoMatch,
+            rule: "r".into(),
+            count: 1,
+        };
+        let mut bad = Vec::new();
+        camel_case_keys(&serde_json::to_value(&status).expect("json"), "", &mut bad);
+        camel_case_keys(&serde_json::to_value(&event).expect("json"), "", &mut bad);
+        assert!(bad.is_empty(), "keys not in camelCase: {bad:?}");
+    }
 }

@@ -409,7 +409,7 @@ fn run_refuses_a_config_validate_refuses_before_touching_the_kernel() {
     );
     // This machine's cgroup2 root, as the agent finds it; pins in a directory that must stay
     // absent (nothing may be loaded).
-    let root = passthrough::agent::cgroup::cgroup2_root().map_or_else(
+    let root = passthrough::cgroup::cgroup2_root().map_or_else(
         |_| "/sys/fs/cgroup".to_string(),
         |p| p.display().to_string(),
     );

@@ -180,7 +180,7 @@ impl AgentRun {
         ));
         let config = dir.path().join("agent.yaml");
         fs::write(&config, &cfg).expect("write config");
-        let parsed = passthrough::agent::config::AgentConfig::parse(&config).expect("config");
+        let parsed = passthrough::config::AgentConfig::parse(&config).expect("config");
         Self {
             dir,
             config,

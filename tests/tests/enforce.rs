@@ -457,7 +457,12 @@ fn a_workload_cgroup_that_appears_later_is_enforced_once_it_exists() {
         )],
         "",
     );
-    agent.wait_until(Duration::from_secs(10), || agent.try_status().is_some());
+    // The first reconcile has ended (the agent answers before it does).
+    agent.wait_until(Duration::from_secs(10), || {
+        agent
+            .try_status()
+            .is_some_and(|s| !s["lastReload"].is_null())
+    });
     assert!(!agent.is_ready(), "ready before the workload cgroup exists");
     let status = agent.status();
     assert!(

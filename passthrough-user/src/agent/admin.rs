@@ -1,199 +1,155 @@
-//! The admin endpoint: `GET /ready`, `GET /status` (JSON), `GET /metrics` (Prometheus).
-//! A deliberately small HTTP/1.1 server: one request per connection, GET only.
+//! The admin endpoint: `GET /ready`, `GET /status` (JSON), `GET /metrics` (Prometheus),
+//! `GET /events[?workload=W][&follow]`. It answers from the core's latest snapshot plus the
+//! live counters, so no request waits for a reconcile.
 
-use std::sync::{Arc, Mutex};
+use std::{convert::Infallible, sync::Arc};
 
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::{Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-    sync::broadcast,
+use tokio::{net::TcpListener, sync::broadcast};
+
+use super::{maps::Counters, snapshot::Snapshot};
+use crate::{
+    api::{EventRecord, Status},
+    events::EventLog,
+    proxy::server::Stats as ProxyStats,
 };
 
-use super::{Agent, events::EventLog, run::lock};
-use crate::api::{EventRecord, Status};
+/// What the endpoint reads: the snapshot, and the counters that move between passes.
+#[derive(Clone)]
+pub struct Admin {
+    pub snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    pub counters: Arc<Counters>,
+    pub proxy: Option<Arc<ProxyStats>>,
+    pub events: Arc<EventLog>,
+}
 
-pub async fn serve(listener: TcpListener, agent: Arc<Mutex<Agent>>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let agent = agent.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, &agent).await {
-                tracing::debug!("admin request: {e}");
-            }
-        });
+impl Admin {
+    /// The latest snapshot's status with the counters as they are now.
+    pub fn status(&self) -> Status {
+        let mut s = self.snapshots.borrow().status.clone();
+        s.counters = self
+            .counters
+            .read()
+            .into_iter()
+            .map(|(r, n)| (r.name().to_string(), n))
+            .collect();
+        s.proxy = self.proxy.as_ref().map(|p| p.snapshot());
+        s.events = self.events.counts();
+        s
     }
 }
 
-async fn handle(mut stream: TcpStream, agent: &Mutex<Agent>) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 4096];
-    let mut n = 0;
-    // Read the request head (bounded: the admin endpoint takes no bodies).
-    let head = loop {
-        let r = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            stream.read(&mut buf[n..]),
-        )
-        .await
-        .map_err(|_| std::io::Error::other("request timed out"))??;
-        if r == 0 {
-            return Ok(());
-        }
-        n += r;
-        if let Some(end) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
-            break String::from_utf8_lossy(&buf[..end]).into_owned();
-        }
-        if n == buf.len() {
-            return respond(&mut stream, 431, "text/plain", "request head too large\n").await;
-        }
-    };
-    let mut parts = head.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if method != "GET" {
-        return respond(&mut stream, 405, "text/plain", "only GET is served\n").await;
-    }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    match path {
-        "/events" => {
-            let log = lock(agent).events.clone();
-            let param = |key: &str| {
-                query.split('&').find_map(|kv| {
-                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    (k == key).then(|| percent_decode(v))
-                })
-            };
-            let workload = param("workload");
-            if param("follow").is_some() {
-                return follow(&mut stream, &log, workload.as_deref()).await;
-            }
-            let body = serde_json::to_string_pretty(&log.recent(workload.as_deref()))
-                .unwrap_or_else(|e| e.to_string());
-            respond(&mut stream, 200, "application/json", &body).await
-        }
-        "/ready" => {
-            let (ready, reasons) = {
-                let a = lock(agent);
-                (a.ready(), a.not_ready_reasons())
-            };
-            if ready {
-                respond(&mut stream, 200, "text/plain", "ready\n").await
-            } else {
-                let body = format!("not ready:\n{}\n", reasons.join("\n"));
-                respond(&mut stream, 503, "text/plain", &body).await
-            }
-        }
-        "/status" => {
-            let status = lock(agent).status();
-            let body = serde_json::to_string_pretty(&status).unwrap_or_else(|e| e.to_string());
-            respond(&mut stream, 200, "application/json", &body).await
-        }
-        "/metrics" => {
-            let status = lock(agent).status();
-            let body = metrics(&status);
-            respond(
-                &mut stream,
-                200,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                &body,
-            )
-            .await
-        }
-        _ => {
-            respond(
-                &mut stream,
-                404,
-                "text/plain",
+pub fn router(admin: Admin) -> Router {
+    Router::new()
+        .route("/ready", get(ready))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics_text))
+        .route("/events", get(events))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
                 "try /ready, /status, /metrics or /events[?workload=W][&follow]\n",
             )
-            .await
-        }
+        })
+        .with_state(admin)
+}
+
+pub async fn serve(listener: TcpListener, admin: Admin) {
+    if let Err(e) = axum::serve(listener, router(admin)).await {
+        tracing::error!("admin endpoint stopped: {e}");
     }
+}
+
+async fn ready(State(a): State<Admin>) -> Response {
+    let snapshot = a.snapshots.borrow().clone();
+    if snapshot.status.ready {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let body = format!("not ready:\n{}\n", snapshot.status.not_ready.join("\n"));
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+async fn status(State(a): State<Admin>) -> Response {
+    json(&a.status())
+}
+
+async fn metrics_text(State(a): State<Admin>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics(&a.status()),
+    )
+        .into_response()
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Response {
+    match serde_json::to_string_pretty(v) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct EventsQuery {
+    workload: Option<String>,
+    follow: Option<String>,
+}
+
+async fn events(State(a): State<Admin>, Query(q): Query<EventsQuery>) -> Response {
+    if q.follow.is_some() {
+        return follow(a.events, q.workload);
+    }
+    json(&a.events.recent(q.workload.as_deref()))
 }
 
 /// `/events?follow`: the recent events, then each new one as it comes, one JSON object per
 /// line, until the client goes away. A client that reads too slowly loses events (counted as
 /// `followerDropped`), never the agent's memory.
-async fn follow(
-    stream: &mut TcpStream,
-    log: &EventLog,
-    workload: Option<&str>,
-) -> std::io::Result<()> {
-    let mut rx = log.follow();
-    stream
-        .write_all(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n",
-        )
-        .await?;
-    for r in log.recent(workload) {
-        stream.write_all(json_line(&r).as_bytes()).await?;
-    }
-    loop {
-        match rx.recv().await {
-            Ok(r) if workload.is_none_or(|w| r.is_of(w)) => {
-                stream.write_all(json_line(&r).as_bytes()).await?;
+fn follow(log: Arc<EventLog>, workload: Option<String>) -> Response {
+    let rx = log.follow();
+    let recent: Vec<Result<Bytes, Infallible>> = log
+        .recent(workload.as_deref())
+        .iter()
+        .map(|r| Ok(json_line(r)))
+        .collect();
+    let live = futures::stream::unfold((rx, log, workload), |(mut rx, log, workload)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(r) if workload.as_deref().is_none_or(|w| r.is_of(w)) => {
+                    return Some((Ok(json_line(&r)), (rx, log, workload)));
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => log.lagged(n),
+                Err(broadcast::error::RecvError::Closed) => return None,
             }
-            Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(n)) => log.lagged(n),
-            Err(broadcast::error::RecvError::Closed) => return Ok(()),
         }
-    }
+    });
+    let body = Body::from_stream(futures::StreamExt::chain(
+        futures::stream::iter(recent),
+        live,
+    ));
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
-fn json_line(r: &EventRecord) -> String {
+fn json_line(r: &EventRecord) -> Bytes {
     let mut line = serde_json::to_string(r).unwrap_or_default();
     line.push('\n');
-    line
-}
-
-/// Decodes `%XX` escapes and `+` in a query value.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => match s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16)) {
-                Some(Ok(b)) => {
-                    out.push(b);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    code: u16,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let reason = match code {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
-    let head = format!(
-        "HTTP/1.1 {code} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    Bytes::from(line)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -415,129 +371,4 @@ pub fn metrics(status: &Status) -> String {
         out = format!("# encoding failed: {e}\n");
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_values_are_percent_decoded() {
-        assert_eq!(
-            percent_decode("%2Fsys%2Ffs%2Fcgroup%2Fapp.service"),
-            "/sys/fs/cgroup/app.service"
-        );
-        assert_eq!(percent_decode("a+b%zz%4"), "a b%zz%4");
-    }
-
-    /// Keys of ours are camelCase; maps keyed by data (counter reasons, refusal causes) are
-    /// only looked into.
-    fn camel_case_keys(v: &serde_json::Value, at: &str, bad: &mut Vec<String>) {
-        match v {
-            serde_json::Value::Object(m) => {
-                let data = at.ends_with(".counters") || at.ends_with(".refused");
-                for (k, v) in m {
-                    if !data && !k.chars().all(|c| c.is_ascii_alphanumeric()) {
-                        bad.push(format!("{at}.{k}"));
-                    }
-                    camel_case_keys(v, &format!("{at}.{k}"), bad);
-                }
-            }
-            serde_json::Value::Array(a) => a.iter().for_each(|v| camel_case_keys(v, at, bad)),
-            _ => {}
-        }
-    }
-
-    #[test]
-    fn status_and_event_json_keys_are_camel_case() {
-        use crate::{
-            agent::{KubeStatus, MapFill, ReloadReport, WorkloadStatus, maps::EntryCounts},
-            api::{DecisionKey, EventKind, EventSource, ProxyStats, ReloadResult, Verdict},
-            policy::compile::EffectiveMode,
-        };
-        let status = Status {
-            ready: false,
-            not_ready: vec!["x".into()],
-            generation: 1,
-            last_reload: Some(ReloadReport {
-                at: "t".into(),
-                unix: 1,
-                result: ReloadResult::Applied,
-                problems: vec!["p".into()],
-                warnings: vec!["w".into()],
-            }),
-            bpffs: "/sys/fs/bpf/passthrough".into(),
-            slots: 1,
-            maps: vec![MapFill {
-                map: "WORKLOADS".into(),
-                entries: 1,
-                capacity: 2,
-            }],
-            policy_entries: EntryCounts::default(),
-            policy_memory_bytes: 1,
-            workloads: vec![WorkloadStatus {
-                cgroup: "/w".into(),
-                cgroup_id: Some(1),
-                name: Some("n".into()),
-                namespace: Some("ns".into()),
-                enforced: true,
-                mode: Some(EffectiveMode::Matched),
-                mode_from: None,
-                audit: false,
-                policies: Vec::new(),
-                entries: EntryCounts::default(),
-                slot: Some(1),
-                containment: Some(crate::policy::containment::Containment {
-                    udp: crate::policy::containment::UdpMode::Deny,
-                    dns: None,
-                    raw_sockets: crate::policy::containment::RawSockets::Deny,
-                }),
-                generation: Some(1),
-                error: Some("e".into()),
-            }],
-            counters: [("no_match".to_string(), 1)].into(),
-            packet_sockets: crate::agent::loader::PacketSockets::Open("r".into()),
-            proxy: Some(ProxyStats {
-                active: 1,
-                decisions: vec![(
-                    DecisionKey {
-                        workload: "/w".into(),
-                        verdict: Verdict::Allow,
-                        rule: "r".into(),
-                    },
-                    1,
-                )],
-                refused: [("peek_timeout".to_string(), 1)].into(),
-            }),
-            events: Default::default(),
-            kubernetes: Some(KubeStatus {
-                error: Some("e".into()),
-                ..KubeStatus::default()
-            }),
-        };
-        let event = EventRecord {
-            time: "t".into(),
-            source: EventSource::Proxy,
-            workload: "/w".into(),
-            workload_name: Some("ns/n".into()),
-            mesh: "default".into(),
-            tags: vec![("k".into(), "v".into())],
-            pid: Some(1),
-            command: Some("c".into()),
-            kind: EventKind::Datagram,
-            destination: Some("192.0.2.1:443".parse().expect("addr")),
-            socket: Some("AF_PACKET SOCK_RAW protocol 768".into()),
-            pinned_to: Some("192.0.2.2:443".parse().expect("addr")),
-            name: Some("example.com".into()),
-            protocol: Some("tls".into()),
-            verdict: Verdict::WouldDeny,
-            reason: passthrough_common::Reason::DomainNoMatch,
-            rule: "r".into(),
-            count: 1,
-        };
-        let mut bad = Vec::new();
-        camel_case_keys(&serde_json::to_value(&status).expect("json"), "", &mut bad);
-        camel_case_keys(&serde_json::to_value(&event).expect("json"), "", &mut bad);
-        assert!(bad.is_empty(), "keys not in camelCase: {bad:?}");
-    }
 }

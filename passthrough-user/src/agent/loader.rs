@@ -24,6 +24,8 @@ use aya::{
 };
 use passthrough_common::{SOCKET_CREATE_HOOK, program_names};
 
+use crate::api::PacketSockets;
+
 /// Directory names under the bpffs directory.
 /// The pin directory of this map layout.
 pub fn maps_dir(bpffs: &Path) -> PathBuf {
@@ -75,16 +77,6 @@ pub struct Loader {
     instance: String,
     /// Why packet sockets cannot be refused on this kernel, if they cannot (no BPF LSM).
     packet_sockets: PacketSockets,
-}
-
-/// Whether `lsm_cgroup/socket_create` can refuse packet sockets here.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase", tag = "state", content = "reason")]
-pub enum PacketSockets {
-    /// The program is loaded and attached with the others.
-    Refused,
-    /// It cannot be: why, and what to do.
-    Open(String),
 }
 
 /// How a program is attached to a workload cgroup.

@@ -8,7 +8,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::fd::AsFd as _,
-    path::Path,
 };
 
 use aya::{
@@ -102,29 +101,36 @@ pub struct Maps {
     dns_v4: LpmTrie<MapData, DnsV4Data, u32>,
     dns_v6: LpmTrie<MapData, DnsV6Data, u32>,
     config: Array<MapData, Config>,
-    counters: PerCpuArray<MapData, u64>,
 }
 
-/// Entries of one policy, per table, for `/status`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EntryCounts {
-    pub exact_v4: usize,
-    pub exact_v6: usize,
-    pub cidr_v4: usize,
-    pub cidr_v6: usize,
-    pub domain_ports: usize,
-}
+/// The programs' decision counters (`COUNTERS`), read live by the admin endpoint: reading
+/// them takes no lock the reconcile holds.
+pub struct Counters(PerCpuArray<MapData, u64>);
 
-impl EntryCounts {
-    pub fn of(t: &Tables) -> Self {
-        Self {
-            exact_v4: t.exact_v4.len(),
-            exact_v6: t.exact_v6.len(),
-            cidr_v4: t.cidr_v4.len(),
-            cidr_v6: t.cidr_v6.len(),
-            domain_ports: t.domain_ports.len(),
-        }
+impl Counters {
+    /// Takes `COUNTERS` out of a loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        let map = ebpf
+            .take_map(names::COUNTERS)
+            .ok_or(MapsError::Missing(names::COUNTERS))?;
+        Ok(Self(
+            PerCpuArray::try_from(map).map_err(at(names::COUNTERS))?,
+        ))
+    }
+
+    /// Decisions per [`Reason`], summed over CPUs.
+    pub fn read(&self) -> Vec<(Reason, u64)> {
+        Reason::ALL
+            .iter()
+            .map(|&r| {
+                let n = self
+                    .0
+                    .get(&(r as u32), 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                (r, n)
+            })
+            .collect()
     }
 }
 
@@ -179,15 +185,6 @@ impl Maps {
         Self::from_source(|name| ebpf.take_map(name))
     }
 
-    /// Opens the pinned maps of an installation, without any program.
-    pub fn open_pinned(dir: &Path) -> Result<Self, MapsError> {
-        Self::from_source(|name| {
-            MapData::from_pin(dir.join(name))
-                .ok()
-                .and_then(|m| Map::from_map_data(m).ok())
-        })
-    }
-
     fn from_source(mut get: impl FnMut(&'static str) -> Option<Map>) -> Result<Self, MapsError> {
         let mut take = |name: &'static str| get(name).ok_or(MapsError::Missing(name));
         Ok(Self {
@@ -203,7 +200,6 @@ impl Maps {
             dns_v4: LpmTrie::try_from(take(names::DNS_V4)?).map_err(at(names::DNS_V4))?,
             dns_v6: LpmTrie::try_from(take(names::DNS_V6)?).map_err(at(names::DNS_V6))?,
             config: Array::try_from(take(names::CONFIG)?).map_err(at(names::CONFIG))?,
-            counters: PerCpuArray::try_from(take(names::COUNTERS)?).map_err(at(names::COUNTERS))?,
         })
     }
 
@@ -305,21 +301,6 @@ impl Maps {
 
     pub fn set_config(&mut self, c: Config) -> Result<(), MapsError> {
         self.config.set(0, c, 0).map_err(at(names::CONFIG))
-    }
-
-    /// Decisions per [`Reason`], summed over CPUs.
-    pub fn counters(&self) -> Vec<(Reason, u64)> {
-        Reason::ALL
-            .iter()
-            .map(|&r| {
-                let n = self
-                    .counters
-                    .get(&(r as u32), 0)
-                    .map(|v| v.iter().sum())
-                    .unwrap_or(0);
-                (r, n)
-            })
-            .collect()
     }
 
     /// Kernel memory charged to the inner maps of the installed policies (fdinfo `memlock`).

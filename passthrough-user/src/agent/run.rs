@@ -1,20 +1,25 @@
-//! `passthrough run`: start, then reconcile whenever a policy file, a workload cgroup or the
-//! config (SIGHUP) changes. SIGTERM and SIGINT stop the agent and leave the pins: the kernel
-//! keeps enforcing the last state while no agent runs.
+//! `passthrough run`: start the agent and wire its parts. The core owns the state on its own
+//! thread; the runtime serves the admin endpoint, the peek proxy, the event reader and the
+//! Kubernetes watchers, none of which waits for a reconcile. SIGTERM and SIGINT stop the
+//! agent within a second and leave the pins: the kernel keeps enforcing the last complete
+//! state while no agent runs.
 
-use std::{
-    collections::BTreeMap,
-    os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{Agent, AgentError, admin, config::ProxyConfig, events};
+use super::{
+    Agent, AgentError,
+    admin::{self, Admin},
+    core::{Core, Input, Inputs},
+    snapshot::Snapshot,
+    watch,
+};
 use crate::{
-    policy::{bind::DomainCheck, load::policy_files_in},
+    config::ProxyConfig,
+    events,
+    k8s::KubeState,
+    policy::bind::DomainCheck,
     proxy::{
         netns::{Netns, pid_in_cgroup},
         resolve::NameResolver,
@@ -22,144 +27,117 @@ use crate::{
     },
 };
 
-/// How often files and cgroups are checked for changes. Policy changes apply within this
-/// plus the time to compile and write them: well under a second.
-pub const POLL: Duration = Duration::from_millis(200);
+/// How long a stop waits for a reconcile in progress to give up.
+const STOP_PATIENCE: Duration = Duration::from_secs(1);
 
-/// Identity of a watched path: (mtime ns, size, inode), or absent.
-type Fingerprint = BTreeMap<PathBuf, Option<(i64, u64, u64)>>;
-
-fn stamp(p: &Path) -> Option<(i64, u64, u64)> {
-    let m = std::fs::metadata(p).ok()?;
-    Some((
-        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        m.size(),
-        m.ino(),
-    ))
-}
-
-/// Every policy file (directories expanded) and every workload cgroup.
-fn fingerprint(policies: &[PathBuf], cgroups: &[PathBuf]) -> Fingerprint {
-    let mut fp = Fingerprint::new();
-    for p in policies {
-        fp.insert(p.clone(), stamp(p));
-        if p.is_dir() {
-            for f in policy_files_in(p).unwrap_or_default() {
-                let s = stamp(&f);
-                fp.insert(f, s);
-            }
-        }
-    }
-    for c in cgroups {
-        fp.insert(c.clone(), stamp(c));
-    }
-    fp
-}
-
-pub async fn run(config_path: &Path) -> Result<(), AgentError> {
+pub async fn run(config_path: &std::path::Path) -> Result<(), AgentError> {
     let mut agent = Agent::start(config_path)?;
     if agent.config().debug {
         start_kernel_log(&mut agent);
     }
     let admin_addr = agent.config().admin.listen;
     start_events(&mut agent)?;
-    let mut pod_listeners = None;
-    if let Some(p) = agent.config().proxy.clone() {
-        let proxy = start_proxy(&mut agent, p.clone()).await?;
-        if agent.config().kubernetes.is_some() {
-            pod_listeners = Some(PodListeners::new(proxy, p.listen)?);
+    let proxy = match agent.config().proxy.clone() {
+        Some(p) => Some((start_proxy(&mut agent, p.clone()).await?, p.listen)),
+        None => None,
+    };
+    let (counters, events) = (agent.counters.clone(), agent.events.clone());
+    let proxy_stats = proxy.as_ref().map(|_| agent.proxy_stats.clone());
+    let kubernetes = kubernetes_source(&agent);
+    let baseline = watch::fingerprint(&agent.snapshot().watched);
+
+    let core = Core::spawn(agent)
+        .map_err(|e| AgentError::Other(format!("cannot start the core thread: {e}")))?;
+    let snapshots = core.snapshots();
+    let admin = Admin {
+        snapshots: snapshots.clone(),
+        counters,
+        proxy: proxy_stats,
+        events,
+    };
+    watch::spawn(baseline, snapshots.clone(), core.inputs())
+        .map_err(|e| AgentError::Other(format!("cannot start the file watcher: {e}")))?;
+    if let Some(source) = kubernetes {
+        start_kubernetes(source, core.inputs());
+        if let Some((proxy, listen)) = proxy {
+            tokio::spawn(pod_listeners(
+                PodListeners::new(proxy, listen)?,
+                snapshots.clone(),
+            ));
         }
     }
-    agent.reconcile();
-    let (policies, cgroups) = agent.watched_paths();
-    let mut last = fingerprint(&policies, &cgroups);
-    let agent = Arc::new(Mutex::new(agent));
 
     let listener = tokio::net::TcpListener::bind(admin_addr)
         .await
         .map_err(|e| AgentError::Other(format!("admin.listen {admin_addr}: {e}")))?;
     tracing::info!(%admin_addr, "admin endpoint listening");
-    tokio::spawn(admin::serve(listener, agent.clone()));
+    tokio::spawn(admin::serve(listener, admin));
 
     let sig = |k| signal(k).map_err(|e| AgentError::Other(format!("signal handler: {e}")));
     let mut hup = sig(SignalKind::hangup())?;
     let mut term = sig(SignalKind::terminate())?;
     let mut int = sig(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(POLL);
-    let mut kube = start_kubernetes(&lock(&agent));
+    let inputs = core.inputs();
     loop {
         tokio::select! {
-            Some(state) = recv(&mut kube) => {
-                let pods = {
-                    let mut a = lock(&agent);
-                    a.set_kubernetes(state);
-                    a.reconcile();
-                    let (policies, cgroups) = a.watched_paths();
-                    last = fingerprint(&policies, &cgroups);
-                    a.kube_cgroups()
-                };
-                if let Some(l) = &mut pod_listeners {
-                    l.sync(&pods);
-                }
-            }
-            _ = tick.tick() => {
-                let (policies, cgroups) = lock(&agent).watched_paths();
-                let now = fingerprint(&policies, &cgroups);
-                if now != last {
-                    last = now;
-                    lock(&agent).reconcile();
-                }
-                if let Some(l) = &mut pod_listeners {
-                    let pods = lock(&agent).kube_cgroups();
-                    l.sync(&pods);
-                }
-            }
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the config and the policies");
-                let mut a = lock(&agent);
-                if let Err(e) = a.reload_config() {
-                    tracing::error!("config refused, keeping the running one: {e}");
-                }
-                a.reconcile();
-                let (policies, cgroups) = a.watched_paths();
-                last = fingerprint(&policies, &cgroups);
+                inputs.send(Input::ReloadConfig);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
-    tracing::info!("stopping; the kernel keeps enforcing the pinned state");
+    // Joining waits for the thread: off the runtime, so the endpoint keeps answering.
+    let stopped = tokio::task::spawn_blocking(move || core.stop(STOP_PATIENCE))
+        .await
+        .unwrap_or(false);
+    if !stopped {
+        tracing::warn!(
+            "the core did not end within {STOP_PATIENCE:?}: exiting anyway; the kernel keeps its last complete state"
+        );
+    }
     Ok(())
 }
 
-/// Starts the Kubernetes source when the config has one; its updates arrive on the channel.
-fn start_kubernetes(agent: &Agent) -> Option<tokio::sync::mpsc::Receiver<super::KubeState>> {
-    let k = agent.config().kubernetes.as_ref()?;
-    let node = k.node()?;
-    let root = k
-        .cgroup_root
-        .clone()
-        .unwrap_or_else(|| agent.cgroup_root().to_path_buf());
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tracing::info!(%node, root = %root.display(), "watching Kubernetes for this node's pods and MeshPassthrough objects");
-    tokio::spawn(crate::k8s::source::run(
-        node,
-        root,
-        k.kubeconfig.clone(),
-        agent.kube_problems.clone(),
-        tx,
-    ));
-    Some(rx)
+/// What the Kubernetes source needs, when the config has one.
+struct KubeSource {
+    node: String,
+    root: PathBuf,
+    kubeconfig: Option<PathBuf>,
+    problems: Arc<crate::k8s::source::Problems>,
 }
 
-/// The next Kubernetes update, or never without a source.
-async fn recv(
-    rx: &mut Option<tokio::sync::mpsc::Receiver<super::KubeState>>,
-) -> Option<super::KubeState> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
+fn kubernetes_source(agent: &Agent) -> Option<KubeSource> {
+    let k = agent.config().kubernetes.as_ref()?;
+    Some(KubeSource {
+        node: k.node()?,
+        root: k
+            .cgroup_root
+            .clone()
+            .unwrap_or_else(|| agent.cgroup_root().to_path_buf()),
+        kubeconfig: k.kubeconfig.clone(),
+        problems: agent.kube_problems.clone(),
+    })
+}
+
+/// Starts the Kubernetes source; its updates go to the core.
+fn start_kubernetes(k: KubeSource, inputs: Inputs) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<KubeState>(4);
+    tracing::info!(node = %k.node, root = %k.root.display(), "watching Kubernetes for this node's pods and MeshPassthrough objects");
+    tokio::spawn(crate::k8s::source::run(
+        k.node,
+        k.root,
+        k.kubeconfig,
+        k.problems,
+        tx,
+    ));
+    tokio::spawn(async move {
+        while let Some(state) = rx.recv().await {
+            if !inputs.send(Input::Kubernetes(Box::new(state))) {
+                return;
+            }
+        }
+    });
 }
 
 /// Takes a map that no other part of the agent holds out of the loaded object, as its type.
@@ -182,7 +160,7 @@ fn start_events(agent: &mut Agent) -> Result<(), AgentError> {
         ring,
         dropped,
         agent.events.clone(),
-        agent.proxy_view.clone(),
+        agent.view_reader.clone(),
     ));
     Ok(())
 }
@@ -210,7 +188,7 @@ async fn start_proxy(agent: &mut Agent, cfg: ProxyConfig) -> Result<Arc<Proxy>, 
         }
     };
     let proxy = Arc::new(Proxy::new(
-        agent.proxy_view.clone(),
+        agent.view_reader.clone(),
         crate::proxy::origin::Origins::new(redirects),
         bounds,
         agent.proxy_stats.clone(),
@@ -230,6 +208,23 @@ async fn start_proxy(agent: &mut Agent, cfg: ProxyConfig) -> Result<Arc<Proxy>, 
         tokio::spawn(proxy.clone().serve(listener, None));
     }
     Ok(proxy)
+}
+
+/// Keeps a listener in every enforced pod's namespace: on each snapshot, and on a tick for
+/// pods whose first process had not started yet.
+async fn pod_listeners(
+    mut listeners: PodListeners,
+    mut snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+) {
+    let mut tick = tokio::time::interval(watch::POLL);
+    loop {
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
+        }
+        let pods = snapshots.borrow_and_update().pods.clone();
+        listeners.sync(&pods);
+    }
 }
 
 /// The peek proxy's listeners inside pods' network namespaces: the kernel redirects a pod's
@@ -326,12 +321,4 @@ fn start_kernel_log(agent: &mut Agent) {
         },
         Err(e) => tracing::warn!("kernel log unavailable: {e}"),
     }
-}
-
-/// The agent's state is only touched under this lock; a panic while holding it is a bug, and
-/// the state is still the last one written to the kernel, so keep going with it.
-pub fn lock(agent: &Mutex<Agent>) -> std::sync::MutexGuard<'_, Agent> {
-    agent
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

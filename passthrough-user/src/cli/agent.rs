@@ -1,23 +1,14 @@
 //! `passthrough run`, `status` and `uninstall`: the verbs that work with the agent.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
-    path::PathBuf,
-    process::ExitCode,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Args as ClapArgs;
 
 use super::{Output, fail, print_findings_text, print_json};
 use crate::{
-    agent::{
-        AgentError,
-        config::{AgentConfig, ConfigError, DEFAULT_ADMIN},
-        loader,
-    },
-    api::Status,
+    agent::{AgentError, loader},
+    api::{PacketSockets, Status},
+    config::{AgentConfig, ConfigError, DEFAULT_ADMIN},
 };
 
 #[derive(Debug, ClapArgs)]
@@ -149,23 +140,40 @@ fn config_refused(e: &ConfigError, message: &str, output: Output) -> ExitCode {
     }
 }
 
+/// The HTTP client for the admin endpoint: plain HTTP, answers of any status returned.
+fn client(timeout: Option<Duration>) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(3)))
+        .timeout_global(timeout)
+        .build()
+        .into()
+}
+
+/// The largest answer read from the endpoint (`/events` holds a few thousand records).
+const MAX_ANSWER: u64 = 64 << 20;
+
+fn io_error(e: ureq::Error) -> std::io::Error {
+    match e {
+        ureq::Error::Io(e) => e,
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
 /// GET a path from the admin endpoint: (status code, body).
 pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((code, body.to_string()))
+    let mut answer = client(Some(Duration::from_secs(10)))
+        .get(format!("http://{addr}{path}"))
+        .call()
+        .map_err(io_error)?;
+    let code = answer.status().as_u16();
+    let body = answer
+        .body_mut()
+        .with_config()
+        .limit(MAX_ANSWER)
+        .read_to_string()
+        .map_err(io_error)?;
+    Ok((code, body))
 }
 
 /// The body of a successful GET from the agent, or a message saying what went wrong and
@@ -185,13 +193,20 @@ pub fn fetch(admin: &AdminAddr, path: &str) -> Result<String, String> {
     ))
 }
 
-/// Connects to the first address of the endpoint that accepts.
-pub fn connect(admin: &AdminAddr) -> std::io::Result<TcpStream> {
+/// A streamed GET (`/events?follow`) from the first address that answers: its body, read as
+/// it comes.
+pub fn stream(admin: &AdminAddr, path: &str) -> std::io::Result<impl std::io::Read> {
     let mut last = std::io::Error::other("no address");
     for addr in &admin.addrs {
-        match TcpStream::connect_timeout(addr, Duration::from_secs(3)) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e,
+        match client(None).get(format!("http://{addr}{path}")).call() {
+            Ok(answer) if answer.status() == 200 => return Ok(answer.into_body().into_reader()),
+            Ok(answer) => {
+                return Err(std::io::Error::other(format!(
+                    "{admin} answered {}",
+                    answer.status()
+                )));
+            }
+            Err(e) => last = io_error(e),
         }
     }
     Err(last)
@@ -233,10 +248,10 @@ pub fn status(args: &StatusArgs, output: Output) -> ExitCode {
         }
     }
     match &status.packet_sockets {
-        loader::PacketSockets::Refused => {
+        PacketSockets::Refused => {
             println!("packet sockets: refused where rawSockets is Deny (BPF LSM)");
         }
-        loader::PacketSockets::Open(why) => println!("packet sockets: OPEN on this kernel: {why}"),
+        PacketSockets::Open(why) => println!("packet sockets: OPEN on this kernel: {why}"),
     }
     println!();
     println!(

@@ -10,12 +10,12 @@ use clap::Args as ClapArgs;
 
 use super::{
     Output,
-    agent::{AdminAddr, connect, fetch, no_agent},
+    agent::{AdminAddr, fetch, no_agent},
     fail,
 };
 use crate::{
-    agent::config::DEFAULT_ADMIN,
     api::{EventKind, EventRecord},
+    config::DEFAULT_ADMIN,
 };
 
 #[derive(Debug, ClapArgs)]
@@ -36,7 +36,10 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
     let mut path = String::from("/events");
     let mut sep = '?';
     if let Some(w) = &args.workload {
-        path.push_str(&format!("{sep}workload={}", percent_encode(w)));
+        path.push_str(&format!(
+            "{sep}workload={}",
+            percent_encoding::utf8_percent_encode(w, percent_encoding::NON_ALPHANUMERIC)
+        ));
         sep = '&';
     }
     if args.follow {
@@ -68,18 +71,7 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
 
 /// Reads the agent's event stream until it ends or stdout goes away.
 fn stream(admin: &AdminAddr, path: &str, output: Output) -> std::io::Result<()> {
-    let mut s = connect(admin)?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n"
-    )?;
-    let mut lines = BufReader::new(s).lines();
-    // The response head, up to the blank line.
-    for line in lines.by_ref() {
-        if line?.is_empty() {
-            break;
-        }
-    }
+    let lines = BufReader::new(super::agent::stream(admin, path)?).lines();
     let mut out = std::io::stdout().lock();
     for line in lines {
         let line = line?;
@@ -131,15 +123,4 @@ fn render(r: &EventRecord, output: Output) -> String {
         r.rule,
         count
     )
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

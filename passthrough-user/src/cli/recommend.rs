@@ -17,11 +17,9 @@ use super::{
     fail,
 };
 use crate::{
-    agent::{
-        config::{DEFAULT_ADMIN, duration_text},
-        events::rfc3339,
-    },
     api::{EventKind, EventRecord},
+    config::{DEFAULT_ADMIN, duration_text},
+    events::rfc3339,
     policy::decide::host_name,
 };
 

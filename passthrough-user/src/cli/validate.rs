@@ -7,7 +7,7 @@ use clap::Args as ClapArgs;
 
 use super::{Output, print_json};
 use crate::{
-    agent::config::{Environment, Preflight},
+    config::{Environment, Preflight},
     policy::{
         Severity,
         merge::SelectOptions,
@@ -211,7 +211,7 @@ fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::config::ConfigFinding;
+    use crate::config::ConfigFinding;
 
     #[test]
     fn exit_codes_rank_unreadable_over_refused() {

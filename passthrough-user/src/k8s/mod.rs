@@ -9,3 +9,33 @@ pub mod cgroups;
 mod inotify;
 pub mod pods;
 pub mod source;
+
+use std::path::PathBuf;
+
+use crate::{config::WorkloadConfig, policy::load::Document};
+
+/// A MeshPassthrough object the agent refused, and why.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KubeProblem {
+    pub namespace: String,
+    pub name: String,
+    pub message: String,
+}
+
+/// Policies and workloads from the Kubernetes API.
+#[derive(Clone, Debug, Default)]
+pub struct KubeState {
+    /// MeshPassthrough objects, as documents (invalid ones included, so they are refused
+    /// like an invalid file).
+    pub policies: Vec<Document>,
+    /// This node's pods in the mesh whose cgroup exists.
+    pub workloads: Vec<WorkloadConfig>,
+    /// The cgroups of this node's other pods (not in the mesh): never filtered, also where
+    /// `unknownPods: deny`.
+    pub others: Vec<PathBuf>,
+    /// Whether every collection has been listed once (until then the agent is not ready),
+    /// whether the watches are connected now, and the last error.
+    pub synced: bool,
+    pub connected: bool,
+    pub error: Option<String>,
+}

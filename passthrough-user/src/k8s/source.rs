@@ -30,17 +30,14 @@ use kube::{
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{cgroups::pod_cgroup, pods};
+use super::{KubeProblem, KubeState, cgroups::pod_cgroup, pods};
 use crate::{
-    agent::{KubeProblem, KubeState, config::WorkloadConfig},
+    config::WorkloadConfig,
     policy::{
         load::{Document, parse_policy},
         model::Source,
     },
 };
-
-/// Source names of policies that came from the API server: `kubernetes:NAMESPACE/NAME`.
-pub const SOURCE_PREFIX: &str = "kubernetes:";
 
 /// The agent's latest list of refused MeshPassthrough objects, and a wake-up for the task
 /// that reports them.
@@ -462,13 +459,7 @@ fn document(o: &DynamicObject) -> Document {
         "metadata": metadata,
         "spec": o.data.get("spec").cloned().unwrap_or(serde_json::Value::Null),
     });
-    let source = Source {
-        file: format!(
-            "{SOURCE_PREFIX}{}/{name}",
-            namespace.as_deref().unwrap_or("")
-        ),
-        doc: 0,
-    };
+    let source = Source::kubernetes(namespace.as_deref().unwrap_or(""), &name);
     let value = serde_yaml::to_value(&object).unwrap_or(serde_yaml::Value::Null);
     match parse_policy(source, value) {
         Ok(p) => Document::Policy(Box::new(p)),

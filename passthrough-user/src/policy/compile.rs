@@ -306,10 +306,7 @@ mod tests {
         MergedEntry {
             policy: PolicyRef {
                 name: "p".into(),
-                source: Source {
-                    file: "t.yaml".into(),
-                    doc: 0,
-                },
+                source: Source::file("t.yaml", 0),
             },
             index: 0,
             entry: Match {

@@ -298,10 +298,7 @@ mod tests {
             .map(|(i, (kind, value, port, protocol))| MergedEntry {
                 policy: PolicyRef {
                     name: "p".into(),
-                    source: Source {
-                        file: "t".into(),
-                        doc: 0,
-                    },
+                    source: Source::file("t", 0),
                 },
                 index: i,
                 entry: Match {

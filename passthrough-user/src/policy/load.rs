@@ -213,10 +213,7 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Document>, LoadErro
         // An empty document (a leading or trailing `---`) holds nothing to apply.
         .filter(|(_, v)| !v.is_null())
         .map(|(doc, value)| {
-            let source = Source {
-                file: file.to_string(),
-                doc,
-            };
+            let source = Source::file(file.to_string(), doc);
             match parse_policy(source.clone(), value) {
                 Ok(p) => Document::Policy(Box::new(p)),
                 Err(e) => Document::Invalid(e),

@@ -24,11 +24,44 @@ pub mod labels {
     pub const AUDIT: &str = "passthrough.io/audit";
 }
 
-/// Where a policy document came from: a file and the document's index in it.
+/// Where a policy document came from: a file and the document's index in it, or a
+/// Kubernetes object (then `file` is how messages name it).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Source {
     pub file: String,
     pub doc: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<Box<ObjectRef>>,
+}
+
+/// A Kubernetes object by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Source {
+    /// Document `doc` of a file.
+    pub fn file(file: impl Into<String>, doc: usize) -> Self {
+        Self {
+            file: file.into(),
+            doc,
+            object: None,
+        }
+    }
+
+    /// A MeshPassthrough object read from the Kubernetes API.
+    pub fn kubernetes(namespace: &str, name: &str) -> Self {
+        Self {
+            file: format!("kubernetes:{namespace}/{name}"),
+            doc: 0,
+            object: Some(Box::new(ObjectRef {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            })),
+        }
+    }
 }
 
 impl fmt::Display for Source {
@@ -194,26 +227,45 @@ impl fmt::Display for Match {
     }
 }
 
-/// A YAML scalar read as text, as Kuma's YAML-to-JSON reader does for string fields.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ScalarText {
-    Str(String),
-    Bool(bool),
-    U64(u64),
-    I64(i64),
-    F64(f64),
+/// A YAML scalar read as text, as Kuma's YAML-to-JSON reader does for string fields:
+/// strings, booleans and numbers are accepted, anything else is not. Read straight from the
+/// parser (no buffering), since a large policy has millions of these.
+struct ScalarText(String);
+
+impl<'de> Deserialize<'de> for ScalarText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ScalarText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ScalarText, E> {
+                Ok(ScalarText(v))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl From<ScalarText> for String {
     fn from(s: ScalarText) -> Self {
-        match s {
-            ScalarText::Str(s) => s,
-            ScalarText::Bool(b) => b.to_string(),
-            ScalarText::U64(n) => n.to_string(),
-            ScalarText::I64(n) => n.to_string(),
-            ScalarText::F64(n) => n.to_string(),
-        }
+        s.0
     }
 }
 

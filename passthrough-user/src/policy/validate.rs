@@ -652,10 +652,7 @@ mod tests {
 
     fn policy(format: Format, name: &str, spec: &str) -> Policy {
         Policy {
-            source: Source {
-                file: "test.yaml".into(),
-                doc: 0,
-            },
+            source: Source::file("test.yaml", 0),
             format,
             name: name.into(),
             namespace: (format == Format::Kubernetes).then(|| "kuma-system".into()),

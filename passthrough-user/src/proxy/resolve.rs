@@ -15,7 +15,7 @@ use hickory_resolver::{
 };
 use passthrough_common::Reason;
 
-use crate::agent::config::DnsConfig;
+use crate::config::DnsConfig;
 
 /// Why a name has no address to bind to. Each is a refusal with its own reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,11 +3,11 @@
 //! refuse. Nothing reaches the destination before the decision.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     io,
     net::{IpAddr, SocketAddr},
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
@@ -27,14 +27,15 @@ use super::{
     resolve::NameResolver,
 };
 use crate::{
-    agent::events::{EventLog, rfc3339},
     api::{DecisionKey, EventKind, EventRecord, EventSource, ProxyStats, Verdict as EventVerdict},
+    events::{EventLog, rfc3339},
     policy::{
         bind::{Binding, DomainCheck, bind},
         compile::{CompiledPolicy, NamePattern},
-        decide::{Action, Exemptions, Peeked, Verdict, decide, peeked_host},
+        decide::{Action, Peeked, Verdict, decide, peeked_host},
         merge::MergedEntry,
     },
+    view::SharedView,
 };
 
 /// Where a listener is: a `sock_diag` socket of its namespace (to find the client end of an
@@ -66,27 +67,6 @@ const SPLICE_BUFFER: usize = 64 * 1024;
 /// After a refusal, how long the client's unread bytes are drained so that closing does not
 /// reset the connection and destroy the response before the client reads it.
 const LINGER: Duration = Duration::from_millis(500);
-
-/// What the proxy decides with: each workload's compiled policy, by cgroup id. The agent
-/// replaces it whole after every reconcile.
-#[derive(Default)]
-pub struct View {
-    pub workloads: HashMap<u64, WorkloadView>,
-    pub exemptions: Exemptions,
-}
-
-pub struct WorkloadView {
-    /// The workload as operators name it (its cgroup path in the config).
-    pub name: String,
-    /// Its name where it has one (`namespace/name`, or `name`), for events.
-    pub label: Option<String>,
-    /// Its mesh and tags, for events and `recommend`.
-    pub mesh: String,
-    pub tags: Vec<(String, String)>,
-    pub policy: Arc<CompiledPolicy>,
-}
-
-pub type SharedView = Arc<RwLock<Arc<View>>>;
 
 /// Counters of the proxy, for `/status` and `/metrics`.
 #[derive(Default)]
@@ -237,11 +217,7 @@ impl Proxy {
             unmapped_v4(&orig.addr).map_or(IpAddr::from(orig.addr), IpAddr::from),
             orig.port,
         );
-        let view = self
-            .view
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let view = self.view.current();
         let Some(workload) = view.workloads.get(&orig.workload) else {
             // The workload left the config between the connect and the accept.
             self.stats.refuse("unknown_workload");

@@ -22,7 +22,7 @@ use tokio::{
 
 use crate::{
     api::{EventCounts, EventKind, EventRecord, EventSource, Verdict},
-    proxy::server::SharedView,
+    view::SharedView,
 };
 
 /// Records kept for `passthrough events` and `recommend`.
@@ -136,9 +136,8 @@ impl EventLog {
 
 /// RFC 3339 UTC with milliseconds.
 pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let base = super::humantime_at(d.as_secs());
-    format!("{}.{:03}Z", base.trim_end_matches('Z'), d.subsec_millis())
+    let t = jiff::Timestamp::try_from(t).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    format!("{t:.3}")
 }
 
 /// Wall-clock time of a `bpf_ktime_get_boot_ns` value.
@@ -189,10 +188,7 @@ pub async fn read_kernel(
 }
 
 fn kernel_record(e: &Event, view: &SharedView) -> EventRecord {
-    let view = view
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let view = view.current();
     let w = view.workloads.get(&e.workload);
     let ip = unmapped_v4(&e.addr).map_or(IpAddr::from(e.addr), IpAddr::from);
     // A reason the programs never write would be a bug; name it as the denial it was.

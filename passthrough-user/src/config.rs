@@ -10,16 +10,18 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::cgroup;
 pub use crate::policy::containment::{Containment, RawSockets, UdpMode};
-use crate::policy::{
-    Severity,
-    bind::DomainCheck,
-    describe, hints,
-    merge::{SelectOptions, select},
-    model::{DEFAULT_MESH, DEFAULT_SYSTEM_NAMESPACE},
-    set::{Finding, PolicySet},
-    workload::{ProxyType, Workload},
+use crate::{
+    cgroup,
+    policy::{
+        Severity,
+        bind::DomainCheck,
+        describe, hints,
+        merge::{SelectOptions, select},
+        model::{DEFAULT_MESH, DEFAULT_SYSTEM_NAMESPACE},
+        set::{Finding, PolicySet},
+        workload::{ProxyType, Workload},
+    },
 };
 
 /// Where pins live unless the config says otherwise.
@@ -1425,7 +1427,7 @@ meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
 
     #[test]
     fn the_daemon_sets_config_is_valid() {
-        let manifests = include_str!("../../../deploy/kubernetes/passthrough.yaml");
+        let manifests = include_str!("../../deploy/kubernetes/passthrough.yaml");
         let config = serde_yaml::Deserializer::from_str(manifests)
             .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
             .find(|d| d["kind"] == "ConfigMap")

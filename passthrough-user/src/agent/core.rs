@@ -1,0 +1,190 @@
+//! The core: the one owner of the agent's state, on its own thread.
+//!
+//! Inputs arrive on a channel; those that queued up during a reconcile are folded into one
+//! pass ([`Batch`]). After each pass the core publishes an immutable [`Snapshot`], which the
+//! admin endpoint and the pods' listeners read without waiting. Stopping sets the shared
+//! [`Cancel`] first, so a long reconcile gives up between kernel operations, keeping the
+//! kernel's last complete state.
+
+use std::{
+    sync::{Arc, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::watch;
+
+use super::{snapshot::Snapshot, state::Agent, store::Cancel};
+use crate::{api::Status, k8s::KubeState};
+
+/// What the core acts on.
+#[derive(Debug)]
+pub enum Input {
+    /// A policy file, a workload cgroup or the config file's directory changed.
+    Changed,
+    /// The Kubernetes source's latest state.
+    Kubernetes(Box<KubeState>),
+    /// SIGHUP: read the config file again.
+    ReloadConfig,
+    /// SIGTERM or SIGINT.
+    Stop,
+}
+
+/// The inputs of one pass, folded: only the latest Kubernetes state counts, a config reload
+/// also reloads the policies, and a stop wins over everything.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub changed: bool,
+    pub kubernetes: Option<Box<KubeState>>,
+    pub reload_config: bool,
+    pub stop: bool,
+}
+
+impl Batch {
+    pub fn add(&mut self, input: Input) {
+        match input {
+            Input::Changed => self.changed = true,
+            Input::Kubernetes(k) => self.kubernetes = Some(k),
+            Input::ReloadConfig => self.reload_config = true,
+            Input::Stop => self.stop = true,
+        }
+    }
+
+    /// The first input and whatever else is already queued, without waiting.
+    pub fn drain(first: Input, rx: &mpsc::Receiver<Input>) -> Self {
+        let mut b = Self::default();
+        b.add(first);
+        while let Ok(i) = rx.try_recv() {
+            b.add(i);
+        }
+        b
+    }
+}
+
+/// The running core, as the rest of the agent holds it.
+pub struct Core {
+    tx: mpsc::Sender<Input>,
+    cancel: Cancel,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// Sends inputs to the core from any thread or task.
+#[derive(Clone)]
+pub struct Inputs(mpsc::Sender<Input>);
+
+impl Inputs {
+    /// `false` once the core has stopped.
+    pub fn send(&self, input: Input) -> bool {
+        self.0.send(input).is_ok()
+    }
+}
+
+impl Core {
+    /// Starts the core with its first reconcile; until that ends the snapshot says not ready.
+    pub fn spawn(agent: Agent) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let cancel = agent.cancel.clone();
+        let first = agent.snapshot();
+        let (publish, snapshots) = watch::channel(Arc::new(Snapshot {
+            status: Status {
+                ready: false,
+                not_ready: vec!["the first reconcile has not ended yet".into()],
+                ..first.status
+            },
+            ..first
+        }));
+        let thread = thread::Builder::new()
+            .name("passthrough-core".into())
+            .spawn(move || run(agent, &rx, &publish))?;
+        Ok(Self {
+            tx,
+            cancel,
+            snapshots,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn inputs(&self) -> Inputs {
+        Inputs(self.tx.clone())
+    }
+
+    pub fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshots.clone()
+    }
+
+    /// Abandons any reconcile in progress and waits up to `patience` for the thread. The
+    /// kernel keeps the last complete state whether or not the thread ended in time.
+    pub fn stop(mut self, patience: Duration) -> bool {
+        self.cancel.cancel();
+        let _ = self.tx.send(Input::Stop);
+        let Some(thread) = self.thread.take() else {
+            return true;
+        };
+        let deadline = Instant::now() + patience;
+        while !thread.is_finished() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        thread.join().is_ok()
+    }
+}
+
+fn run(mut agent: Agent, rx: &mpsc::Receiver<Input>, publish: &watch::Sender<Arc<Snapshot>>) {
+    agent.reconcile();
+    publish.send_replace(Arc::new(agent.snapshot()));
+    while let Ok(first) = rx.recv() {
+        let batch = Batch::drain(first, rx);
+        if batch.stop || agent.cancel.is_cancelled() {
+            break;
+        }
+        if batch.reload_config {
+            tracing::info!("SIGHUP: reloading the config and the policies");
+            if let Err(e) = agent.reload_config() {
+                tracing::error!("config refused, keeping the running one: {e}");
+            }
+        }
+        if let Some(k) = batch.kubernetes {
+            agent.set_kubernetes(*k);
+        }
+        agent.reconcile();
+        publish.send_replace(Arc::new(agent.snapshot()));
+    }
+    tracing::info!("stopping; the kernel keeps enforcing the pinned state");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn queued_inputs_fold_into_one_pass_with_the_latest_kubernetes_state() {
+        let (tx, rx) = mpsc::channel();
+        let k = |n: usize| {
+            Input::Kubernetes(Box::new(KubeState {
+                others: vec![PathBuf::from(format!("/pod{n}"))],
+                ..KubeState::default()
+            }))
+        };
+        tx.send(k(1)).expect("test setup");
+        tx.send(Input::Changed).expect("test setup");
+        tx.send(k(2)).expect("test setup");
+        let b = Batch::drain(Input::ReloadConfig, &rx);
+        assert!(b.changed && b.reload_config && !b.stop);
+        assert_eq!(b.kubernetes.expect("kube").others, [PathBuf::from("/pod2")]);
+        assert!(rx.try_recv().is_err(), "everything queued was taken");
+    }
+
+    #[test]
+    fn a_stop_anywhere_in_the_queue_is_seen() {
+        let (tx, rx) = mpsc::channel();
+        tx.send(Input::Stop).expect("test setup");
+        tx.send(Input::Changed).expect("test setup");
+        assert!(Batch::drain(Input::Changed, &rx).stop);
+        assert!(!Batch::drain(Input::Changed, &rx).stop);
+    }
+}
