@@ -17,6 +17,7 @@ use crate::{
         Severity,
         bind::DomainCheck,
         describe, hints,
+        kuma::{Admission, KumaVersion},
         merge::{SelectOptions, select},
         model::{DEFAULT_MESH, DEFAULT_SYSTEM_NAMESPACE},
         set::{Finding, PolicySet},
@@ -56,6 +57,9 @@ pub struct AgentConfig {
     /// Kuma's system namespace, for namespaced (Kubernetes-form) policies.
     #[serde(default = "default_system_namespace")]
     pub system_namespace: String,
+    /// The Kuma the policies are written for: its validation, selection and name binding.
+    #[serde(default)]
+    pub kuma: KumaConfig,
     /// Log every kernel decision through aya-log (costly; for debugging only).
     #[serde(default)]
     pub debug: bool,
@@ -75,6 +79,17 @@ pub struct AgentConfig {
     /// Raw IP and packet sockets of workloads in mode `None` or `Matched`.
     #[serde(default)]
     pub raw_sockets: RawSockets,
+}
+
+/// `kuma`: which Kuma the policies are written for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KumaConfig {
+    /// `"2"` (the default: Kuma 2.x, the API with MeshSubset and proxyTypes) or `"3"` (Kuma 3:
+    /// Mesh and Dataplane by labels, Domain entries with a port, exact names pinned to their
+    /// resolved addresses whatever `proxy.domainCheck` says).
+    #[serde(default)]
+    pub version: KumaVersion,
 }
 
 /// `udp`: whether workloads in mode `None` or `Matched` may send UDP.
@@ -544,6 +559,17 @@ impl AgentConfig {
         }
     }
 
+    /// How the agent reads its policies: the system namespace and the Kuma version. Policy
+    /// files are applied by the agent itself, so Kuma 3 judges them as an apply; objects from
+    /// the Kubernetes API are Kuma's stored objects.
+    pub fn select_options(&self) -> SelectOptions {
+        SelectOptions {
+            system_namespace: self.system_namespace.clone(),
+            kuma: self.kuma.version,
+            files: Admission::Apply,
+        }
+    }
+
     /// [`AgentConfig::load_checked`] on this machine, warnings dropped.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         Self::load_checked(path, &Environment::this_machine()).map(|(cfg, _)| cfg)
@@ -601,6 +627,12 @@ impl AgentConfig {
                 continue;
             }
             w.check(&field, env, &mut c);
+            if self.kuma.version == KumaVersion::V3 && !w.tags.is_empty() && w.labels.is_empty() {
+                c.warning(
+                    format!("workloads[{i}].tags"),
+                    "Kuma 3 selects Dataplanes by labels only (it has no MeshSubset), so these tags select nothing: give the workload its Dataplane's labels",
+                );
+            }
         }
         c.out
     }
@@ -885,9 +917,7 @@ impl Preflight {
             .filter(|p| p.exists())
             .cloned()
             .collect();
-        let opts = SelectOptions {
-            system_namespace: config.system_namespace.clone(),
-        };
+        let opts = config.select_options();
         let policies = (!present.is_empty()).then(|| PolicySet::load(&present, &opts));
         if let Some(set) = &policies
             && config.kubernetes.is_none()
@@ -1391,6 +1421,27 @@ meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
             c.proxy.expect("proxy").peek_timeout,
             std::time::Duration::from_millis(250)
         );
+    }
+
+    #[test]
+    fn kuma_version_defaults_to_2_and_reaches_the_select_options() {
+        let parse = |text: &str| -> Result<AgentConfig, String> {
+            serde_yaml::from_str(text).map_err(|e| e.to_string())
+        };
+        let c = parse("policies: [/p]\n").expect("config");
+        assert_eq!(c.kuma.version, KumaVersion::V2);
+        assert_eq!(c.select_options().kuma, KumaVersion::V2);
+        for text in [
+            "kuma: {version: \"3\"}",
+            "kuma: {version: 3}",
+            "kuma: {version: \"3.0.1\"}",
+        ] {
+            let c = parse(text).expect(text);
+            assert_eq!(c.select_options().kuma, KumaVersion::V3, "{text}");
+            assert_eq!(c.select_options().files, Admission::Apply);
+        }
+        assert!(parse("kuma: {version: \"1\"}").is_err());
+        assert!(parse("kuma: {flavour: kong}").is_err());
     }
 
     #[test]

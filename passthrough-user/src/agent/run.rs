@@ -19,7 +19,7 @@ use crate::{
     config::ProxyConfig,
     events,
     k8s::KubeState,
-    policy::bind::DomainCheck,
+    policy::bind::needs_resolver,
     proxy::{
         netns::{Netns, pid_in_cgroup},
         resolve::NameResolver,
@@ -174,13 +174,15 @@ async fn start_proxy(agent: &mut Agent, cfg: ProxyConfig) -> Result<Arc<Proxy>, 
         peek_timeout: cfg.peek_timeout,
         max_connections: cfg.max_connections,
     };
+    let kuma = agent.config().kuma.version;
     let resolver = match cfg.domain_check {
-        DomainCheck::Trust => None,
+        check if !needs_resolver(kuma, check) => None,
         check => {
             let r = NameResolver::new(&agent.config().dns)
                 .map_err(|e| AgentError::Other(e.to_string()))?;
             tracing::info!(
                 domain_check = %check,
+                %kuma,
                 servers = ?r.servers(),
                 "allowed names are bound to the addresses these resolvers give"
             );

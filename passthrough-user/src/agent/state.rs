@@ -325,9 +325,7 @@ impl Agent {
 
     /// Brings the kernel in line with the config and the policy files.
     pub fn reconcile(&mut self) -> &ReloadReport {
-        let opts = SelectOptions {
-            system_namespace: self.config.system_namespace.clone(),
-        };
+        let opts = self.config.select_options();
         let set = PolicySet::load_with(&self.config.policies, self.kube.policies.clone(), &opts);
         let now = jiff::Timestamp::now();
         let at = format!("{now:.0}");

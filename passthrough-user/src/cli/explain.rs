@@ -11,11 +11,12 @@ use serde::Serialize;
 
 use super::{Output, fail, print_json, selector::WorkloadArgs};
 use crate::policy::{
-    bind::DomainCheck,
+    bind::{DomainCheck, domain_check_for},
     compile::{CompiledPolicy, EffectiveMode, NamePattern, compile},
     containment::{Containment, RawSockets, UdpMode, decide_datagram},
     decide::{Action, Exemptions, Peeked, Verdict, decide},
     hints,
+    kuma::KumaVersion,
     merge::{Merged, MergedEntry, Mismatch, PolicyRef, merged_for, mismatch},
     set::Finding,
     validate::is_dns_name,
@@ -143,6 +144,8 @@ pub struct NotSelected {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Explanation {
+    /// The Kuma the policies were read for.
+    pub kuma: KumaVersion,
     pub workload: Workload,
     pub destination: SocketAddr,
     /// Policies read (every one of them valid) and the files they came from.
@@ -276,6 +279,7 @@ fn explanation(
     };
     let summary = summary(&verdict, compiled.mode, rule.as_ref(), &peeked);
     Explanation {
+        kuma: compiled.kuma,
         workload,
         destination,
         policies_read: 0,
@@ -317,24 +321,41 @@ fn parse_raw(s: &str) -> Result<RawSockets, String> {
     }
 }
 
-/// The binding that applies to a verdict the peek proxy makes or made: every Domain entry but
-/// `*`, which admits any name and so any address.
-fn name_check(c: &CompiledPolicy, v: &Verdict, check: DomainCheck) -> Option<String> {
+/// The binding that applies to a verdict the peek proxy makes or made: the deciding entry's
+/// ([`domain_check_for`]), none for `*`, which admits any name and so any address.
+fn name_check(c: &CompiledPolicy, v: &Verdict, configured: DomainCheck) -> Option<String> {
     use passthrough_common::Reason as R;
-    let binds = match v.reason {
-        R::DomainEntry => v
-            .rule
-            .is_some_and(|r| c.domain_pattern(r) != Some(&NamePattern::Any)),
-        R::ToProxy => true,
-        _ => false,
-    };
-    binds.then(|| {
+    let text = |check: DomainCheck| {
         let mut s = check.describe().to_string();
         if check != DomainCheck::Trust {
             s.push_str("; a name that does not resolve is refused");
         }
         s
-    })
+    };
+    match v.reason {
+        R::DomainEntry => {
+            let pattern = c.domain_pattern(v.rule?)?;
+            if *pattern == NamePattern::Any {
+                return None;
+            }
+            let check = domain_check_for(c.kuma, configured, pattern);
+            let mut s = text(check);
+            if check != configured {
+                s.push_str(&format!(
+                    " (Kuma 3 pins an exact name to its resolved addresses, whatever proxy.domainCheck {configured} says)"
+                ));
+            }
+            Some(s)
+        }
+        R::ToProxy => {
+            let mut s = text(configured);
+            if c.kuma == KumaVersion::V3 && configured == DomainCheck::Trust {
+                s.push_str("; exact names are pinned to their resolved addresses (Kuma 3)");
+            }
+            Some(s)
+        }
+        _ => None,
+    }
 }
 
 fn summary(
@@ -377,6 +398,12 @@ fn summary(
 }
 
 fn print_text(e: &Explanation) {
+    if e.kuma != KumaVersion::V2 {
+        println!(
+            "kuma         {} (its rules, selection and name binding)",
+            e.kuma
+        );
+    }
     println!("workload     {}", e.workload);
     println!("destination  {}", e.destination);
     println!(

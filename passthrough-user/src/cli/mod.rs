@@ -4,6 +4,7 @@ pub mod agent;
 pub mod compile;
 pub mod events;
 pub mod explain;
+pub mod migrate;
 pub mod recommend;
 pub mod selector;
 pub mod validate;
@@ -93,6 +94,20 @@ pub enum Command {
     ///
     /// Example: passthrough recommend --since 60m > allow.yaml
     Recommend(recommend::Args),
+
+    /// Rewrite Kuma 2.x policies for Kuma 3, saying what changed and why.
+    ///
+    /// MeshSubset tags become Dataplane labels, proxyTypes go, exact Domain entries get the
+    /// port Kuma 3 needs (from --port-for, else the policy's other entries of that protocol),
+    /// CIDRs lose their host bits, and of two matches that would build one listener filter
+    /// chain the later goes, as Kuma 3 drops it. Every change is reported with whether Kuma 3
+    /// itself changes what the policy means; what cannot be decided (a Domain with no port
+    /// anywhere, a gateway selector, a Dataplane by name) is left in its 2.x form with what to
+    /// choose. Exit code 0: everything migrated and valid under Kuma 3; 1: something needs a
+    /// choice or is invalid under Kuma 2; 2: a file could not be read.
+    ///
+    /// Example: passthrough migrate --to 3 --port-for api.example.com=443 --out kuma3/ policies/
+    Migrate(migrate::Args),
 }
 
 /// Runs a parsed command line.
@@ -106,6 +121,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Uninstall(args) => agent::uninstall(&args, cli.output),
         Command::Events(args) => events::run(&args, cli.output),
         Command::Recommend(args) => recommend::run(&args, cli.output),
+        Command::Migrate(args) => migrate::run(&args, cli.output),
     }
 }
 

@@ -20,7 +20,7 @@ use crate::{
     api::{EventKind, EventRecord},
     config::{DEFAULT_ADMIN, duration_text},
     events::rfc3339,
-    policy::decide::host_name,
+    policy::{decide::host_name, kuma::KumaVersion},
 };
 
 #[derive(Debug, ClapArgs)]
@@ -34,6 +34,10 @@ pub struct Args {
     /// Only this workload: its cgroup path as in the agent's config, or its name.
     #[arg(long, value_name = "W")]
     pub workload: Option<String>,
+    /// The Kuma the policy is for: 2 (the default: selected by MeshSubset tags) or 3
+    /// (selected by Dataplane labels).
+    #[arg(long = "kuma-version", value_name = "VERSION", default_value = "2")]
+    pub kuma_version: KumaVersion,
 }
 
 pub fn run(args: &Args, output: Output) -> ExitCode {
@@ -69,7 +73,7 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
         );
         return ExitCode::from(1);
     }
-    print!("{}", recommend(&selected));
+    print!("{}", recommend(&selected, args.kuma_version));
     ExitCode::SUCCESS
 }
 
@@ -101,8 +105,8 @@ struct Seen {
     last: String,
 }
 
-/// The policies, as Kubernetes YAML documents, for the given events.
-pub fn recommend(events: &[EventRecord]) -> String {
+/// The policies, as Kubernetes YAML documents, for the given events, in the form of `kuma`.
+pub fn recommend(events: &[EventRecord], kuma: KumaVersion) -> String {
     let mut by_workload: BTreeMap<&str, Vec<&EventRecord>> = BTreeMap::new();
     for e in events {
         by_workload.entry(&e.workload).or_default().push(e);
@@ -112,7 +116,7 @@ pub fn recommend(events: &[EventRecord]) -> String {
         if i > 0 {
             out.push_str("---\n");
         }
-        render(&mut out, workload, events);
+        render(&mut out, workload, events, kuma);
     }
     out
 }
@@ -137,7 +141,7 @@ fn entry_of(e: &EventRecord) -> Option<Entry> {
     })
 }
 
-fn render(out: &mut String, workload: &str, events: &[&EventRecord]) {
+fn render(out: &mut String, workload: &str, events: &[&EventRecord], kuma: KumaVersion) {
     let mut entries: BTreeMap<Entry, Seen> = BTreeMap::new();
     // Datagram destinations and refused sockets: MeshPassthrough cannot allow them, so they
     // are listed for the operator (the agent's `udp` and `rawSockets` settings decide them).
@@ -179,6 +183,11 @@ fn render(out: &mut String, workload: &str, events: &[&EventRecord]) {
     );
     if first.tags.is_empty() {
         out.push_str("    # The workload has no tags to select it by: this policy applies to the whole mesh.\n    kind: Mesh\n");
+    } else if kuma == KumaVersion::V3 {
+        out.push_str("    # Kuma 3 selects Dataplanes by labels: these are the workload's tags; check that\n    # its Dataplane carries them as labels.\n    kind: Dataplane\n    labels:\n");
+        for (k, v) in &first.tags {
+            let _ = writeln!(out, "      {}: {}", quote(k), quote(v));
+        }
     } else {
         out.push_str("    kind: MeshSubset\n    tags:\n");
         for (k, v) in &first.tags {
@@ -272,8 +281,9 @@ mod tests {
     use crate::{
         api::{EventSource, Verdict},
         policy::{
+            kuma::Admission,
             load::{Document, parse_documents},
-            validate::validate,
+            validate::{validate, validate_for},
         },
     };
 
@@ -309,30 +319,63 @@ mod tests {
     }
 
     #[test]
-    fn observed_connections_become_valid_entries_with_their_counts() {
-        let text = recommend(&[
-            event("203.0.113.10:443", None, "would-deny", 3),
-            event("203.0.113.10:443", None, "deny", 2),
-            event("[2001:db8::1]:8080", None, "would-deny", 1),
+    fn kuma_3_recommendations_select_by_dataplane_labels_and_are_valid_kuma_3() {
+        let events = [
+            event("203.0.113.10:443", None, "would-deny", 1),
             event(
                 "198.51.100.7:443",
-                Some(("API.Example.com.", "tls")),
-                "would-deny",
-                4,
-            ),
-            event(
-                "198.51.100.7:80",
-                Some(("api.example.com:80", "http")),
-                "allow",
-                1,
-            ),
-            event(
-                "198.51.100.7:80",
-                Some(("h2.example.com", "http2")),
+                Some(("api.example.com", "tls")),
                 "deny",
                 1,
             ),
-        ]);
+        ];
+        let text = recommend(&events, KumaVersion::V3);
+        assert!(
+            text.contains(
+                "kind: Dataplane\n    labels:\n      \"kuma.io/service\": \"web_default_svc_80\""
+            ),
+            "{text}"
+        );
+        let docs = parse_documents("recommended.yaml", &text).expect("YAML");
+        let Document::Policy(p) = &docs[0] else {
+            panic!("{text}")
+        };
+        assert_eq!(
+            validate_for(p, KumaVersion::V3, Admission::Apply),
+            [],
+            "{text}"
+        );
+        assert!(recommend(&events, KumaVersion::V2).contains("kind: MeshSubset"));
+    }
+
+    #[test]
+    fn observed_connections_become_valid_entries_with_their_counts() {
+        let text = recommend(
+            &[
+                event("203.0.113.10:443", None, "would-deny", 3),
+                event("203.0.113.10:443", None, "deny", 2),
+                event("[2001:db8::1]:8080", None, "would-deny", 1),
+                event(
+                    "198.51.100.7:443",
+                    Some(("API.Example.com.", "tls")),
+                    "would-deny",
+                    4,
+                ),
+                event(
+                    "198.51.100.7:80",
+                    Some(("api.example.com:80", "http")),
+                    "allow",
+                    1,
+                ),
+                event(
+                    "198.51.100.7:80",
+                    Some(("h2.example.com", "http2")),
+                    "deny",
+                    1,
+                ),
+            ],
+            KumaVersion::V2,
+        );
         assert!(
             text.contains("name: recommended-web-default-svc-80"),
             "{text}"

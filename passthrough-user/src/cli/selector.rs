@@ -7,6 +7,7 @@ use clap::Args as ClapArgs;
 
 use super::{Output, fail, print_findings_text, print_json};
 use crate::policy::{
+    kuma::{Admission, KumaVersion},
     merge::SelectOptions,
     model::{DEFAULT_MESH, DEFAULT_SYSTEM_NAMESPACE, Policy},
     set::{Finding, PolicySet},
@@ -47,6 +48,52 @@ pub struct WorkloadArgs {
     /// Kuma's system namespace: Kubernetes policies in other namespaces apply only there.
     #[arg(long, default_value = DEFAULT_SYSTEM_NAMESPACE)]
     pub system_namespace: String,
+
+    #[command(flatten)]
+    pub kuma: KumaArgs,
+}
+
+/// Which Kuma the policies are written for, and how Kuma 3 meets them.
+#[derive(Clone, Copy, Debug, ClapArgs)]
+pub struct KumaArgs {
+    /// The Kuma the policies are written for: 2 (the default: Kuma 2.x, with MeshSubset and
+    /// proxyTypes) or 3 (Kuma 3: Mesh and Dataplane by labels, Domain entries with a port,
+    /// exact names pinned to their resolved addresses).
+    #[arg(long = "kuma-version", value_name = "VERSION", default_value = "2")]
+    pub version: KumaVersion,
+
+    /// With --kuma-version 3: the policies are already in Kuma's store (from before the
+    /// upgrade, e.g. `kubectl get meshpassthroughs -A -o yaml`). What Kuma 3 refuses on apply
+    /// (a Domain without a port, two matches building one listener filter chain) is then a
+    /// warning, and the policy means what Kuma 3 makes of it (that entry is dropped).
+    #[arg(long)]
+    pub stored: bool,
+}
+
+impl KumaArgs {
+    pub fn admission(&self) -> Admission {
+        if self.stored {
+            Admission::Stored
+        } else {
+            Admission::Apply
+        }
+    }
+
+    /// Select options for these Kuma settings in `system_namespace`.
+    pub fn select_options(&self, system_namespace: &str) -> SelectOptions {
+        SelectOptions {
+            system_namespace: system_namespace.to_string(),
+            kuma: self.version,
+            files: self.admission(),
+        }
+    }
+}
+
+impl clap::builder::ValueParserFactory for KumaVersion {
+    type Parser = clap::builder::ValueParser;
+    fn value_parser() -> Self::Parser {
+        clap::builder::ValueParser::new(|s: &str| s.parse::<KumaVersion>())
+    }
 }
 
 impl clap::builder::ValueParserFactory for ProxyType {
@@ -76,9 +123,7 @@ impl WorkloadArgs {
     }
 
     pub fn select_options(&self) -> SelectOptions {
-        SelectOptions {
-            system_namespace: self.system_namespace.clone(),
-        }
+        self.kuma.select_options(&self.system_namespace)
     }
 
     /// Loads the policies through the agent's validation path; any error is an error here

@@ -5,12 +5,12 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Args as ClapArgs;
 
-use super::{Output, print_json};
+use super::{Output, print_json, selector::KumaArgs};
 use crate::{
     config::{Environment, Preflight},
     policy::{
         Severity,
-        merge::SelectOptions,
+        kuma::KumaVersion,
         model::DEFAULT_SYSTEM_NAMESPACE,
         set::{Finding, FindingKind, PolicySet},
     },
@@ -48,6 +48,22 @@ pub struct Args {
     /// machine's, from /proc/self/mountinfo).
     #[arg(long, value_name = "DIR", requires = "config")]
     pub cgroup_root: Option<PathBuf>,
+
+    /// The Kuma the policies are written for: 2 (the default) or 3, whose rules and messages
+    /// are then applied (with --config, the config's kuma.version).
+    #[arg(
+        long = "kuma-version",
+        value_name = "VERSION",
+        default_value = "2",
+        conflicts_with = "config"
+    )]
+    pub kuma_version: KumaVersion,
+
+    /// With --kuma-version 3: the policies are already in Kuma's store (from before the
+    /// upgrade, e.g. a `kubectl get meshpassthroughs -A -o yaml` dump). What Kuma 3 refuses on
+    /// apply is then a warning saying what Kuma 3 makes of the stored policy.
+    #[arg(long, conflicts_with = "config")]
+    pub stored: bool,
 }
 
 pub fn run(args: &Args, output: Output) -> ExitCode {
@@ -58,9 +74,11 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
 }
 
 fn run_policies(args: &Args, output: Output) -> ExitCode {
-    let opts = SelectOptions {
-        system_namespace: args.system_namespace.clone(),
-    };
+    let opts = KumaArgs {
+        version: args.kuma_version,
+        stored: args.stored,
+    }
+    .select_options(&args.system_namespace);
     let set = PolicySet::load(&args.paths, &opts);
     let code = exit_code(set.has_unreadable(), fails(&set, args.strict));
     match output {

@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::decide::canonical;
+use super::{compile::NamePattern, decide::canonical, kuma::KumaVersion};
 
 /// `proxy.domainCheck`: what the proxy does with an allowed name before it connects.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -65,6 +65,42 @@ impl fmt::Display for DomainCheck {
             DomainCheck::Trust => "Trust",
         })
     }
+}
+
+/// The binding of one Domain entry: the one place that decides it from the entry's name
+/// pattern, the Kuma version and `proxy.domainCheck`.
+///
+/// - `*` admits every name (and none), so it binds to nothing: [`DomainCheck::Trust`].
+/// - Under Kuma 3 an exact name is always pinned to its resolved addresses: the sidecar
+///   resolves the name and connects there, the dialled address never counts as such. So
+///   `Trust` becomes [`DomainCheck::Pin`] for exact entries; `Pin` stays, and so does
+///   `Verify`, which connects only to a resolved address too (and refuses instead of
+///   redirecting, which is stricter than Kuma 3).
+/// - Everything else (every entry under Kuma 2, wildcard entries under Kuma 3, which keep the
+///   dialled address in Kuma 3 as in 2.x) follows `proxy.domainCheck`.
+///
+/// "No fallback" under Kuma 3 therefore means: an exact entry's connection goes to an address
+/// the agent's resolver gives for the name, or nowhere. The dialled address is used only when
+/// it is one of them; a name that does not resolve is refused (as in every mode); and
+/// `domainCheck: Trust` cannot send it to the dialled address.
+pub fn domain_check_for(
+    kuma: KumaVersion,
+    configured: DomainCheck,
+    pattern: &NamePattern,
+) -> DomainCheck {
+    match (pattern, kuma) {
+        (NamePattern::Any, _) => DomainCheck::Trust,
+        (NamePattern::Exact(_), KumaVersion::V3) if configured == DomainCheck::Trust => {
+            DomainCheck::Pin
+        }
+        _ => configured,
+    }
+}
+
+/// Whether the proxy needs a resolver: some entry may bind ([`domain_check_for`] can give
+/// something other than `Trust`).
+pub fn needs_resolver(kuma: KumaVersion, configured: DomainCheck) -> bool {
+    configured != DomainCheck::Trust || kuma == KumaVersion::V3
 }
 
 /// Where an allowed connection goes.
@@ -188,6 +224,61 @@ mod tests {
             ),
             Binding::Dialled
         );
+    }
+
+    #[test]
+    fn the_check_of_each_entry_kind_under_each_kuma_version() {
+        use DomainCheck::{Pin, Trust, Verify};
+        use KumaVersion::{V2, V3};
+        let exact = NamePattern::parse("api.example.com");
+        let wild = NamePattern::parse("*.example.com");
+        let any = NamePattern::parse("*");
+        // (version, configured, pattern) -> the check applied.
+        let table = [
+            (V2, Pin, &exact, Pin),
+            (V2, Verify, &exact, Verify),
+            (V2, Trust, &exact, Trust),
+            (V2, Pin, &wild, Pin),
+            (V2, Verify, &wild, Verify),
+            (V2, Trust, &wild, Trust),
+            (V2, Pin, &any, Trust),
+            (V2, Verify, &any, Trust),
+            // Kuma 3 pins exact names whatever domainCheck says, and keeps Verify.
+            (V3, Pin, &exact, Pin),
+            (V3, Verify, &exact, Verify),
+            (V3, Trust, &exact, Pin),
+            // Wildcards keep the configured check under 3.
+            (V3, Pin, &wild, Pin),
+            (V3, Verify, &wild, Verify),
+            (V3, Trust, &wild, Trust),
+            (V3, Pin, &any, Trust),
+            (V3, Trust, &any, Trust),
+        ];
+        for (kuma, configured, pattern, want) in table {
+            assert_eq!(
+                domain_check_for(kuma, configured, pattern),
+                want,
+                "{kuma} {configured} {pattern}"
+            );
+        }
+        assert!(!needs_resolver(V2, Trust));
+        assert!(needs_resolver(V3, Trust));
+        assert!(needs_resolver(V2, Pin) && needs_resolver(V2, Verify));
+    }
+
+    #[test]
+    fn under_kuma_3_a_forged_exact_name_never_reaches_the_dialled_address() {
+        let resolved = ips(&["198.51.100.10"]);
+        let forged = sa("203.0.113.200:443");
+        let exact = NamePattern::parse("api.example.com");
+        for configured in [DomainCheck::Pin, DomainCheck::Verify, DomainCheck::Trust] {
+            let check = domain_check_for(KumaVersion::V3, configured, &exact);
+            assert_ne!(
+                bind(check, forged, &resolved),
+                Binding::Dialled,
+                "{configured}"
+            );
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use passthrough_common::{PORT_ANY, mode};
 use serde::Serialize;
 
 use super::{
+    kuma::KumaVersion,
     merge::{Merged, MergedEntry, Mode},
     tables::{Tables, TablesBuilder},
     validate::{parse_cidr, parse_ip},
@@ -162,6 +163,9 @@ pub struct CompiledPolicy {
     pub tables: Arc<Tables>,
     /// Domain rules by port ([`PORT_ANY`] for entries without a port), for the proxy.
     pub domains: BTreeMap<u16, Vec<DomainRule>>,
+    /// The Kuma the policies were read for: how the peek proxy binds an allowed name
+    /// ([`crate::policy::bind::domain_check_for`]).
+    pub kuma: KumaVersion,
 }
 
 impl CompiledPolicy {
@@ -222,6 +226,7 @@ pub fn compile(merged: &Merged) -> Result<CompiledPolicy, CompileError> {
         rules: merged.entries.clone().into(),
         tables: Arc::default(),
         domains: BTreeMap::new(),
+        kuma: merged.kuma,
     };
     // Outside Matched, Kuma ignores appendMatch, and so does the kernel.
     if mode != EffectiveMode::Matched {
@@ -325,6 +330,7 @@ mod tests {
             mode_from: None,
             entries,
             audit: false,
+            kuma: crate::policy::kuma::KumaVersion::V2,
         }
     }
 

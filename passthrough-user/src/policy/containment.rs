@@ -94,6 +94,7 @@ mod tests {
             mode_from: None,
             entries: vec![],
             audit,
+            kuma: crate::policy::kuma::KumaVersion::V2,
         })
         .expect("compile")
     }

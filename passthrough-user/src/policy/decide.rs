@@ -315,6 +315,7 @@ mod tests {
             mode_from: None,
             entries,
             audit: false,
+            kuma: crate::policy::kuma::KumaVersion::V2,
         })
         .expect("compile")
     }

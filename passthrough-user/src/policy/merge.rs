@@ -9,21 +9,41 @@ use std::{cmp::Ordering, collections::BTreeMap, fmt};
 use serde::Serialize;
 
 use super::{
+    kuma::{Admission, KumaVersion},
+    kuma3,
     model::{DEFAULT_SYSTEM_NAMESPACE, Format, Match, Policy, Source, labels},
     workload::{ProxyType, Workload},
 };
 
-/// Settings that change which policies apply.
+/// Settings that change which policies apply and how they are read.
 #[derive(Clone, Debug)]
 pub struct SelectOptions {
     /// Kuma's system namespace: Kubernetes policies elsewhere only apply in their own namespace.
     pub system_namespace: String,
+    /// The Kuma the policies are written for: its validation rules, selection and the name to
+    /// address binding of Domain entries.
+    pub kuma: KumaVersion,
+    /// How Kuma 3 meets the policy files (objects from the Kubernetes API are always
+    /// [`Admission::Stored`]); no effect under Kuma 2.
+    pub files: Admission,
 }
 
 impl Default for SelectOptions {
     fn default() -> Self {
         Self {
             system_namespace: DEFAULT_SYSTEM_NAMESPACE.into(),
+            kuma: KumaVersion::V2,
+            files: Admission::Apply,
+        }
+    }
+}
+
+impl SelectOptions {
+    /// Kuma 2 defaults in `system_namespace`.
+    pub fn in_namespace(system_namespace: impl Into<String>) -> Self {
+        Self {
+            system_namespace: system_namespace.into(),
+            ..Self::default()
         }
     }
 }
@@ -385,6 +405,8 @@ pub struct Merged {
     pub entries: Vec<MergedEntry>,
     /// Whether any selecting policy carries `passthrough.io/audit: "true"`.
     pub audit: bool,
+    /// The Kuma the policies were read for.
+    pub kuma: KumaVersion,
 }
 
 /// Two merged entries that cannot share a port: more than one of http, http2, grpc.
@@ -420,8 +442,13 @@ fn is_l7(protocol: &str) -> bool {
     matches!(protocol, "http" | "http2" | "grpc")
 }
 
-/// Merges the selected policies (weakest first, as [`select`] returns them).
+/// Merges the selected policies (weakest first, as [`select`] returns them), for Kuma 2.
 pub fn merge(selected: &[&Policy]) -> Result<Merged, Vec<Conflict>> {
+    merge_as(selected, KumaVersion::V2)
+}
+
+/// Merges the selected policies for `kuma`: its conflicts ([`l7_conflicts`]).
+pub fn merge_as(selected: &[&Policy], kuma: KumaVersion) -> Result<Merged, Vec<Conflict>> {
     let mut mode = None;
     let mut mode_from = None;
     let mut entries = Vec::new();
@@ -433,7 +460,7 @@ pub fn merge(selected: &[&Policy]) -> Result<Merged, Vec<Conflict>> {
                 mode_from = Some(PolicyRef::of(p));
             }
         }
-        for (index, entry) in p.spec.default.append_match.iter().flatten().enumerate() {
+        for (index, entry) in p.spec.default.applied_matches() {
             entries.push(MergedEntry {
                 policy: PolicyRef::of(p),
                 index,
@@ -441,7 +468,7 @@ pub fn merge(selected: &[&Policy]) -> Result<Merged, Vec<Conflict>> {
             });
         }
     }
-    let conflicts = l7_conflicts(&entries);
+    let conflicts = l7_conflicts(&entries, kuma);
     if !conflicts.is_empty() {
         return Err(conflicts);
     }
@@ -455,17 +482,23 @@ pub fn merge(selected: &[&Policy]) -> Result<Merged, Vec<Conflict>> {
         mode_from,
         entries,
         audit: selected.iter().any(|p| p.audit()),
+        kuma,
     })
 }
 
 /// Entries that put a second L7 protocol on a port (0 = entries without a port), each
-/// reported once against the first entry of the port's first L7 protocol.
-pub fn l7_conflicts(entries: &[MergedEntry]) -> Vec<Conflict> {
-    let mut first_l7: BTreeMap<u32, &MergedEntry> = BTreeMap::new();
+/// reported once against the first entry of the port's first L7 protocol. Under Kuma 3 only
+/// entries of one scope conflict (`kuma3::l7_scope`: the port's domains, or one address).
+pub fn l7_conflicts(entries: &[MergedEntry], kuma: KumaVersion) -> Vec<Conflict> {
+    let mut first_l7: BTreeMap<(u32, String), &MergedEntry> = BTreeMap::new();
     let mut out = Vec::new();
     for e in entries.iter().filter(|e| is_l7(&e.entry.protocol)) {
         let port = e.entry.port.unwrap_or(0);
-        match first_l7.get(&port) {
+        let scope = match kuma {
+            KumaVersion::V2 => String::new(),
+            KumaVersion::V3 => kuma3::l7_scope(&e.entry),
+        };
+        match first_l7.get(&(port, scope.clone())) {
             Some(first) if first.entry.protocol != e.entry.protocol => out.push(Conflict {
                 port,
                 first: (*first).clone(),
@@ -473,7 +506,7 @@ pub fn l7_conflicts(entries: &[MergedEntry]) -> Vec<Conflict> {
             }),
             Some(_) => {}
             None => {
-                first_l7.insert(port, e);
+                first_l7.insert((port, scope), e);
             }
         }
     }
@@ -486,7 +519,7 @@ pub fn merged_for(
     workload: &Workload,
     opts: &SelectOptions,
 ) -> Result<Merged, Vec<Conflict>> {
-    merge(&select(policies, workload, opts))
+    merge_as(&select(policies, workload, opts), opts.kuma)
 }
 
 #[cfg(test)]

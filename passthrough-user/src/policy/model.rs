@@ -5,7 +5,10 @@
 //! messages, so they must survive parsing. Like Kuma's YAML reader, a scalar given to a string
 //! field is taken as its text (`protocol: 1` is the protocol `"1"`).
 
-use std::{collections::BTreeMap, fmt};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -196,6 +199,23 @@ pub struct Conf {
     pub passthrough_mode: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub append_match: Option<Vec<Match>>,
+    /// Indexes of `appendMatch` entries that Kuma 3 drops from a policy stored before the
+    /// upgrade (an exact Domain without a port, the later match of a conflicting pair): kept in
+    /// the list so that every other entry keeps its index, never merged. Not part of the
+    /// resource; validation fills it (`policy::kuma3`).
+    #[serde(skip)]
+    pub dropped: BTreeSet<usize>,
+}
+
+impl Conf {
+    /// The entries that apply, with their index in `appendMatch`.
+    pub fn applied_matches(&self) -> impl Iterator<Item = (usize, &Match)> {
+        self.append_match
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter(|(i, _)| !self.dropped.contains(i))
+    }
 }
 
 /// One `spec.default.appendMatch[]` entry.

@@ -140,9 +140,8 @@ fn workload(n: Needs) -> Workload {
 fn l7_ports(p: &Policy) -> BTreeSet<(u32, &str)> {
     p.spec
         .default
-        .append_match
-        .iter()
-        .flatten()
+        .applied_matches()
+        .map(|(_, m)| m)
         .filter(|m| matches!(m.protocol.as_str(), "http" | "http2" | "grpc"))
         .map(|m| (m.port.unwrap_or(0), m.protocol.as_str()))
         .collect()

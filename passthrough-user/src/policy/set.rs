@@ -10,11 +10,13 @@ use serde::Serialize;
 
 use super::{
     Severity, Violation,
+    kuma::{Admission, KumaVersion},
+    kuma3,
     load::{Document, LoadError, load_paths_reporting},
     merge::{Conflict, SelectOptions},
     model::{Format, Policy, Source},
     overlap,
-    validate::validate,
+    validate::validate_for,
     workload::Workload,
 };
 
@@ -255,6 +257,11 @@ impl PolicySet {
     /// Reads and validates every policy under `paths` and the `extra` documents (policies
     /// from another source, such as the Kubernetes API), as one set: each document, names
     /// defined twice, and the merge conflicts any workload could meet.
+    ///
+    /// Each document is validated for `opts.kuma`. Under Kuma 3 the files are judged as
+    /// `opts.files` says and the `extra` documents as stored objects (they come from a store
+    /// Kuma 3 admitted them to, or that held them before the upgrade); the policies kept are
+    /// what Kuma 3 applies ([`kuma3::effective`]).
     pub fn load_with(paths: &[PathBuf], extra: Vec<Document>, opts: &SelectOptions) -> Self {
         let mut set = PolicySet::default();
         let (files, skipped) = load_paths_reporting(paths);
@@ -265,7 +272,7 @@ impl PolicySet {
                 Ok(docs) if docs.is_empty() => {
                     set.problems.push(Problem::Empty { path: file.path })
                 }
-                Ok(docs) => set.add(docs),
+                Ok(docs) => set.add(docs, opts.kuma, opts.files),
             }
         }
         for path in skipped {
@@ -273,7 +280,7 @@ impl PolicySet {
                 path: path.display().to_string(),
             });
         }
-        set.add(extra);
+        set.add(extra, opts.kuma, Admission::Stored);
         if set.documents == 0 && !paths.is_empty() && !set.has_unreadable() {
             set.problems.push(Problem::NoDocuments {
                 paths: paths.iter().map(|p| p.display().to_string()).collect(),
@@ -284,7 +291,7 @@ impl PolicySet {
         set
     }
 
-    fn add(&mut self, docs: Vec<Document>) {
+    fn add(&mut self, docs: Vec<Document>, kuma: KumaVersion, admission: Admission) {
         for doc in docs {
             self.documents += 1;
             match doc {
@@ -294,7 +301,7 @@ impl PolicySet {
                     violations: vec![Violation::new(e.field, e.message)],
                 }),
                 Document::Policy(p) => {
-                    let violations = validate(&p);
+                    let violations = validate_for(&p, kuma, admission);
                     let refused = violations.iter().any(Violation::is_error);
                     if !violations.is_empty() {
                         self.problems.push(Problem::Document {
@@ -304,7 +311,10 @@ impl PolicySet {
                         });
                     }
                     if !refused {
-                        self.policies.push(*p);
+                        self.policies.push(match kuma {
+                            KumaVersion::V2 => *p,
+                            KumaVersion::V3 => kuma3::effective(*p, admission),
+                        });
                     }
                 }
             }
@@ -522,6 +532,74 @@ mod tests {
             lines[2].starts_with("warning: 0 documents read from "),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn under_kuma_3_files_are_applied_and_kubernetes_objects_are_stored() {
+        use crate::policy::{kuma::KumaVersion, load::parse_documents};
+        let text = "type: MeshPassthrough\nname: p\nspec:\n  targetRef: {kind: Dataplane, name: web}\n  default:\n    appendMatch:\n      - {type: Domain, value: a.example.com, protocol: tls}\n      - {type: Domain, value: b.example.com, protocol: tls, port: 443}\n";
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = write(dir.path(), "p.yaml", text);
+        let v3 = SelectOptions {
+            kuma: KumaVersion::V3,
+            ..SelectOptions::default()
+        };
+        // A file is what the operator applies: refused.
+        let set = PolicySet::load(std::slice::from_ref(&f), &v3);
+        assert!(set.has_errors());
+        assert!(set.policies.is_empty());
+        // The same object from the Kubernetes API was stored before the upgrade: applied as
+        // Kuma 3 applies it, with warnings.
+        let docs = parse_documents("kubernetes:kuma-system/p", text).expect("yaml");
+        let set = PolicySet::load_with(&[], docs, &v3);
+        assert!(!set.has_errors(), "{:?}", set.findings());
+        assert_eq!(set.warnings().len(), 2, "{:?}", set.warnings());
+        let p = &set.policies[0];
+        assert_eq!(
+            p.spec.default.dropped,
+            std::collections::BTreeSet::from([0])
+        );
+        assert_eq!(p.target_ref().name, None, "Kuma 3 drops the name");
+        // So does --stored for files.
+        let stored = SelectOptions {
+            files: crate::policy::kuma::Admission::Stored,
+            ..v3
+        };
+        assert!(!PolicySet::load(std::slice::from_ref(&f), &stored).has_errors());
+        // Kuma 2 takes the policy as it is.
+        let set = PolicySet::load(&[f], &SelectOptions::default());
+        assert!(set.findings().is_empty(), "{:?}", set.findings());
+        assert_eq!(set.policies[0].target_ref().name.as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn under_kuma_3_http_on_an_ip_and_grpc_on_a_domain_share_a_port_across_policies() {
+        use crate::policy::kuma::KumaVersion;
+        let dir = tempfile::tempdir().expect("tmp");
+        let a = write(
+            dir.path(),
+            "a.yaml",
+            "type: MeshPassthrough\nname: a\nspec: {default: {appendMatch: [{type: IP, value: 1.1.1.1, port: 8080, protocol: http}]}}\n",
+        );
+        let b = write(
+            dir.path(),
+            "b.yaml",
+            "type: MeshPassthrough\nname: b\nspec: {default: {appendMatch: [{type: Domain, value: b.com, port: 8080, protocol: grpc}]}}\n",
+        );
+        let c = write(
+            dir.path(),
+            "c.yaml",
+            "type: MeshPassthrough\nname: c\nspec: {default: {appendMatch: [{type: Domain, value: c.com, port: 8080, protocol: http}]}}\n",
+        );
+        let v3 = SelectOptions {
+            kuma: KumaVersion::V3,
+            ..SelectOptions::default()
+        };
+        assert!(PolicySet::load(&[a.clone(), b.clone()], &SelectOptions::default()).has_errors());
+        assert!(!PolicySet::load(&[a, b.clone()], &v3).has_errors());
+        // Two domains' chains on one port still conflict.
+        let set = PolicySet::load(&[b, c], &v3);
+        assert_eq!(kinds(&set), [(Severity::Error, FindingKind::Conflict)]);
     }
 
     #[test]

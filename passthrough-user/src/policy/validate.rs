@@ -17,6 +17,8 @@ use regex::Regex;
 
 use super::{
     Violation, hints,
+    kuma::{Admission, KumaVersion},
+    kuma3,
     model::{Conf, Format, Policy, Spec, TargetRef},
 };
 
@@ -36,19 +38,27 @@ const SAME_PORT: &str = "using the same port in multiple matches requires the sa
 const UNKNOWN_PROTOCOL: &str =
     r#""protocol" must be one of ["tcp", "tls", "grpc", "http", "http2", "mysql"]"#;
 
+/// Every violation of a policy under Kuma 2 ([`validate_for`]).
+pub fn validate(policy: &Policy) -> Vec<Violation> {
+    validate_for(policy, KumaVersion::V2, Admission::Apply)
+}
+
 /// Every violation of a policy: its name, the schema enums that Kuma's CRD and REST schema
-/// enforce before Kuma's Go validator runs, then that validator ([`validate_spec`]).
+/// enforce before Kuma's Go validator runs, then that validator ([`validate_spec_for`]), then
+/// passthrough's warnings. `admission` only matters under Kuma 3 (`policy::kuma`).
 ///
 /// The schema checks come in document order (name, targetRef, default), like Kuma's own
 /// targetRef-then-default order.
-pub fn validate(policy: &Policy) -> Vec<Violation> {
+pub fn validate_for(policy: &Policy, kuma: KumaVersion, admission: Admission) -> Vec<Violation> {
     let mut out = Vec::new();
     validate_name(policy, &mut out);
+    // Kuma 3's schema has no proxyTypes: it is dropped, and a warning says so.
     if let Some(types) = policy
         .spec
         .target_ref
         .as_ref()
         .and_then(|t| t.proxy_types.as_ref())
+        .filter(|_| kuma == KumaVersion::V2)
     {
         for (i, t) in types.iter().enumerate() {
             if !PROXY_TYPES.contains(&t.as_str()) {
@@ -83,8 +93,11 @@ pub fn validate(policy: &Policy) -> Vec<Violation> {
             None => v,
         });
     }
-    out.extend(validate_spec(&policy.spec));
-    out.extend(warnings(&policy.spec));
+    out.extend(validate_spec_for(&policy.spec, kuma, admission));
+    out.extend(match kuma {
+        KumaVersion::V2 => warnings(&policy.spec),
+        KumaVersion::V3 => kuma3::warnings(&policy.spec, admission),
+    });
     out
 }
 
@@ -111,15 +124,26 @@ pub fn warnings(spec: &Spec) -> Vec<Violation> {
     out
 }
 
-/// Kuma's Go validator alone, as Kuma's validator tests call it: the targetRef, then the
-/// default configuration. Field paths are rooted at `spec.`.
+/// Kuma 2's Go validator alone, as Kuma's validator tests call it ([`validate_spec_for`]).
 pub fn validate_spec(spec: &Spec) -> Vec<Violation> {
+    validate_spec_for(spec, KumaVersion::V2, Admission::Apply)
+}
+
+/// Kuma's Go validator: the targetRef, then the default configuration, then (Kuma 3) the
+/// listener filter chain conflicts it rejects on apply. Field paths are rooted at `spec.`.
+pub fn validate_spec_for(spec: &Spec, kuma: KumaVersion, admission: Admission) -> Vec<Violation> {
     let mut out = Vec::new();
     // An omitted targetRef is Kuma's default `{kind: Mesh}` and is not checked.
     if let Some(target_ref) = &spec.target_ref {
-        validate_target_ref(target_ref, &mut out);
+        match kuma {
+            KumaVersion::V2 => validate_target_ref(target_ref, &mut out),
+            KumaVersion::V3 => kuma3::validate_target_ref(target_ref, &mut out),
+        }
     }
-    validate_conf(&spec.default, &mut out);
+    validate_conf(&spec.default, kuma, admission, &mut out);
+    if kuma == KumaVersion::V3 {
+        out.extend(kuma3::conflict_violations(&spec.default, admission));
+    }
     out
 }
 
@@ -307,12 +331,16 @@ fn validate_tags(tags: Option<&BTreeMap<String, String>>, out: &mut Vec<Violatio
 }
 
 /// The twelve appendMatch rules of spec §b.2, entry by entry, each entry's violations in rule
-/// order. Field prefix `spec.default.appendMatch[i].`.
-fn validate_conf(conf: &Conf, out: &mut Vec<Violation>) {
+/// order, and under Kuma 3 its two more: no host bits in a CIDR (after rule 6) and a port for
+/// an exact Domain (beside rule 10, the wildcard's). Field prefix `spec.default.appendMatch[i].`.
+fn validate_conf(conf: &Conf, kuma: KumaVersion, admission: Admission, out: &mut Vec<Violation>) {
+    let v3 = kuma == KumaVersion::V3;
     // Rule 3: the first L7 protocol seen on each port. Unlike Kuma, which remembers the last
     // protocol of any kind, tcp/tls/mysql entries never change it, so the outcome does not
     // depend on the order of the entries.
-    let mut l7_of_port: BTreeMap<u32, (&str, usize)> = BTreeMap::new();
+    // Under Kuma 3 only entries of one scope share a listener filter chain: the port's Domain
+    // entries, or one address (`kuma3::l7_scope`); under Kuma 2 every entry of the port.
+    let mut l7_of_port: BTreeMap<(u32, String), (&str, usize)> = BTreeMap::new();
     // Rule 4: (port, protocol, value) triples seen so far, with the first entry's index.
     let mut seen: BTreeMap<(u32, &str, &str), usize> = BTreeMap::new();
     for (i, m) in conf.append_match.iter().flatten().enumerate() {
@@ -338,7 +366,13 @@ fn validate_conf(conf: &Conf, out: &mut Vec<Violation>) {
         // Rules 3 and 4 only look at entries with a port, even an out-of-range one.
         if let Some(port) = m.port {
             if is_l7 {
-                let (first, first_index) = *l7_of_port.entry(port).or_insert((protocol, i));
+                let scope = if v3 {
+                    kuma3::l7_scope(m)
+                } else {
+                    String::new()
+                };
+                let (first, first_index) =
+                    *l7_of_port.entry((port, scope)).or_insert((protocol, i));
                 if first != protocol {
                     out.push(
                         Violation::new(at("port"), SAME_PORT).with_hint(hints::same_port(
@@ -382,6 +416,8 @@ fn validate_conf(conf: &Conf, out: &mut Vec<Violation>) {
                         Violation::new(at("value"), "provided CIDR has incorrect value")
                             .with_hint(hints::cidr(value)),
                     );
+                } else if v3 {
+                    out.extend(kuma3::host_bits(i, m, admission));
                 }
             }
             // Rule 7.
@@ -414,6 +450,10 @@ fn validate_conf(conf: &Conf, out: &mut Vec<Violation>) {
                         )
                         .with_hint(hints::partial_wildcard(value)),
                     );
+                }
+                // Kuma 3: an exact name needs a port (the sidecar resolves it).
+                if v3 {
+                    out.extend(kuma3::domain_port(i, m, admission));
                 }
                 // Rule 10: an L7 wildcard needs a port.
                 if m.port.is_none() && value.starts_with('*') && is_l7 {

@@ -30,8 +30,8 @@ use crate::{
     api::{DecisionKey, EventKind, EventRecord, EventSource, ProxyStats, Verdict as EventVerdict},
     events::{EventLog, rfc3339},
     policy::{
-        bind::{Binding, DomainCheck, bind},
-        compile::{CompiledPolicy, NamePattern},
+        bind::{Binding, DomainCheck, bind, domain_check_for},
+        compile::CompiledPolicy,
         decide::{Action, Peeked, Verdict, decide, peeked_host},
         merge::MergedEntry,
     },
@@ -56,7 +56,8 @@ pub struct Bounds {
 /// How an allowed name is bound to its addresses (`proxy.domainCheck`, `dns`).
 pub struct NameBinding {
     pub check: DomainCheck,
-    /// The resolver; `None` only with [`DomainCheck::Trust`].
+    /// The resolver; `None` only when no entry binds
+    /// ([`crate::policy::bind::needs_resolver`]).
     pub resolver: Option<Arc<NameResolver>>,
 }
 
@@ -277,10 +278,11 @@ impl Proxy {
         }
     }
 
-    /// The name to address binding (`proxy.domainCheck`) of a name a Domain entry allowed:
-    /// where the connection goes, or the refusal that replaces the verdict. `*` entries admit
-    /// every name, so they bind to nothing; audit mode reports a refusal and lets it through
-    /// to the dialled address.
+    /// The name to address binding of a name a Domain entry allowed: where the connection
+    /// goes, or the refusal that replaces the verdict. The check is the entry's
+    /// ([`domain_check_for`]: `proxy.domainCheck`, except that `*` binds to nothing and Kuma 3
+    /// always pins exact names); audit mode reports a refusal and lets it through to the
+    /// dialled address.
     async fn bind_name(
         &self,
         policy: &CompiledPolicy,
@@ -290,26 +292,29 @@ impl Proxy {
     ) -> (Verdict, SocketAddr) {
         if verdict.action != Action::Allow
             || verdict.reason != passthrough_common::Reason::DomainEntry
-            || self.binding.check == DomainCheck::Trust
         {
             return (verdict, dest);
         }
         let Some(rule) = verdict.rule else {
             return (verdict, dest);
         };
-        if policy.domain_pattern(rule) == Some(&NamePattern::Any) {
+        let Some(pattern) = policy.domain_pattern(rule) else {
+            return (verdict, dest);
+        };
+        let check = domain_check_for(policy.kuma, self.binding.check, pattern);
+        if check == DomainCheck::Trust {
             return (verdict, dest);
         }
         let (Some(resolver), Some(name)) = (&self.binding.resolver, peeked_host(peeked)) else {
             // A Domain entry other than `*` only admits a named client, and a resolver exists
-            // whenever the check is not Trust: refuse rather than guess.
+            // whenever some entry binds (`needs_resolver`): refuse rather than guess.
             let refused = Verdict::refused(passthrough_common::Reason::DnsNoAddress, Some(rule));
             return (refused.audited(policy.audit), dest);
         };
         let refuse = |reason| Verdict::refused(reason, Some(rule)).audited(policy.audit);
         match resolver.resolve(&name).await {
             Err(e) => (refuse(e.reason()), dest),
-            Ok(addrs) => match bind(self.binding.check, dest, &addrs) {
+            Ok(addrs) => match bind(check, dest, &addrs) {
                 Binding::Dialled => (verdict, dest),
                 Binding::Pinned(to) => (verdict, to),
                 Binding::Mismatch => (
