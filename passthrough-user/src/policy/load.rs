@@ -16,6 +16,8 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 
+mod direct;
+
 use super::{
     describe,
     model::{DEFAULT_MESH, Format, KubernetesDoc, Policy, Source, Spec, UniversalDoc, labels},
@@ -85,27 +87,81 @@ pub fn load_paths(paths: &[PathBuf]) -> Vec<FileResult> {
 /// [`load_paths`], and the files of the directories that were left out for their name
 /// (hidden files are not counted: they are never policies).
 pub fn load_paths_reporting(paths: &[PathBuf]) -> (Vec<FileResult>, Vec<PathBuf>) {
-    let mut out = Vec::new();
+    /// What one named path turned into: a file to read, or a directory that could not be
+    /// walked.
+    enum Item {
+        File(PathBuf),
+        Unwalkable(FileResult),
+    }
+    let mut items = Vec::new();
     let mut skipped = Vec::new();
     for path in paths {
         match fs::metadata(path) {
             Ok(meta) if meta.is_dir() => match scan_dir(path) {
                 Ok(scan) => {
-                    out.extend(scan.files.iter().map(|f| load_file(f)));
+                    items.extend(scan.files.into_iter().map(Item::File));
                     skipped.extend(scan.skipped);
                 }
-                Err(source) => out.push(FileResult {
+                Err(source) => items.push(Item::Unwalkable(FileResult {
                     path: path.display().to_string(),
                     outcome: Err(LoadError::Io {
                         path: path.display().to_string(),
                         source,
                     }),
-                }),
+                })),
             },
-            _ => out.push(load_file(path)),
+            _ => items.push(Item::File(path.clone())),
         }
     }
+    let files: Vec<&Path> = items
+        .iter()
+        .filter_map(|i| match i {
+            Item::File(p) => Some(p.as_path()),
+            Item::Unwalkable(_) => None,
+        })
+        .collect();
+    let mut loaded = load_files_parallel(&files).into_iter();
+    let out = items
+        .into_iter()
+        .filter_map(|i| match i {
+            Item::File(_) => loaded.next(),
+            Item::Unwalkable(r) => Some(r),
+        })
+        .collect();
     (out, skipped)
+}
+
+/// Reads and parses files on every available core, results in the order given. Parsing is
+/// most of a large policy set's load time and each file is independent.
+fn load_files_parallel(files: &[&Path]) -> Vec<FileResult> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(files.len());
+    if workers <= 1 {
+        return files.iter().map(|f| load_file(f)).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<(usize, FileResult)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(file) = files.get(i) else { break };
+                        mine.push((i, load_file(file)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
 }
 
 /// The files below a directory, sorted: those read as policies and those left out.
@@ -199,6 +255,15 @@ fn read_text(path: &Path, name: &str) -> Result<String, LoadError> {
 
 /// Parses every document of a YAML text. `file` names the text in sources and errors.
 pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Document>, LoadError> {
+    match direct::parse_documents(file, text) {
+        Some(docs) => Ok(docs),
+        None => parse_documents_via_values(file, text),
+    }
+}
+
+/// [`parse_documents`] through a [`serde_yaml::Value`] per document: slower, and the path
+/// that names the field and value of every problem.
+pub fn parse_documents_via_values(file: &str, text: &str) -> Result<Vec<Document>, LoadError> {
     let mut values = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
         let value = serde_yaml::Value::deserialize(doc).map_err(|e| LoadError::Yaml {
@@ -303,7 +368,7 @@ pub fn parse_spec(text: &str) -> Result<Spec, String> {
     serde_path_to_error::deserialize(de).map_err(|e| format!("{}: {}", e.path(), e.inner()))
 }
 
-fn mesh_of(labels: &BTreeMap<String, String>, universal_mesh: Option<String>) -> String {
+pub(super) fn mesh_of(labels: &BTreeMap<String, String>, universal_mesh: Option<String>) -> String {
     universal_mesh
         .or_else(|| labels.get(labels::MESH).cloned())
         .unwrap_or_else(|| DEFAULT_MESH.to_string())

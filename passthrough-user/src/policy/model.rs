@@ -250,7 +250,7 @@ impl fmt::Display for Match {
 /// A YAML scalar read as text, as Kuma's YAML-to-JSON reader does for string fields:
 /// strings, booleans and numbers are accepted, anything else is not. Read straight from the
 /// parser (no buffering), since a large policy has millions of these.
-struct ScalarText(String);
+pub(crate) struct ScalarText(String);
 
 impl<'de> Deserialize<'de> for ScalarText {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -301,11 +301,65 @@ fn opt_scalar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Erro
         .map_err(|_| serde::de::Error::custom("expected a string"))
 }
 
+/// A map key that must be a string: `1: x` is a number key, which Kuma's reader refuses for
+/// a map of strings. Read with `deserialize_any` so that every YAML reader sees the same.
+struct StrKey(String);
+
+impl<'de> Deserialize<'de> for StrKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = StrKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StrKey, E> {
+                Ok(StrKey(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<StrKey, E> {
+                Ok(StrKey(v))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// A map whose keys are unique strings, as the `Value` reader insists (it refuses a
+/// duplicate key anywhere; a plain map would keep the last).
+pub(crate) struct UniqueMap<V>(pub(crate) BTreeMap<String, V>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<V> {
+            type Value = UniqueMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(StrKey(key)) = map.next_key::<StrKey>()? {
+                    if out.contains_key(&key) {
+                        return Err(serde::de::Error::custom("duplicate key"));
+                    }
+                    let value = map.next_value()?;
+                    out.insert(key, value);
+                }
+                Ok(UniqueMap(out))
+            }
+        }
+        d.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
 fn opt_scalar_map<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<BTreeMap<String, String>>, D::Error> {
-    Option::<BTreeMap<String, ScalarText>>::deserialize(d)
-        .map(|o| o.map(|m| m.into_iter().map(|(k, v)| (k, v.into())).collect()))
+    Option::<UniqueMap<ScalarText>>::deserialize(d)
+        .map(|o| o.map(|m| m.0.into_iter().map(|(k, v)| (k, v.into())).collect()))
         .map_err(|_| serde::de::Error::custom("expected a map of strings to strings"))
 }
 
