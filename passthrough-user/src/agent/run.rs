@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// How long a stop waits for a reconcile in progress to give up.
-const STOP_PATIENCE: Duration = Duration::from_secs(1);
+const STOP_PATIENCE: Duration = Duration::from_millis(500);
 
 pub async fn run(config_path: &std::path::Path) -> Result<(), AgentError> {
     let mut agent = Agent::start(config_path)?;

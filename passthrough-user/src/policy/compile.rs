@@ -312,7 +312,8 @@ mod tests {
             policy: PolicyRef {
                 name: "p".into(),
                 source: Source::file("t.yaml", 0),
-            },
+            }
+            .into(),
             index: 0,
             entry: Match {
                 kind: kind.into(),

@@ -299,7 +299,8 @@ mod tests {
                 policy: PolicyRef {
                     name: "p".into(),
                     source: Source::file("t", 0),
-                },
+                }
+                .into(),
                 index: i,
                 entry: Match {
                     kind: kind.to_string(),

@@ -4,7 +4,7 @@
 //! policies that select a workload merge into one configuration: `passthroughMode` from the
 //! strongest policy that sets it, `appendMatch` concatenated from the weakest to the strongest.
 
-use std::{cmp::Ordering, collections::BTreeMap, fmt};
+use std::{cmp::Ordering, collections::BTreeMap, fmt, sync::Arc};
 
 use serde::Serialize;
 
@@ -375,7 +375,8 @@ impl PolicyRef {
 /// One entry of the merged appendMatch list, with where it came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MergedEntry {
-    pub policy: PolicyRef,
+    /// Shared by every entry of the policy: a large policy has a million entries.
+    pub policy: Arc<PolicyRef>,
     /// Index of the entry in its policy's `spec.default.appendMatch`.
     pub index: usize,
     pub entry: Match,
@@ -460,9 +461,10 @@ pub fn merge_as(selected: &[&Policy], kuma: KumaVersion) -> Result<Merged, Vec<C
                 mode_from = Some(PolicyRef::of(p));
             }
         }
+        let policy = Arc::new(PolicyRef::of(p));
         for (index, entry) in p.spec.default.applied_matches() {
             entries.push(MergedEntry {
-                policy: PolicyRef::of(p),
+                policy: policy.clone(),
                 index,
                 entry: entry.clone(),
             });

@@ -5,12 +5,15 @@
 //!   (see `connect.rs`).
 //! - `bench proxy [--quick] [--out DIR]`: the peek proxy's setup latency and throughput
 //!   (see `proxy.rs`).
+//! - `bench reload [--quick] [--out DIR]`: the agent's core with a million entries per
+//!   family: start, one change under proxied load, SIGTERM (see `reload.rs`).
 //!
 //! The measuring clients are this binary re-executed (`client`, `proxy-client`), so that they
 //! sit in a workload cgroup and the client network namespace.
 
 mod connect;
 mod proxy;
+mod reload;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -39,8 +42,10 @@ fn main() -> ExitCode {
         Some("proxy-client") => proxy::client(&args[2..]),
         Some("connect") => connect::run(quick, &out),
         Some("proxy") => proxy::run(quick, &out),
+        Some("reload-client") => reload::client(&args[2..]),
+        Some("reload") => reload::run(quick, &out),
         _ => {
-            eprintln!("usage: bench connect|proxy [--quick] [--out DIR]");
+            eprintln!("usage: bench connect|proxy|reload [--quick] [--out DIR]");
             ExitCode::from(2)
         }
     }
