@@ -5,11 +5,15 @@
 //!   (see `connect.rs`).
 //! - `bench proxy [--quick] [--out DIR]`: the peek proxy's setup latency and throughput
 //!   (see `proxy.rs`).
+//! - `bench kubernetes [--quick] [--out DIR]`: 250 pods against the API server stand-in:
+//!   start to ready, policy change to every pod's kernel verdict, a new pod's first connect
+//!   (see `kubernetes.rs`).
 //!
 //! The measuring clients are this binary re-executed (`client`, `proxy-client`), so that they
 //! sit in a workload cgroup and the client network namespace.
 
 mod connect;
+mod kubernetes;
 mod proxy;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -39,8 +43,11 @@ fn main() -> ExitCode {
         Some("proxy-client") => proxy::client(&args[2..]),
         Some("connect") => connect::run(quick, &out),
         Some("proxy") => proxy::run(quick, &out),
+        Some("kube-client") => kubernetes::client(&args[2..]),
+        Some("kube-first") => kubernetes::first(&args[2..]),
+        Some("kubernetes") => kubernetes::run(quick, &out),
         _ => {
-            eprintln!("usage: bench connect|proxy [--quick] [--out DIR]");
+            eprintln!("usage: bench connect|proxy|kubernetes [--quick] [--out DIR]");
             ExitCode::from(2)
         }
     }
