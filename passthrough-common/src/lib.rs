@@ -10,6 +10,8 @@
 
 use core::mem::size_of;
 
+pub mod podname;
+
 /// A port value that stands for "any port" (an appendMatch entry without `port`).
 pub const PORT_ANY: u16 = 0;
 

@@ -10,17 +10,13 @@
 //! never overwrites an entry (`BPF_NOEXIST`), and it refuses nothing: a cgroup it cannot
 //! read or place keeps what it would have had without it.
 //!
-//! Names it reads (`<u>` is the UID with `-` replaced by `_`; `<uid>` is 36 characters with
-//! dashes, or 32 hex digits for a static pod):
-//! - systemd: `…kubepods-pod<u>.slice`, `…kubepods-burstable-pod<u>.slice`,
-//!   `…kubepods-besteffort-pod<u>.slice` (also with a cgroup-root prefix, `kubelet-kubepods-…`);
-//! - cgroupfs: `pod<uid>`.
+//! The names it reads are those of `passthrough_common::podname` (host-tested there).
 
 use aya_ebpf::{
     EbpfContext as _, bindings::BPF_NOEXIST, helpers::generated::bpf_probe_read_kernel_str,
     programs::TracePointContext,
 };
-use passthrough_common::{POD_WATCH_PREFIX, PodUid, hex_value};
+use passthrough_common::{POD_WATCH_PREFIX, podname::pod_uid};
 
 use crate::maps::{
     CGROUPS, KERNEL_COVERED, PATH_BYTES, PATH_SCRATCH, PENDING_PODS, POD_WATCH, WORKLOADS,
@@ -41,10 +37,6 @@ const PATH: usize = 24;
 /// Keeps every index into the path buffer provably in bounds for the verifier.
 const MASK: usize = PATH_BYTES - 1;
 const _: () = assert!(PATH_BYTES.is_power_of_two());
-
-/// Characters of a UID with dashes, and of a static pod's UID (hex digits only).
-const UUID_LEN: usize = 36;
-const HEX_LEN: usize = 32;
 
 pub fn cgroup_mkdir(ctx: &TracePointContext) {
     let _ = try_cgroup_mkdir(ctx);
@@ -102,103 +94,4 @@ fn try_cgroup_mkdir(ctx: &TracePointContext) -> Option<()> {
     let _ = CGROUPS.insert(&id, &id, BPF_NOEXIST as u64);
     let _ = KERNEL_COVERED.insert(&id, &uid, 0);
     Some(())
-}
-
-/// The pod UID the last component of `bytes[..n]` is named after, if it is a pod cgroup of
-/// either driver. `prefix` is where the kubepods path ends: nothing before it is read.
-#[inline(always)]
-fn pod_uid(bytes: &[u8; PATH_BYTES], n: usize, prefix: usize) -> Option<PodUid> {
-    const SLICE: &[u8] = b".slice";
-    if ends_with(bytes, n, SLICE) {
-        let end = n - SLICE.len();
-        for len in [UUID_LEN, HEX_LEN] {
-            // `<stem>-pod<u>.slice`, the stem ending in the kubepods or a QoS slice's name.
-            if end < prefix + 1 + len + 4 {
-                continue;
-            }
-            let start = end - len;
-            if !ends_with(bytes, start, b"-pod") || !systemd_stem(bytes, start - 4, prefix) {
-                continue;
-            }
-            if let Some(uid) = decode(bytes, start, len, b'_') {
-                return Some(uid);
-            }
-        }
-        return None;
-    }
-    for len in [UUID_LEN, HEX_LEN] {
-        // `/pod<uid>`: the whole last component.
-        if n < prefix + len + 4 {
-            continue;
-        }
-        let start = n - len;
-        if !ends_with(bytes, start, b"/pod") {
-            continue;
-        }
-        if let Some(uid) = decode(bytes, start, len, b'-') {
-            return Some(uid);
-        }
-    }
-    None
-}
-
-/// Whether the name before `-pod` (ending at `end`) is `kubepods`, `kubepods-burstable` or
-/// `kubepods-besteffort`, as a whole name or after a `-` (a cgroup-root prefix), and lies
-/// after `prefix`.
-#[inline(always)]
-fn systemd_stem(bytes: &[u8; PATH_BYTES], end: usize, prefix: usize) -> bool {
-    for stem in [
-        b"kubepods".as_slice(),
-        b"kubepods-burstable".as_slice(),
-        b"kubepods-besteffort".as_slice(),
-    ] {
-        if end < prefix + 1 + stem.len() || !ends_with(bytes, end, stem) {
-            continue;
-        }
-        let before = bytes[(end - stem.len() - 1) & MASK];
-        if before == b'/' || before == b'-' {
-            return true;
-        }
-    }
-    false
-}
-
-/// Whether `bytes[..end]` ends with `tail`.
-#[inline(always)]
-fn ends_with(bytes: &[u8; PATH_BYTES], end: usize, tail: &[u8]) -> bool {
-    if end < tail.len() {
-        return false;
-    }
-    let start = end - tail.len();
-    for (i, c) in tail.iter().enumerate() {
-        if bytes[(start + i) & MASK] != *c {
-            return false;
-        }
-    }
-    true
-}
-
-/// The UID written at `bytes[start..start + len]`: 32 hex digits, with `sep` at the four
-/// places of a UUID's dashes when `len` is [`UUID_LEN`].
-#[inline(always)]
-fn decode(bytes: &[u8; PATH_BYTES], start: usize, len: usize, sep: u8) -> Option<PodUid> {
-    let mut uid = PodUid::default();
-    let mut nibble = 0usize;
-    for i in 0..UUID_LEN {
-        if i >= len {
-            break;
-        }
-        let c = bytes[(start + i) & MASK];
-        if len == UUID_LEN && matches!(i, 8 | 13 | 18 | 23) {
-            if c != sep {
-                return None;
-            }
-            continue;
-        }
-        let v = hex_value(c)?;
-        let byte = &mut uid.bytes[(nibble / 2) & 15];
-        *byte = (*byte << 4) | v;
-        nibble += 1;
-    }
-    (nibble == HEX_LEN).then_some(uid)
 }
