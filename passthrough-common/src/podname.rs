@@ -132,10 +132,15 @@ mod tests {
     fn parse(path: &String) -> Option<PodUid> {
         let mut buf = [0u8; 512];
         buf[..path.len()].copy_from_slice(path.as_bytes());
-        let prefix = [PREFIX, "/test-1/kubepods", "/t/kubepods", "/k/kubelet.slice/kubelet-kubepods.slice"]
-            .iter()
-            .find(|p| path.starts_with(&format!("{p}/")))
-            .map_or(0, |p| p.len());
+        let prefix = [
+            PREFIX,
+            "/test-1/kubepods",
+            "/t/kubepods",
+            "/k/kubelet.slice/kubelet-kubepods.slice",
+        ]
+        .iter()
+        .find(|p| path.starts_with(&format!("{p}/")))
+        .map_or(0, |p| p.len());
         pod_uid(&buf, path.len(), prefix)
     }
 
@@ -147,7 +152,9 @@ mod tests {
             format!("{PREFIX}/kubepods-pod{u}.slice"),
             format!("{PREFIX}/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice"),
             format!("{PREFIX}/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice"),
-            format!("/k/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod{u}.slice"),
+            format!(
+                "/k/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod{u}.slice"
+            ),
             format!("/test-1/kubepods/pod{UID}"),
             format!("/test-1/kubepods/burstable/pod{UID}"),
             format!("/test-1/kubepods/besteffort/pod{UID}"),
@@ -158,7 +165,9 @@ mod tests {
         let want = PodUid::parse(static_pod);
         assert_eq!(parse(&format!("/t/kubepods/pod{static_pod}")), want);
         assert_eq!(
-            parse(&format!("{PREFIX}/kubepods-burstable.slice/kubepods-burstable-pod{static_pod}.slice")),
+            parse(&format!(
+                "{PREFIX}/kubepods-burstable.slice/kubepods-burstable-pod{static_pod}.slice"
+            )),
             want
         );
     }

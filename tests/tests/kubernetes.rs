@@ -646,12 +646,12 @@ impl Driver {
         let u = uid.replace('-', "_");
         match (self, qos) {
             (Driver::Systemd, Qos::Guaranteed) => format!("kubepods.slice/kubepods-pod{u}.slice"),
-            (Driver::Systemd, Qos::Burstable) => format!(
-                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice"
-            ),
-            (Driver::Systemd, Qos::BestEffort) => format!(
-                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice"
-            ),
+            (Driver::Systemd, Qos::Burstable) => {
+                format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice")
+            }
+            (Driver::Systemd, Qos::BestEffort) => {
+                format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice")
+            }
             (Driver::Cgroupfs, Qos::Guaranteed) => format!("kubepods/pod{uid}"),
             (Driver::Cgroupfs, Qos::Burstable) => format!("kubepods/burstable/pod{uid}"),
             (Driver::Cgroupfs, Qos::BestEffort) => format!("kubepods/besteffort/pod{uid}"),
@@ -752,7 +752,8 @@ fn reported_pods_are_denied_on_their_very_first_connect(driver: Driver) {
         assert!(r.is_eperm(), "{driver:?}: later connect {r:?}");
     }
     // Not reported: not the kernel path's to cover.
-    let unknown = root.nested(&driver.pod_dir(Qos::Burstable, "0b7d2c1e-6666-4a2b-9c3d-0000000000ff"));
+    let unknown =
+        root.nested(&driver.pod_dir(Qos::Burstable, "0b7d2c1e-6666-4a2b-9c3d-0000000000ff"));
     let r = topo.connect(Some(&unknown), dest, &ProbeOptions::default());
     assert!(r.is_connected(), "an unreported pod is unfiltered: {r:?}");
 }
@@ -809,13 +810,19 @@ fn two_hundred_fifty_reported_pods_are_each_denied_on_their_first_connect() {
     let mut allowed = Vec::new();
     for uid in &uids {
         let cg = root.nested(&Driver::Systemd.pod_dir(Qos::Burstable, uid));
-        if !topo.connect(Some(&cg), dest, &ProbeOptions::default()).is_eperm() {
+        if !topo
+            .connect(Some(&cg), dest, &ProbeOptions::default())
+            .is_eperm()
+        {
             allowed.push(uid.clone());
         }
         cgroups.push(cg);
     }
     assert_eq!(allowed, Vec::<String>::new(), "first connects not refused");
-    assert!(servers.accepted().is_empty(), "nothing reached the far side");
+    assert!(
+        servers.accepted().is_empty(),
+        "nothing reached the far side"
+    );
     agent.wait_until(Duration::from_secs(20), || {
         let s = agent.status();
         s["kubernetes"]["pods"] == PODS
@@ -834,9 +841,9 @@ fn two_hundred_fifty_reported_pods_are_each_denied_on_their_first_connect() {
         ),
     );
     agent.wait_until(Duration::from_secs(10), || {
-        cgroups
-            .iter()
-            .step_by(25)
-            .all(|cg| topo.connect(Some(cg), dest, &ProbeOptions::default()).is_connected())
+        cgroups.iter().step_by(25).all(|cg| {
+            topo.connect(Some(cg), dest, &ProbeOptions::default())
+                .is_connected()
+        })
     });
 }

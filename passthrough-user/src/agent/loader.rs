@@ -253,7 +253,10 @@ impl Loader {
         p.attach(category, event).map_err(|e| {
             prog_err(
                 name,
-                format!("attach to tracepoint {category}:{event}: {}", error_chain(&e)),
+                format!(
+                    "attach to tracepoint {category}:{event}: {}",
+                    error_chain(&e)
+                ),
             )
         })?;
         Ok(())

@@ -438,7 +438,12 @@ mod tests {
         converge(&d, &mut store, &mut applied);
         assert_eq!(
             store.log,
-            ["install 2", "pending 02 -> 2", "remove 10", "remove policy 1"]
+            [
+                "install 2",
+                "pending 02 -> 2",
+                "remove 10",
+                "remove policy 1"
+            ]
         );
     }
 

@@ -29,15 +29,18 @@ pub fn pod_watch(mount: &Path, mount_root: &str, kubepods: &Path) -> Result<PodW
     let mut path = mount_root.trim_end_matches('/').to_string();
     let mut level = path.split('/').filter(|c| !c.is_empty()).count();
     for c in rel.components() {
-        let c = c.as_os_str().to_str().ok_or_else(|| {
-            format!("{}: the path is not UTF-8", kubepods.display())
-        })?;
+        let c = c
+            .as_os_str()
+            .to_str()
+            .ok_or_else(|| format!("{}: the path is not UTF-8", kubepods.display()))?;
         path.push('/');
         path.push_str(c);
         level += 1;
     }
     if level == 0 {
-        return Err("the kubepods cgroup is the root cgroup: refusing to watch every cgroup".into());
+        return Err(
+            "the kubepods cgroup is the root cgroup: refusing to watch every cgroup".into(),
+        );
     }
     let bytes = path.as_bytes();
     if bytes.len() >= POD_WATCH_PREFIX {
@@ -132,7 +135,10 @@ mod tests {
             mount_root(text, Path::new("/sys/fs/cgroup/unified")).as_deref(),
             Some("/")
         );
-        assert_eq!(mount_root(text, Path::new("/host")).as_deref(), Some("/k8s"));
+        assert_eq!(
+            mount_root(text, Path::new("/host")).as_deref(),
+            Some("/k8s")
+        );
         assert_eq!(mount_root(text, Path::new("/sys/fs/cgroup/cpu")), None);
     }
 }

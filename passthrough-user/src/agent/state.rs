@@ -122,7 +122,13 @@ pub struct Agent {
     kernel_covered: BTreeMap<u64, PodUid>,
     /// Whether the `cgroup_mkdir` program covers new pod cgroups.
     pod_watch: PodWatchStatus,
+    /// This reconcile's compiled policies by merged configuration: the workloads one
+    /// Mesh-wide policy selects alike compile once, not once each.
+    compiled: std::cell::RefCell<Vec<(Merged, CompiledPolicy)>>,
 }
+
+/// Distinct merged configurations a reconcile remembers the compilation of.
+const COMPILED_KEPT: usize = 64;
 
 /// Errors that stop the agent from starting.
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +219,7 @@ impl Agent {
             policy_memory: 0,
             kernel_covered: BTreeMap::new(),
             pod_watch: PodWatchStatus::Inactive,
+            compiled: std::cell::RefCell::default(),
         };
         agent.set_mesh_cidrs()?;
         Ok(agent)
@@ -338,6 +345,7 @@ impl Agent {
     /// Brings the kernel in line with the config and the policy files.
     pub fn reconcile(&mut self) -> &ReloadReport {
         let started = std::time::Instant::now();
+        self.compiled.get_mut().clear();
         let opts = self.config.select_options();
         let set = PolicySet::load_with(&self.config.policies, self.kube.policies.clone(), &opts);
         let now = jiff::Timestamp::now();
@@ -396,7 +404,9 @@ impl Agent {
         let applied = started.elapsed();
         self.attach_all();
         self.set_udp_flag();
-        self.policy_memory = self.maps.policy_memory();
+        self.policy_memory = self
+            .maps
+            .policy_memory(self.kernel.policies.keys().copied());
         self.publish_proxy_view();
         if changed {
             self.generation += 1;
@@ -545,7 +555,23 @@ impl Agent {
             let text: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
             format!("{}; keeping the last good state", text.join("; "))
         })?;
-        let mut compiled = compile(&merged).map_err(|e| e.to_string())?;
+        let known = self
+            .compiled
+            .borrow()
+            .iter()
+            .find(|(m, _)| *m == merged)
+            .map(|(_, c)| c.clone());
+        let mut compiled = match known {
+            Some(c) => c,
+            None => {
+                let c = compile(&merged).map_err(|e| e.to_string())?;
+                let mut kept = self.compiled.borrow_mut();
+                if kept.len() < COMPILED_KEPT {
+                    kept.push((merged.clone(), c.clone()));
+                }
+                c
+            }
+        };
         if compiled.mode == EffectiveMode::Unfiltered
             && self.config.default_mode == Some(DefaultMode::None)
         {
@@ -597,7 +623,10 @@ impl Agent {
             if let Some(owner) = c.link {
                 self.kernel.links.insert(c.cgroup, owner);
             }
-            tracing::debug!(cgroup = c.cgroup, "a new pod cgroup was covered by the kernel");
+            tracing::debug!(
+                cgroup = c.cgroup,
+                "a new pod cgroup was covered by the kernel"
+            );
             self.kernel_covered.insert(c.cgroup, c.uid);
         }
     }
@@ -915,7 +944,10 @@ impl Agent {
             .map_err(|e| format!("/proc/self/mountinfo: {e}"))
             .and_then(|text| {
                 super::podwatch::mount_root(&text, &self.cgroup_root).ok_or_else(|| {
-                    format!("no cgroup2 mount at {} in /proc/self/mountinfo", self.cgroup_root.display())
+                    format!(
+                        "no cgroup2 mount at {} in /proc/self/mountinfo",
+                        self.cgroup_root.display()
+                    )
                 })
             })
             .and_then(|root| super::podwatch::pod_watch(&self.cgroup_root, &root, kubepods));
@@ -929,9 +961,7 @@ impl Agent {
                 PodWatchStatus::Active
             }
             Err(e) => {
-                tracing::warn!(
-                    "new pod cgroups are covered only once the agent sees them: {e}"
-                );
+                tracing::warn!("new pod cgroups are covered only once the agent sees them: {e}");
                 PodWatchStatus::Failed(e)
             }
         };

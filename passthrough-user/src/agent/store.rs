@@ -205,7 +205,8 @@ impl KernelStore for FakeStore {
             "a pending pod pointed at policy {} before it was installed",
             value.policy
         );
-        self.log.push(format!("pending {:02x} -> {}", uid.bytes[0], value.policy));
+        self.log
+            .push(format!("pending {:02x} -> {}", uid.bytes[0], value.policy));
         self.state.pending.insert(uid, value);
         Ok(())
     }

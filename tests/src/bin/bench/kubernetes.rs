@@ -102,7 +102,9 @@ fn verdict(dest: &SocketAddr) -> Option<bool> {
 /// `kube-client NETNS DEST LIST SECONDS`: cycles through the cgroups listed in the file
 /// LIST, one connect in each; prints `ready` after a first cycle in which every connect was
 /// allowed, then, once each cgroup saw a refused connect (or SECONDS passed), one JSON line:
-/// the CLOCK_MONOTONIC ns of each cgroup's first refusal, the cycles and their mean length.
+/// the CLOCK_MONOTONIC ns of each cgroup's first refusal and of its last allowed connect
+/// before it (the change reached the cgroup between the two), the cycles and their mean
+/// length.
 pub fn client(args: &[String]) -> ExitCode {
     let [netns, dest, list, seconds] = args else {
         eprintln!("usage: bench kube-client NETNS DEST LIST SECONDS");
@@ -122,6 +124,7 @@ pub fn client(args: &[String]) -> ExitCode {
         return ExitCode::from(2);
     }
     let mut first_deny: Vec<Option<u64>> = vec![None; cgroups.len()];
+    let mut last_allowed: Vec<u64> = vec![0; cgroups.len()];
     let mut cycles = 0u64;
     let started = Instant::now();
     let mut cycling_since = None;
@@ -131,7 +134,11 @@ pub fn client(args: &[String]) -> ExitCode {
                 return ExitCode::from(2);
             }
             match verdict(&dest) {
-                Some(true) => {}
+                Some(true) => {
+                    if first_deny[i].is_none() {
+                        last_allowed[i] = mono_ns();
+                    }
+                }
                 Some(false) => {
                     if first_deny[i].is_none() {
                         first_deny[i] = Some(mono_ns());
@@ -161,6 +168,7 @@ pub fn client(args: &[String]) -> ExitCode {
     let measured = (cycles - at).max(1);
     let line = serde_json::json!({
         "first_deny": first_deny,
+        "last_allowed": last_allowed,
         "cycles": measured,
         "cycle_ns": since.elapsed().as_nanos() as u64 / measured,
     });
@@ -251,22 +259,100 @@ fn bench_exe() -> PathBuf {
     std::env::current_exe().unwrap_or_else(|_| PathBuf::from("bench"))
 }
 
-/// The `PENDING_PODS` entries the agent wrote.
-fn pending_entries(bpffs: &Path) -> usize {
-    let path = passthrough::agent::loader::maps_dir(bpffs).join("PENDING_PODS");
-    let Ok(map) = aya::maps::MapData::from_pin(path) else {
-        return 0;
+/// Seconds since midnight UTC, as the agent's log lines are stamped.
+fn wall_of_day() -> f64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs() % 86_400) as f64 + f64::from(d.subsec_nanos()) / 1e9
+}
+
+/// The seconds since midnight of a log line's `2026-12-02T03:02:52.182030Z` stamp.
+fn stamp_of_day(line: &str) -> Option<f64> {
+    let t = line
+        .split_whitespace()
+        .next()?
+        .split_once('T')?
+        .1
+        .trim_end_matches('Z');
+    let mut it = t.split(':');
+    let (h, m, s): (f64, f64, f64) = (
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+    );
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// A `key=value` field of a log line, as a number.
+fn field(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))?
+        .parse()
+        .ok()
+}
+
+/// Where the change's time went, in ms from the API server accepting it, from the agent's
+/// debug lines: the source's `Kubernetes state computed` and the core's `reconciled` of
+/// the first reconcile after the change (`before` of which came earlier).
+fn stages_of(log: &str, accepted: f64, before: usize) -> Vec<(&'static str, f64)> {
+    // The first reconcile that started after the change (one already running when it
+    // arrived cannot have applied it).
+    let Some((start, compute, write, after)) = log
+        .lines()
+        .filter(|l| l.contains(" reconciled "))
+        .skip(before)
+        .filter_map(|rec| {
+            let (end, compute, write, after) = (
+                stamp_of_day(rec)?,
+                field(rec, "compute_us")?,
+                field(rec, "write_us")?,
+                field(rec, "after_us")?,
+            );
+            Some((end - (compute + write + after) / 1e6, compute, write, after))
+        })
+        .find(|(start, ..)| *start >= accepted)
+    else {
+        return Vec::new();
     };
-    aya::maps::HashMap::<_, passthrough_common::PodUid, passthrough_common::Workload>::try_from(
-        aya::maps::Map::HashMap(map),
-    )
-    .map_or(0, |m| m.keys().count())
+    let source = log
+        .lines()
+        .filter(|l| l.contains("Kubernetes state computed"))
+        .filter_map(|l| Some((stamp_of_day(l)?, field(l, "took_us")?)))
+        .filter(|(t, _)| *t >= accepted && *t <= start + 1e-3)
+        .last();
+    let ms = |s: f64| (s * 1e3 * 10.0).round() / 10.0;
+    let mut out = Vec::new();
+    if let Some((t, took)) = source {
+        let computed_from = t - took / 1e6;
+        out.push(("watch delivery and gathering", ms(computed_from - accepted)));
+        out.push(("source: pods to workloads", ms(took / 1e6)));
+        out.push(("hand-off to the agent's core", ms(start - t)));
+    } else {
+        out.push((
+            "watch delivery, gathering, source, hand-off",
+            ms(start - accepted),
+        ));
+    }
+    out.push(("agent: compile and plan", ms(compute / 1e6)));
+    out.push((
+        "agent: map writes (every WORKLOADS update)",
+        ms(write / 1e6),
+    ));
+    out.push((
+        "API server accepted -> last WORKLOADS update",
+        ms(start + (compute + write) / 1e6 - accepted),
+    ));
+    out.push(("after the writes (status, proxy view)", ms(after / 1e6)));
+    out
 }
 
 struct Results {
     pods: usize,
     start_to_ready_ms: u128,
     change: Option<(u64, u64, u64)>,
+    lower: Option<(u64, u64, u64)>,
+    stages: Vec<(&'static str, f64)>,
     undenied: usize,
     cycle_ns: u64,
     new_pods: Vec<(String, u64, u64)>,
@@ -281,6 +367,14 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
     let pods = if quick { 50 } else { 250 };
     let new_pods = if quick { 5 } else { 20 };
     let dest: SocketAddr = DEST.parse().expect("addr");
+    // The agent's own account of where a change's time goes (its debug lines).
+    // SAFETY: no other thread runs yet.
+    unsafe {
+        std::env::set_var(
+            "RUST_LOG",
+            "info,passthrough::agent::state=debug,passthrough::k8s::source=debug",
+        );
+    }
     let topo = Topology::new();
     let _sink = topo.sink(&[dest]);
     let api = ApiServer::start(&topo.client_netns_path());
@@ -338,8 +432,10 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
         return ExitCode::FAILURE;
     }
     std::thread::sleep(Duration::from_millis(200));
+    let reconciles_before = agent.log().matches(" reconciled ").count();
     api.apply(Resource::MeshPassthroughs, mesh_policy("None"));
     let accepted = mono_ns();
+    let accepted_wall = wall_of_day();
     let report: serde_json::Value = lines
         .next()
         .and_then(Result::ok)
@@ -350,6 +446,10 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
         .as_array()
         .map(|a| a.iter().map(serde_json::Value::as_u64).collect())
         .unwrap_or_default();
+    let lasts: Vec<u64> = report["last_allowed"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
+        .unwrap_or_default();
     let undenied = firsts.iter().filter(|f| f.is_none()).count();
     let latencies: Vec<u64> = firsts
         .iter()
@@ -357,6 +457,20 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
         .map(|t| t.saturating_sub(accepted))
         .collect();
     let change = percentiles(latencies);
+    let lower = percentiles(
+        firsts
+            .iter()
+            .zip(&lasts)
+            .filter(|(f, _)| f.is_some())
+            .map(|(_, l)| l.saturating_sub(accepted))
+            .collect(),
+    );
+    // The reconcile's line is written once it is done, after the writes.
+    let mut stages = Vec::new();
+    agent.wait_until(Duration::from_secs(5), || {
+        stages = stages_of(&agent.log(), accepted_wall, reconciles_before);
+        !stages.is_empty()
+    });
     let cycle_ns = report["cycle_ns"].as_u64().unwrap_or(0);
     eprintln!(
         "change -> first denied connect: {change:?} ns (p50, p99, max), {undenied} never denied, cycle {cycle_ns} ns"
@@ -366,11 +480,15 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
     let mut firsts_new = Vec::new();
     for i in 0..new_pods {
         let u = uid(2, i);
-        let before = pending_entries(agent.bpffs());
+        // The previous new pod is a workload by now: `pending` counts this one only.
+        agent.wait_until(Duration::from_secs(5), || {
+            let s = agent.status();
+            s["kubernetes"]["pending"] == 0 && s["kubernetes"]["pods"] == pods + i
+        });
         let reported = Instant::now();
         api.apply(Resource::Pods, pod(&format!("new-{i}"), &u));
         agent.wait_until(Duration::from_secs(5), || {
-            pending_entries(agent.bpffs()) > before
+            agent.status()["kubernetes"]["pending"] == 1
         });
         let to_pending = reported.elapsed().as_micros() as u64;
         let cg = root.path().join(pod_dir(&u));
@@ -395,6 +513,8 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
         pods,
         start_to_ready_ms,
         change,
+        lower,
+        stages,
         undenied,
         cycle_ns,
         new_pods: firsts_new,
@@ -420,6 +540,8 @@ fn write_results(dir: &Path, r: &Results, quick: bool) -> std::io::Result<()> {
         "pods": r.pods,
         "start_to_ready_ms": r.start_to_ready_ms,
         "change_to_first_deny_ns": r.change.map(|(p50, p99, max)| serde_json::json!({"p50": p50, "p99": p99, "max": max})),
+        "change_to_last_allowed_ns": r.lower.map(|(p50, p99, max)| serde_json::json!({"p50": p50, "p99": p99, "max": max})),
+        "stages_ms": r.stages.iter().map(|(k, v)| serde_json::json!({"stage": k, "ms": v})).collect::<Vec<_>>(),
         "never_denied": r.undenied,
         "client_cycle_ns": r.cycle_ns,
         "new_pods": r.new_pods.iter().map(|(o, p, ns)| serde_json::json!({"first_connect": o, "reported_to_pending_us": p, "mkdir_to_verdict_ns": ns})).collect::<Vec<_>>(),
@@ -454,6 +576,15 @@ fn write_results(dir: &Path, r: &Results, quick: bool) -> std::io::Result<()> {
         }
         None => md.push_str("| policy change -> first refused connect | not measured |\n"),
     }
+    if let Some((p50, p99, max)) = r.lower {
+        let _ = writeln!(
+            md,
+            "| the same, to each pod's last allowed connect (the change reached the pod between the two) | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms |",
+            ms(p50),
+            ms(p99),
+            ms(max)
+        );
+    }
     let _ = writeln!(
         md,
         "| pods never refused within 20 s | {} |\n| measuring client: one cycle through every pod's cgroup (the resolution) | {:.2} ms |",
@@ -474,6 +605,12 @@ fn write_results(dir: &Path, r: &Results, quick: bool) -> std::io::Result<()> {
         "| new pod: cgroup created and first process connecting at once (under `None`) | {denied} of {} refused on the very first connect |",
         r.new_pods.len()
     );
+    if !r.stages.is_empty() {
+        md.push_str("\n## Where the change's time goes\n\nFrom the agent's debug log of the same run (ms; the reconcile that applied the change):\n\n| stage | ms |\n|---|---:|\n");
+        for (k, v) in &r.stages {
+            let _ = writeln!(md, "| {k} | {v:.1} |");
+        }
+    }
     let mut f = fs::File::create(dir.join("kubernetes.md"))?;
     f.write_all(md.as_bytes())?;
     eprintln!("wrote {}", dir.join("kubernetes.md").display());
