@@ -88,10 +88,10 @@ fn try_cgroup_mkdir(ctx: &TracePointContext) -> Option<()> {
     }
 
     let uid = pod_uid(bytes, n, prefix)?;
-    let entry = unsafe { PENDING_PODS.get(&uid) }?;
+    let entry = unsafe { PENDING_PODS.get(uid) }?;
     // A new cgroup id has no entry; should the agent have written one already, it stays.
-    WORKLOADS.insert(&id, entry, BPF_NOEXIST as u64).ok()?;
-    let _ = CGROUPS.insert(&id, &id, BPF_NOEXIST as u64);
-    let _ = KERNEL_COVERED.insert(&id, &uid, 0);
+    WORKLOADS.insert(id, entry, BPF_NOEXIST as u64).ok()?;
+    let _ = CGROUPS.insert(id, id, BPF_NOEXIST as u64);
+    let _ = KERNEL_COVERED.insert(id, uid, 0);
     Some(())
 }

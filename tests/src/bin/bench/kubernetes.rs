@@ -319,8 +319,7 @@ fn stages_of(log: &str, accepted: f64, before: usize) -> Vec<(&'static str, f64)
         .lines()
         .filter(|l| l.contains("Kubernetes state computed"))
         .filter_map(|l| Some((stamp_of_day(l)?, field(l, "took_us")?)))
-        .filter(|(t, _)| *t >= accepted && *t <= start + 1e-3)
-        .last();
+        .rfind(|(t, _)| *t >= accepted && *t <= start + 1e-3);
     let ms = |s: f64| (s * 1e3 * 10.0).round() / 10.0;
     let mut out = Vec::new();
     if let Some((t, took)) = source {
@@ -429,6 +428,7 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
     if ready.as_deref() != Some("ready") {
         eprintln!("the client did not start cycling: {ready:?}");
         let _ = child.kill();
+        let _ = child.wait();
         return ExitCode::FAILURE;
     }
     std::thread::sleep(Duration::from_millis(200));
