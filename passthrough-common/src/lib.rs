@@ -10,6 +10,8 @@
 
 use core::mem::size_of;
 
+pub mod podname;
+
 /// A port value that stands for "any port" (an appendMatch entry without `port`).
 pub const PORT_ANY: u16 = 0;
 
@@ -35,6 +37,9 @@ pub mod map_names {
     pub const EVENTS_DROPPED: &str = "EVENTS_DROPPED";
     pub const DNS_V4: &str = "DNS_V4";
     pub const DNS_V6: &str = "DNS_V6";
+    pub const PENDING_PODS: &str = "PENDING_PODS";
+    pub const POD_WATCH: &str = "POD_WATCH";
+    pub const KERNEL_COVERED: &str = "KERNEL_COVERED";
 }
 
 /// Names of the programs in the object.
@@ -47,7 +52,11 @@ pub mod program_names {
     pub const SENDMSG6: &str = "passthrough_sendmsg6";
     pub const SOCK_CREATE: &str = "passthrough_sock_create";
     pub const SOCKET_CREATE_LSM: &str = "passthrough_socket_create";
+    pub const CGROUP_MKDIR: &str = "passthrough_cgroup_mkdir";
 }
+
+/// The tracepoint `CGROUP_MKDIR` is attached to: (category, name).
+pub const CGROUP_MKDIR_TRACEPOINT: (&str, &str) = ("cgroup", "cgroup_mkdir");
 
 /// The LSM hook `SOCKET_CREATE_LSM` is attached to (per cgroup, `lsm_cgroup`).
 pub const SOCKET_CREATE_HOOK: &str = "socket_create";
@@ -73,6 +82,11 @@ pub mod capacity {
     pub const EVENTS_BYTES: u32 = 1 << 20;
     /// Resolver addresses UDP to port 53 may reach under `udp: Deny`, over all sets.
     pub const DNS: u32 = 4_096;
+    /// Pods reported by the API server whose cgroup does not exist yet (`PENDING_PODS`).
+    pub const PENDING_PODS: u32 = 4_096;
+    /// Pod cgroups the `cgroup_mkdir` program covered that the agent has not taken in yet
+    /// (`KERNEL_COVERED`).
+    pub const KERNEL_COVERED: u32 = 4_096;
 }
 
 /// The merged `passthroughMode` of a workload, as the kernel reads it.
@@ -114,6 +128,92 @@ pub struct Workload {
     pub dns_set: u16,
 }
 const _: () = assert!(size_of::<Workload>() == 8);
+
+/// Key of `PENDING_PODS` and value of `KERNEL_COVERED`: a pod UID as its 16 bytes, in the
+/// order its 32 hex digits are written (`1b4e28ba-2fa1-…` is `[0x1b, 0x4e, 0x28, 0xba, …]`),
+/// whatever separators the cgroup driver puts between them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PodUid {
+    pub bytes: [u8; 16],
+}
+const _: () = assert!(size_of::<PodUid>() == 16);
+
+impl PodUid {
+    /// A UID as the API server writes it (RFC 4122, with dashes) or as the kubelet names a
+    /// static pod (32 hex digits); `None` for anything else.
+    pub fn parse(uid: &str) -> Option<Self> {
+        let b = uid.as_bytes();
+        let dashed = b.len() == 36;
+        if !dashed && b.len() != 32 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        let mut n = 0;
+        for (i, &c) in b.iter().enumerate() {
+            if dashed && matches!(i, 8 | 13 | 18 | 23) {
+                if c != b'-' {
+                    return None;
+                }
+                continue;
+            }
+            let v = hex_value(c)?;
+            let byte = &mut out[n / 2];
+            *byte = (*byte << 4) | v;
+            n += 1;
+        }
+        Some(Self { bytes: out })
+    }
+}
+
+/// The value of one hex digit (either case).
+pub const fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Bytes of [`PodWatch::prefix`]: the longest kubepods path the `cgroup_mkdir` program can
+/// check.
+pub const POD_WATCH_PREFIX: usize = 256;
+
+/// The single entry of `POD_WATCH`: which new cgroups the `cgroup_mkdir` program may act
+/// for. It only ever writes entries for a cgroup of the cgroup v2 hierarchy, one or two
+/// levels below the kubepods cgroup (Guaranteed pods, and pods of a QoS class), whose path
+/// starts with `prefix`, named after a pod UID found in `PENDING_PODS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodWatch {
+    /// Non-zero: act. Zero (no Kubernetes, or no kubepods cgroup yet): do nothing.
+    pub enabled: u8,
+    pub _pad: [u8; 3],
+    /// Hierarchy id of cgroup v2, as the tracepoint's `root` field reports it (0).
+    pub hierarchy: u32,
+    /// Level of the kubepods cgroup (the hierarchy's root is level 0).
+    pub level: u32,
+    /// Bytes of `prefix` in use.
+    pub prefix_len: u32,
+    /// The kubepods cgroup's path from the hierarchy's root, as the tracepoint reports paths
+    /// (`/kubepods.slice`), zero-padded.
+    pub prefix: [u8; POD_WATCH_PREFIX],
+}
+const _: () = assert!(size_of::<PodWatch>() == 16 + POD_WATCH_PREFIX);
+
+impl Default for PodWatch {
+    fn default() -> Self {
+        Self {
+            enabled: 0,
+            _pad: [0; 3],
+            hierarchy: 0,
+            level: 0,
+            prefix_len: 0,
+            prefix: [0; POD_WATCH_PREFIX],
+        }
+    }
+}
 
 /// Bits of an LPM key of `DNS_V4` / `DNS_V6` that precede the address: the resolver set.
 pub const DNS_FIXED_BITS: u32 = 16;
@@ -515,6 +615,8 @@ mod pod {
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for DnsV4Data {}
     unsafe impl aya::Pod for DnsV6Data {}
+    unsafe impl aya::Pod for PodUid {}
+    unsafe impl aya::Pod for PodWatch {}
 }
 
 #[cfg(test)]
@@ -525,6 +627,32 @@ mod tests {
     fn reason_table_is_in_index_order() {
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i, "{}", r.name());
+        }
+    }
+
+    #[test]
+    fn pod_uids_parse_in_both_forms_and_nothing_else() {
+        let dashed = PodUid::parse("1b4e28ba-2fa1-11d2-883f-0016d3cca427").expect("uuid");
+        assert_eq!(
+            dashed.bytes,
+            [
+                0x1b, 0x4e, 0x28, 0xba, 0x2f, 0xa1, 0x11, 0xd2, 0x88, 0x3f, 0x00, 0x16, 0xd3, 0xcc,
+                0xa4, 0x27
+            ]
+        );
+        assert_eq!(
+            PodUid::parse("1B4E28BA2FA111D2883F0016D3CCA427"),
+            Some(dashed),
+            "a static pod's 32 hex digits"
+        );
+        for bad in [
+            "",
+            "1b4e28ba_2fa1_11d2_883f_0016d3cca427",
+            "1b4e28ba-2fa1-11d2-883f-0016d3cca42g",
+            "1b4e28ba-2fa1-11d2-883f-0016d3cca4270",
+            "../../../../../../../../../../etc/x",
+        ] {
+            assert_eq!(PodUid::parse(bad), None, "{bad:?}");
         }
     }
 

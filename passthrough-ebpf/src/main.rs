@@ -10,13 +10,14 @@ mod datagram;
 mod decision;
 mod events;
 mod maps;
+mod podwatch;
 mod redirect;
 mod socket;
 mod workload;
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr, lsm_cgroup},
-    programs::{LsmContext, SockAddrContext, SockContext},
+    macros::{cgroup_sock, cgroup_sock_addr, lsm_cgroup, tracepoint},
+    programs::{LsmContext, SockAddrContext, SockContext, TracePointContext},
 };
 
 /// `cgroup/connect4`: decides every IPv4 `connect()` of a workload.
@@ -75,6 +76,16 @@ pub fn passthrough_getpeername4(ctx: SockAddrContext) -> i32 {
 pub fn passthrough_getpeername6(ctx: SockAddrContext) -> i32 {
     redirect::getpeername(&ctx, redirect::Socket::V6);
     1
+}
+
+/// `tracepoint/cgroup/cgroup_mkdir`: a new pod cgroup of a pod the API server already
+/// reported gets its `WORKLOADS` entry before `mkdir` returns, so the pod's first process is
+/// judged by its policy. It refuses nothing: a cgroup it cannot read or place keeps what it
+/// would have had without it (the kubepods default, then the agent's entry).
+#[tracepoint(category = "cgroup", name = "cgroup_mkdir")]
+pub fn passthrough_cgroup_mkdir(ctx: TracePointContext) -> u32 {
+    podwatch::cgroup_mkdir(&ctx);
+    0
 }
 
 #[cfg(not(test))]

@@ -1,5 +1,6 @@
 //! Every map the programs use. User space writes all of them except `COUNTERS`, `EVENTS`,
-//! `EVENTS_DROPPED` and `REDIRECTS`, which the programs write. All are pinned, so
+//! `EVENTS_DROPPED`, `REDIRECTS` and `KERNEL_COVERED`, which the programs write; the
+//! `cgroup_mkdir` program also adds entries of new pod cgroups to `WORKLOADS` and `CGROUPS`. All are pinned, so
 //! enforcement outlives the agent process and a restarted agent adopts them.
 //!
 //! The rule maps are maps of maps: an outer array indexed by a compiled policy's number
@@ -7,8 +8,9 @@
 //! in full, and only then puts in place. A policy change never needs spare room in a shared
 //! map, and a 10-entry policy costs 10 entries' worth of kernel memory.
 //!
-//! Hash maps are created without preallocation; only user space inserts into them, so
-//! allocating on update costs the programs nothing.
+//! Hash maps are created without preallocation; the connect programs never insert into
+//! them, so allocating on update costs them nothing (the `cgroup_mkdir` program inserts a
+//! few entries per new pod, off every hot path).
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -18,7 +20,7 @@ use aya_ebpf::{
 };
 use passthrough_common::{
     CidrV4Data, CidrV6Data, Config, DnsV4Data, DnsV6Data, DomainPortKey, ExactV4Key, ExactV6Key,
-    OrigDst, Reason, RuleRef, Workload, capacity,
+    OrigDst, POD_WATCH_PREFIX, PodUid, PodWatch, Reason, RuleRef, Workload, capacity,
 };
 
 /// Flags of the inner hash maps and LPM tries (the templates below and the agent's maps must
@@ -31,6 +33,39 @@ const POLICIES: usize = capacity::POLICIES as usize;
 #[map]
 pub static WORKLOADS: HashMap<u64, Workload> =
     HashMap::pinned(capacity::WORKLOADS, BPF_F_NO_PREALLOC);
+
+/// Pod UID -> the [`Workload`] its cgroup gets the moment it is created: pods the API server
+/// reported whose cgroup does not exist yet. Written by the agent; read by the
+/// `cgroup_mkdir` program, which copies the entry into `WORKLOADS` before `mkdir` returns.
+#[map]
+pub static PENDING_PODS: HashMap<PodUid, Workload> =
+    HashMap::pinned(capacity::PENDING_PODS, BPF_F_NO_PREALLOC);
+
+/// Index 0 -> [`PodWatch`]: which new cgroups the `cgroup_mkdir` program may act for (the
+/// kubepods cgroup's path and level). Written by the agent; all zero means "act for none".
+#[map]
+pub static POD_WATCH: Array<PodWatch> = Array::pinned(1, 0);
+
+/// cgroup id -> pod UID: the pod cgroups the `cgroup_mkdir` program gave a `WORKLOADS`
+/// entry. Written by the program; the agent takes each in (it becomes the agent's entry to
+/// correct or remove) and deletes it.
+#[map]
+pub static KERNEL_COVERED: HashMap<u64, PodUid> =
+    HashMap::pinned(capacity::KERNEL_COVERED, BPF_F_NO_PREALLOC);
+
+/// A path as the `cgroup_mkdir` tracepoint reports it.
+#[repr(C)]
+pub struct PathBuf {
+    pub bytes: [u8; PATH_BYTES],
+}
+
+/// Bytes of a path the `cgroup_mkdir` program reads; longer paths are cut, and a cut path
+/// never names a pod. Twice [`POD_WATCH_PREFIX`]: the prefix plus a pod's two levels.
+pub const PATH_BYTES: usize = 2 * POD_WATCH_PREFIX;
+
+/// Index 0: scratch space for the `cgroup_mkdir` program's path (the stack is too small).
+#[map]
+pub static PATH_SCRATCH: PerCpuArray<PathBuf> = PerCpuArray::with_max_entries(1, 0);
 
 /// cgroup id -> cgroup id of its workload (the deepest workload cgroup on its path, itself
 /// for a workload's own cgroup): the one-lookup path to `WORKLOADS`. Written by the agent for

@@ -247,6 +247,36 @@ pub struct KubeStatus {
     pub error: Option<String>,
     pub policies: usize,
     pub pods: usize,
+    /// Pods in the mesh the API server reported whose cgroup does not exist yet: their
+    /// entries wait in `PENDING_PODS`, for the kernel to give the cgroup when it is created.
+    #[serde(default)]
+    pub pending: usize,
+    /// Whether the `cgroup_mkdir` program covers new pod cgroups, or why not.
+    #[serde(default)]
+    pub pod_watch: PodWatchStatus,
+}
+
+/// Whether new pod cgroups get their entry in the kernel, as they are created.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PodWatchStatus {
+    /// The `cgroup_mkdir` program is attached and watches the kubepods cgroup.
+    Active,
+    /// Not (yet) attached: new pods are covered when the agent sees their cgroup.
+    #[default]
+    Inactive,
+    /// It could not be attached, and why.
+    Failed(String),
+}
+
+/// Which path gave a workload its first kernel entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CoveredBy {
+    /// The `cgroup_mkdir` program, from the pod's pending entry, as the cgroup was created.
+    Kernel,
+    /// The agent, once it saw the cgroup.
+    Agent,
 }
 
 /// How full one rule map is.
@@ -316,6 +346,9 @@ pub struct WorkloadStatus {
     /// Matched only).
     pub containment: Option<Containment>,
     pub generation: Option<u64>,
+    /// Which path gave it its first kernel entry (unset until it has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covered_by: Option<CoveredBy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -409,6 +442,7 @@ mod tests {
                     raw_sockets: crate::policy::containment::RawSockets::Deny,
                 }),
                 generation: Some(1),
+                covered_by: Some(CoveredBy::Kernel),
                 error: Some("e".into()),
             }],
             counters: [("no_match".to_string(), 1)].into(),

@@ -47,9 +47,10 @@ enum Task {
     },
     /// Run a benchmark (needs root); results go to bench/results/.
     Bench {
-        /// Which benchmark: connect (connect() latency, apply time) or proxy (the peek
-        /// proxy's setup latency and throughput, against HAProxy).
-        #[arg(value_parser = ["connect", "proxy"])]
+        /// Which benchmark: connect (connect() latency, apply time), proxy (the peek
+        /// proxy's setup latency and throughput, against HAProxy) or kubernetes (250 pods:
+        /// start to ready, policy change to every pod's verdict, a new pod's first connect).
+        #[arg(value_parser = ["connect", "proxy", "kubernetes"])]
         which: String,
         /// Smaller sizes and fewer samples, for a quick look.
         #[arg(long)]

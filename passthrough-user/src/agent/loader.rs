@@ -18,7 +18,7 @@ use std::{
 use aya::{
     Btf, Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, LsmCgroup,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, LsmCgroup, TracePoint,
         links::{FdLink, PinnedLink},
     },
 };
@@ -235,6 +235,64 @@ impl Loader {
         }
         Ok(())
     }
+}
+
+impl Loader {
+    /// Loads the `cgroup_mkdir` program and attaches it to its tracepoint, once: it writes
+    /// the entries of new pod cgroups (what it may act for is in `POD_WATCH`). The
+    /// attachment lives as long as the agent: while no agent runs, new pods get what the
+    /// kubepods cgroup gives them (`unknownPods`) until the next agent sees them.
+    pub fn attach_pod_watch(&mut self) -> Result<(), LoadError> {
+        let name = program_names::CGROUP_MKDIR;
+        let (category, event) = passthrough_common::CGROUP_MKDIR_TRACEPOINT;
+        ensure_tracefs().map_err(|e| prog_err(name, e))?;
+        let p: &mut TracePoint = program(&mut self.ebpf, name)?;
+        if p.fd().is_err() {
+            p.load().map_err(|e| prog_err(name, verifier_message(&e)))?;
+        }
+        p.attach(category, event).map_err(|e| {
+            prog_err(
+                name,
+                format!(
+                    "attach to tracepoint {category}:{event}: {}",
+                    error_chain(&e)
+                ),
+            )
+        })?;
+        Ok(())
+    }
+}
+
+/// Where tracefs is expected, as systemd mounts it.
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Tracepoints are attached by the id tracefs gives them: mounts tracefs where systemd
+/// would, unless it is mounted there (or under debugfs) already.
+fn ensure_tracefs() -> Result<(), String> {
+    let events = |dir: &str| Path::new(dir).join("events").is_dir();
+    if events(TRACEFS) || events("/sys/kernel/debug/tracing") {
+        return Ok(());
+    }
+    let src = c"tracefs";
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: NUL-terminated constants; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "tracefs is not mounted and mounting it at {TRACEFS} failed ({}); mount it (`mount -t tracefs tracefs {TRACEFS}`), or in a container mount the host's {TRACEFS}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    tracing::info!("mounted tracefs at {TRACEFS}, for the cgroup_mkdir tracepoint");
+    Ok(())
 }
 
 /// A program of the object as its type.

@@ -17,7 +17,8 @@ use aya::{
 use ipnet::IpNet;
 use passthrough_common::{
     CidrV4Data, CidrV6Data, Config, DNS_FIXED_BITS, DnsV4Data, DnsV6Data, DomainPortKey,
-    ExactV4Key, ExactV6Key, Reason, RuleRef, Workload, capacity, map_names as names,
+    ExactV4Key, ExactV6Key, PodUid, PodWatch, Reason, RuleRef, Workload, capacity,
+    map_names as names,
 };
 
 use super::{
@@ -101,6 +102,20 @@ pub struct Maps {
     dns_v4: LpmTrie<MapData, DnsV4Data, u32>,
     dns_v6: LpmTrie<MapData, DnsV6Data, u32>,
     config: Array<MapData, Config>,
+    pending: HashMap<MapData, PodUid, Workload>,
+    pod_watch: Array<MapData, PodWatch>,
+    covered: HashMap<MapData, u64, PodUid>,
+}
+
+/// A pod cgroup the `cgroup_mkdir` program gave an entry, and what it wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Covered {
+    pub cgroup: u64,
+    pub uid: PodUid,
+    /// Its `WORKLOADS` entry now (`None` if the cgroup's entry is already gone).
+    pub workload: Option<Workload>,
+    /// Its `CGROUPS` entry now.
+    pub link: Option<u64>,
 }
 
 /// The programs' decision counters (`COUNTERS`), read live by the admin endpoint: reading
@@ -200,7 +215,35 @@ impl Maps {
             dns_v4: LpmTrie::try_from(take(names::DNS_V4)?).map_err(at(names::DNS_V4))?,
             dns_v6: LpmTrie::try_from(take(names::DNS_V6)?).map_err(at(names::DNS_V6))?,
             config: Array::try_from(take(names::CONFIG)?).map_err(at(names::CONFIG))?,
+            pending: HashMap::try_from(take(names::PENDING_PODS)?)
+                .map_err(at(names::PENDING_PODS))?,
+            pod_watch: Array::try_from(take(names::POD_WATCH)?).map_err(at(names::POD_WATCH))?,
+            covered: HashMap::try_from(take(names::KERNEL_COVERED)?)
+                .map_err(at(names::KERNEL_COVERED))?,
         })
+    }
+
+    /// Tells the `cgroup_mkdir` program which new cgroups it may act for.
+    pub fn set_pod_watch(&mut self, w: &PodWatch) -> Result<(), MapsError> {
+        self.pod_watch.set(0, *w, 0).map_err(at(names::POD_WATCH))
+    }
+
+    /// The pod cgroups the `cgroup_mkdir` program covered since the last call, with the
+    /// entries it wrote for them (`WORKLOADS`, `CGROUPS`); each is removed from
+    /// `KERNEL_COVERED` as it is taken.
+    pub fn take_covered(&mut self) -> Vec<Covered> {
+        let ids: Vec<(u64, PodUid)> = self.covered.iter().filter_map(Result::ok).collect();
+        ids.into_iter()
+            .map(|(cgroup, uid)| {
+                let _ = self.covered.remove(&cgroup);
+                Covered {
+                    cgroup,
+                    uid,
+                    workload: self.workloads.get(&cgroup, 0).ok(),
+                    link: self.cgroups.get(&cgroup, 0).ok(),
+                }
+            })
+            .collect()
     }
 
     fn outers(&self) -> [&Outer; 5] {
@@ -303,11 +346,13 @@ impl Maps {
         self.config.set(0, c, 0).map_err(at(names::CONFIG))
     }
 
-    /// Kernel memory charged to the inner maps of the installed policies (fdinfo `memlock`).
-    pub fn policy_memory(&self) -> u64 {
+    /// Kernel memory charged to the inner maps of the policies at `ids` (fdinfo `memlock`).
+    /// Only those ids are looked at: every id of every outer map would be 20 000 system
+    /// calls after each reconcile.
+    pub fn policy_memory(&self, ids: impl Iterator<Item = PolicyId> + Clone) -> u64 {
         let mut total = 0;
         for outer in self.outers() {
-            for id in 1..capacity::POLICIES {
+            for id in ids.clone() {
                 if let Some(m) = outer.get(id) {
                     total += memlock(&m);
                 }
@@ -454,6 +499,16 @@ impl KernelStore for Maps {
         let _ = self.cgroups.remove(&cgroup);
     }
 
+    fn set_pending(&mut self, uid: PodUid, value: Workload) -> Result<(), StoreError> {
+        self.pending
+            .insert(uid, value, 0)
+            .map_err(|e| kernel_error(names::PENDING_PODS, "write", e, capacity::PENDING_PODS))
+    }
+
+    fn remove_pending(&mut self, uid: PodUid) {
+        let _ = self.pending.remove(&uid);
+    }
+
     fn read(&self) -> KernelState {
         let mut policies = BTreeSet::new();
         for outer in self.outers() {
@@ -472,6 +527,7 @@ impl KernelStore for Maps {
                 .iter()
                 .filter_map(Result::ok)
                 .collect::<BTreeMap<_, _>>(),
+            pending: self.pending.iter().filter_map(Result::ok).collect(),
             policies,
         }
     }

@@ -20,6 +20,7 @@ pub mod core;
 pub mod loader;
 pub mod maps;
 pub mod plan;
+pub mod podwatch;
 pub mod run;
 pub mod snapshot;
 pub mod state;

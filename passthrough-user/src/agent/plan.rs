@@ -13,7 +13,7 @@ use std::{
     sync::Arc,
 };
 
-use passthrough_common::{Workload as KernelWorkload, capacity};
+use passthrough_common::{PodUid, Workload as KernelWorkload, capacity};
 
 use super::store::{Cancel, KernelState, KernelStore, NO_POLICY, PolicyId, StoreError};
 use crate::policy::tables::Tables;
@@ -33,6 +33,8 @@ pub struct Desired {
     pub workloads: BTreeMap<u64, DesiredWorkload>,
     /// cgroup -> its workload's cgroup, for the one-lookup path.
     pub links: BTreeMap<u64, u64>,
+    /// Pod UID -> what its cgroup gets when it is created (`PENDING_PODS`).
+    pub pending: BTreeMap<PodUid, DesiredWorkload>,
     /// The desired state is complete: what the kernel holds beyond it was left by an earlier
     /// run (or by a workload that left) and goes. Until then it is kept.
     pub complete: bool,
@@ -51,6 +53,7 @@ pub struct Applied {
     pub policies: BTreeMap<PolicyId, AppliedPolicy>,
     pub workloads: BTreeMap<u64, KernelWorkload>,
     pub links: BTreeMap<u64, u64>,
+    pub pending: BTreeMap<PodUid, KernelWorkload>,
 }
 
 impl Applied {
@@ -64,6 +67,7 @@ impl Applied {
                 .collect(),
             workloads: k.workloads,
             links: k.links,
+            pending: k.pending,
         }
     }
 
@@ -75,9 +79,12 @@ impl Applied {
             .map(|(id, _)| *id)
     }
 
-    /// Whether some workload points at `id`.
+    /// Whether some workload (or pending pod) points at `id`.
     fn used(&self, id: PolicyId) -> bool {
-        self.workloads.values().any(|w| w.policy == id)
+        self.workloads
+            .values()
+            .chain(self.pending.values())
+            .any(|w| w.policy == id)
     }
 }
 
@@ -89,6 +96,8 @@ pub enum Op {
     SetLink { cgroup: u64, owner: u64 },
     RemoveLink { cgroup: u64 },
     RemoveWorkload { cgroup: u64 },
+    SetPending { uid: PodUid, value: KernelWorkload },
+    RemovePending { uid: PodUid },
     RemovePolicy { id: PolicyId },
 }
 
@@ -157,6 +166,24 @@ pub fn plan(desired: &Desired, applied: &Applied) -> Result<Vec<Op>, TooManyPoli
         }
         after.insert(cgroup, value);
     }
+    // Pending pods point at policies like workloads do: installed first, freed last.
+    let mut after_pending: BTreeMap<PodUid, KernelWorkload> = if desired.complete {
+        BTreeMap::new()
+    } else {
+        applied.pending.clone()
+    };
+    for (&uid, w) in &desired.pending {
+        let value = KernelWorkload {
+            policy: id_for(&w.tables, &mut installs)?,
+            mode: w.mode,
+            flags: w.flags,
+            dns_set: w.dns_set,
+        };
+        if applied.pending.get(&uid) != Some(&value) {
+            sets.push(Op::SetPending { uid, value });
+        }
+        after_pending.insert(uid, value);
+    }
     let mut ops = installs;
     ops.append(&mut sets);
     for (&cgroup, &owner) in &desired.links {
@@ -175,9 +202,18 @@ pub fn plan(desired: &Desired, applied: &Applied) -> Result<Vec<Op>, TooManyPoli
                 ops.push(Op::RemoveWorkload { cgroup });
             }
         }
+        for &uid in applied.pending.keys() {
+            if !desired.pending.contains_key(&uid) {
+                ops.push(Op::RemovePending { uid });
+            }
+        }
     }
     for &id in applied.policies.keys() {
-        if !after.values().any(|w| w.policy == id) {
+        if !after
+            .values()
+            .chain(after_pending.values())
+            .any(|w| w.policy == id)
+        {
             ops.push(Op::RemovePolicy { id });
         }
     }
@@ -280,6 +316,33 @@ pub fn execute(
                 store.remove_workload(cgroup);
                 applied.workloads.remove(&cgroup);
             }
+            Op::SetPending { uid, value } => {
+                if failed.contains(&value.policy) {
+                    out.failures.push(Failure {
+                        cgroup: None,
+                        error: StoreError::Full {
+                            map: "policy",
+                            capacity: 0,
+                            what: "a pending pod's policy could not be installed; its cgroup will get the kubepods default until the agent sees it",
+                        },
+                    });
+                    continue;
+                }
+                match store.set_pending(uid, value) {
+                    Ok(()) => {
+                        applied.pending.insert(uid, value);
+                    }
+                    // The pod is still covered once the agent sees its cgroup.
+                    Err(error) => out.failures.push(Failure {
+                        cgroup: None,
+                        error,
+                    }),
+                }
+            }
+            Op::RemovePending { uid } => {
+                store.remove_pending(uid);
+                applied.pending.remove(&uid);
+            }
             Op::RemovePolicy { id } => {
                 // A workload whose flip failed may still point at it.
                 if applied.used(id) {
@@ -322,6 +385,7 @@ mod tests {
         Desired {
             workloads: ws.iter().map(|(c, t)| (*c, want(t))).collect(),
             links: BTreeMap::new(),
+            pending: BTreeMap::new(),
             complete: true,
         }
     }
@@ -343,8 +407,61 @@ mod tests {
         KernelState {
             workloads: a.workloads.clone(),
             links: a.links.clone(),
+            pending: a.pending.clone(),
             policies: a.policies.keys().copied().collect(),
         }
+    }
+
+    fn uid(n: u8) -> PodUid {
+        PodUid { bytes: [n; 16] }
+    }
+
+    #[test]
+    fn a_pending_pod_keeps_its_policy_installed_until_it_is_no_longer_pending() {
+        let t = tables(&[7]);
+        let mut store = FakeStore::default();
+        let mut applied = Applied::default();
+        let mut d = desired(&[]);
+        d.pending.insert(uid(1), want(&t));
+        let ops = converge(&d, &mut store, &mut applied);
+        assert_eq!(store.log, ["install 1", "pending 01 -> 1"], "{ops:?}");
+        // Its cgroup appeared: a workload on the same policy, and the pending entry goes.
+        store.log.clear();
+        let mut d = desired(&[(10, &t)]);
+        converge(&d, &mut store, &mut applied);
+        assert_eq!(store.log, ["set 10 -> 1", "unpend 01"]);
+        // A policy change reaches pending pods too; the old policy is freed last.
+        store.log.clear();
+        let t2 = tables(&[8]);
+        d.workloads.clear();
+        d.pending.insert(uid(2), want(&t2));
+        converge(&d, &mut store, &mut applied);
+        assert_eq!(
+            store.log,
+            [
+                "install 2",
+                "pending 02 -> 2",
+                "remove 10",
+                "remove policy 1"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_incomplete_desired_state_keeps_pending_entries() {
+        let t = tables(&[7]);
+        let mut store = FakeStore::default();
+        let mut applied = Applied::default();
+        let mut d = desired(&[]);
+        d.pending.insert(uid(1), want(&t));
+        converge(&d, &mut store, &mut applied);
+        store.log.clear();
+        let mut partial = desired(&[]);
+        partial.complete = false;
+        converge(&partial, &mut store, &mut applied);
+        assert!(store.log.is_empty(), "{:?}", store.log);
+        assert!(store.state.pending.contains_key(&uid(1)));
+        assert!(store.state.policies.contains(&1), "its policy stays");
     }
 
     #[test]

@@ -13,7 +13,9 @@ use std::{
 };
 
 use ipnet::IpNet;
-use passthrough_common::{Config, Workload as KernelWorkload, config_flags, workload_flags};
+use passthrough_common::{
+    Config, PodUid, Workload as KernelWorkload, config_flags, workload_flags,
+};
 
 use super::{
     loader::{self, Loader},
@@ -23,7 +25,10 @@ use super::{
     store::{Cancel, KernelStore as _, NO_POLICY, PolicyId},
 };
 use crate::{
-    api::{EntryCounts, KubeStatus, MapFill, ReloadReport, ReloadResult, Status, WorkloadStatus},
+    api::{
+        CoveredBy, EntryCounts, KubeStatus, MapFill, PodWatchStatus, ReloadReport, ReloadResult,
+        Status, WorkloadStatus,
+    },
     cgroup,
     config::{
         self, AgentConfig, Containment, DefaultMode, RawSockets, UdpMode, UnknownPods,
@@ -35,7 +40,7 @@ use crate::{
         Severity,
         compile::{CompiledPolicy, EffectiveMode, compile},
         decide::Exemptions,
-        merge::{PolicyRef, SelectOptions, merged_for},
+        merge::{Merged, PolicyRef, SelectOptions, merged_for},
         set::{Finding, PolicySet},
     },
     proxy::server::Stats as ProxyStats,
@@ -112,7 +117,18 @@ pub struct Agent {
     dns_sets: Vec<Option<Vec<IpNet>>>,
     /// Kernel memory of the installed policies' maps, as of the last reconcile.
     policy_memory: u64,
+    /// Pod cgroups the `cgroup_mkdir` program gave their first entry, while their pod is
+    /// pending or a workload.
+    kernel_covered: BTreeMap<u64, PodUid>,
+    /// Whether the `cgroup_mkdir` program covers new pod cgroups.
+    pod_watch: PodWatchStatus,
+    /// This reconcile's compiled policies by merged configuration: the workloads one
+    /// Mesh-wide policy selects alike compile once, not once each.
+    compiled: std::cell::RefCell<Vec<(Merged, CompiledPolicy)>>,
 }
+
+/// Distinct merged configurations a reconcile remembers the compilation of.
+const COMPILED_KEPT: usize = 64;
 
 /// Errors that stop the agent from starting.
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +217,9 @@ impl Agent {
             kubepods: None,
             dns_sets,
             policy_memory: 0,
+            kernel_covered: BTreeMap::new(),
+            pod_watch: PodWatchStatus::Inactive,
+            compiled: std::cell::RefCell::default(),
         };
         agent.set_mesh_cidrs()?;
         Ok(agent)
@@ -325,6 +344,8 @@ impl Agent {
 
     /// Brings the kernel in line with the config and the policy files.
     pub fn reconcile(&mut self) -> &ReloadReport {
+        let started = std::time::Instant::now();
+        self.compiled.get_mut().clear();
         let opts = self.config.select_options();
         let set = PolicySet::load_with(&self.config.policies, self.kube.policies.clone(), &opts);
         let now = jiff::Timestamp::now();
@@ -374,11 +395,18 @@ impl Agent {
             }
         }
         self.attach_kubepods();
-        let desired = self.desired(&wanted);
+        self.take_covered();
+        let pending = self.pending(&set, &opts);
+        let mut desired = self.desired(&wanted);
+        self.add_pending(&mut desired, pending);
+        let computed = started.elapsed();
         let changed = self.apply(desired, &mut wanted, &mut problems);
+        let applied = started.elapsed();
         self.attach_all();
         self.set_udp_flag();
-        self.policy_memory = self.maps.policy_memory();
+        self.policy_memory = self
+            .maps
+            .policy_memory(self.kernel.policies.keys().copied());
         self.publish_proxy_view();
         drop(set);
         release_freed_memory();
@@ -386,6 +414,14 @@ impl Agent {
             self.generation += 1;
             tracing::info!(generation = self.generation, "policy applied");
         }
+        // Where a reconcile's time goes (docs/architecture.md, "Change propagation").
+        tracing::debug!(
+            workloads = self.workloads.len(),
+            compute_us = computed.as_micros(),
+            write_us = (applied - computed).as_micros(),
+            after_us = (started.elapsed() - applied).as_micros(),
+            "reconciled"
+        );
         self.last_reload.insert(ReloadReport {
             at,
             unix: u64::try_from(now.as_second()).unwrap_or(0),
@@ -486,17 +522,7 @@ impl Agent {
                 wc.cgroup.display()
             )
         })?;
-        let merged = merged_for(&set.policies, &wc.identity(), opts).map_err(|conflicts| {
-            let text: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
-            format!("{}; keeping the last good state", text.join("; "))
-        })?;
-        let mut compiled = compile(&merged).map_err(|e| e.to_string())?;
-        if compiled.mode == EffectiveMode::Unfiltered
-            && self.config.default_mode == Some(DefaultMode::None)
-        {
-            compiled.mode = EffectiveMode::None;
-        }
-        compiled.audit |= self.config.audit || wc.audit;
+        let (merged, compiled) = self.compiled_for(&wc.identity(), wc.audit, set, opts)?;
         let containment = wc.containment(&self.config);
         let k = self.kernel_entry(compiled.mode.kernel(), compiled.audit, &containment);
         Ok(Wanted {
@@ -517,6 +543,115 @@ impl Agent {
                 generation: 0,
             },
         })
+    }
+
+    /// A workload's merged and compiled policy, with the agent's defaults applied.
+    fn compiled_for(
+        &self,
+        identity: &crate::policy::workload::Workload,
+        audit: bool,
+        set: &PolicySet,
+        opts: &SelectOptions,
+    ) -> Result<(Merged, CompiledPolicy), String> {
+        let merged = merged_for(&set.policies, identity, opts).map_err(|conflicts| {
+            let text: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
+            format!("{}; keeping the last good state", text.join("; "))
+        })?;
+        let known = self
+            .compiled
+            .borrow()
+            .iter()
+            .find(|(m, _)| *m == merged)
+            .map(|(_, c)| c.clone());
+        let mut compiled = match known {
+            Some(c) => c,
+            None => {
+                let c = compile(&merged).map_err(|e| e.to_string())?;
+                let mut kept = self.compiled.borrow_mut();
+                if kept.len() < COMPILED_KEPT {
+                    kept.push((merged.clone(), c.clone()));
+                }
+                c
+            }
+        };
+        if compiled.mode == EffectiveMode::Unfiltered
+            && self.config.default_mode == Some(DefaultMode::None)
+        {
+            compiled.mode = EffectiveMode::None;
+        }
+        compiled.audit |= self.config.audit || audit;
+        Ok((merged, compiled))
+    }
+
+    /// The entries of the pods reported without a cgroup yet, for `PENDING_PODS`. A pod
+    /// whose policy cannot be computed gets none (its cgroup then gets the kubepods default
+    /// until the agent sees it, and the agent reports why).
+    fn pending(&self, set: &PolicySet, opts: &SelectOptions) -> BTreeMap<PodUid, DesiredWorkload> {
+        let containment = self.agent_containment();
+        let mut out = BTreeMap::new();
+        if !matches!(self.pod_watch, PodWatchStatus::Active) {
+            return out;
+        }
+        for p in &self.kube.pending {
+            match self.compiled_for(&p.identity, false, set, opts) {
+                Ok((_, compiled)) => {
+                    let k = self.kernel_entry(compiled.mode.kernel(), compiled.audit, &containment);
+                    out.insert(
+                        p.uid,
+                        DesiredWorkload {
+                            tables: compiled.tables.clone(),
+                            mode: k.mode,
+                            flags: k.flags,
+                            dns_set: k.dns_set,
+                        },
+                    );
+                }
+                Err(e) => tracing::warn!(pod = %p.label, "no pending entry: {e}"),
+            }
+        }
+        out
+    }
+
+    /// Takes in the pod cgroups the `cgroup_mkdir` program covered: from now on their
+    /// entries are the agent's, to correct or remove like any other.
+    fn take_covered(&mut self) {
+        if !matches!(self.pod_watch, PodWatchStatus::Active) {
+            return;
+        }
+        for c in self.maps.take_covered() {
+            if let Some(w) = c.workload {
+                self.kernel.workloads.insert(c.cgroup, w);
+            }
+            if let Some(owner) = c.link {
+                self.kernel.links.insert(c.cgroup, owner);
+            }
+            tracing::debug!(
+                cgroup = c.cgroup,
+                "a new pod cgroup was covered by the kernel"
+            );
+            self.kernel_covered.insert(c.cgroup, c.uid);
+        }
+    }
+
+    /// Adds the pending pods' entries, and keeps the entries the kernel wrote for the
+    /// cgroups of pods still pending (the agent has not seen the cgroup yet): they get the
+    /// pod's current entry, so a policy change reaches them too.
+    fn add_pending(&mut self, d: &mut Desired, pending: BTreeMap<PodUid, DesiredWorkload>) {
+        let workloads: BTreeSet<u64> = self
+            .workloads
+            .iter()
+            .filter_map(|w| w.applied.as_ref().map(|a| a.cgroup_id))
+            .collect();
+        self.kernel_covered.retain(|id, uid| {
+            if let Some(w) = pending.get(uid) {
+                d.workloads.entry(*id).or_insert_with(|| w.clone());
+                d.links.entry(*id).or_insert(*id);
+                true
+            } else {
+                workloads.contains(id) || d.workloads.contains_key(id)
+            }
+        });
+        d.pending = pending;
     }
 
     /// The whole desired kernel state: the workloads, the entries of Kubernetes' unknown
@@ -798,10 +933,40 @@ impl Agent {
         match self.loader.attach(&path, id) {
             Ok(()) => {
                 tracing::info!(cgroup = %path.display(), "enforcing on every pod of this node");
+                self.start_pod_watch(&path);
                 self.kubepods = Some((path, id));
             }
             Err(e) => tracing::error!(cgroup = %path.display(), "{e}"),
         }
+    }
+
+    /// Has the kernel give new pod cgroups below `kubepods` their pending entry.
+    fn start_pod_watch(&mut self, kubepods: &Path) {
+        let watch = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("/proc/self/mountinfo: {e}"))
+            .and_then(|text| {
+                super::podwatch::mount_root(&text, &self.cgroup_root).ok_or_else(|| {
+                    format!(
+                        "no cgroup2 mount at {} in /proc/self/mountinfo",
+                        self.cgroup_root.display()
+                    )
+                })
+            })
+            .and_then(|root| super::podwatch::pod_watch(&self.cgroup_root, &root, kubepods));
+        let started = watch.and_then(|w| {
+            self.maps.set_pod_watch(&w).map_err(|e| e.to_string())?;
+            self.loader.attach_pod_watch().map_err(|e| e.to_string())
+        });
+        self.pod_watch = match started {
+            Ok(()) => {
+                tracing::info!(cgroup = %kubepods.display(), "new pod cgroups are covered as they are created");
+                PodWatchStatus::Active
+            }
+            Err(e) => {
+                tracing::warn!("new pod cgroups are covered only once the agent sees them: {e}");
+                PodWatchStatus::Failed(e)
+            }
+        };
     }
 
     /// Ready once every workload has its policy applied and its programs attached (and,
@@ -958,6 +1123,13 @@ impl Agent {
                     slot: w.applied.as_ref().map(|a| a.policy),
                     containment: w.applied.as_ref().map(|a| a.containment.clone()),
                     generation: w.applied.as_ref().map(|a| a.generation),
+                    covered_by: w.applied.as_ref().map(|a| {
+                        if self.kernel_covered.contains_key(&a.cgroup_id) {
+                            CoveredBy::Kernel
+                        } else {
+                            CoveredBy::Agent
+                        }
+                    }),
                     error: w.error.clone(),
                 })
                 .collect(),
@@ -975,6 +1147,8 @@ impl Agent {
                 error: self.kube.error.clone(),
                 policies: self.kube.policies.len(),
                 pods: self.kube.workloads.len(),
+                pending: self.kube.pending.len(),
+                pod_watch: self.pod_watch.clone(),
             }),
         }
     }

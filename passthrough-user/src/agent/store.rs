@@ -11,7 +11,7 @@ use std::{
     },
 };
 
-use passthrough_common::Workload as KernelWorkload;
+use passthrough_common::{PodUid, Workload as KernelWorkload};
 
 use crate::policy::tables::Tables;
 
@@ -79,6 +79,8 @@ fn hint(e: &io::Error) -> &'static str {
 pub struct KernelState {
     pub workloads: BTreeMap<u64, KernelWorkload>,
     pub links: BTreeMap<u64, u64>,
+    /// Pending pods' entries (`PENDING_PODS`).
+    pub pending: BTreeMap<PodUid, KernelWorkload>,
     /// Policy ids whose inner maps are in place (contents not read back).
     pub policies: BTreeSet<PolicyId>,
 }
@@ -101,6 +103,9 @@ pub trait KernelStore {
     /// Records the workload of a cgroup (the one-lookup path).
     fn set_link(&mut self, cgroup: u64, owner: u64) -> Result<(), StoreError>;
     fn remove_link(&mut self, cgroup: u64);
+    /// Leaves a pending pod's entry for its cgroup to get when it is created.
+    fn set_pending(&mut self, uid: PodUid, value: KernelWorkload) -> Result<(), StoreError>;
+    fn remove_pending(&mut self, uid: PodUid);
     /// The kernel's current state.
     fn read(&self) -> KernelState;
 }
@@ -192,6 +197,23 @@ impl KernelStore for FakeStore {
     fn remove_link(&mut self, cgroup: u64) {
         self.log.push(format!("unlink {cgroup}"));
         self.state.links.remove(&cgroup);
+    }
+
+    fn set_pending(&mut self, uid: PodUid, value: KernelWorkload) -> Result<(), StoreError> {
+        assert!(
+            value.policy == NO_POLICY || self.state.policies.contains(&value.policy),
+            "a pending pod pointed at policy {} before it was installed",
+            value.policy
+        );
+        self.log
+            .push(format!("pending {:02x} -> {}", uid.bytes[0], value.policy));
+        self.state.pending.insert(uid, value);
+        Ok(())
+    }
+
+    fn remove_pending(&mut self, uid: PodUid) {
+        self.log.push(format!("unpend {:02x}", uid.bytes[0]));
+        self.state.pending.remove(&uid);
     }
 
     fn read(&self) -> KernelState {

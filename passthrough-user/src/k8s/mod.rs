@@ -12,7 +12,22 @@ pub mod source;
 
 use std::path::PathBuf;
 
-use crate::{config::WorkloadConfig, policy::load::Document};
+use passthrough_common::PodUid;
+
+use crate::{
+    config::WorkloadConfig,
+    policy::{load::Document, workload::Workload},
+};
+
+/// A pod in the mesh the API server reported whose cgroup does not exist yet: the agent
+/// leaves its entry in the kernel, for the cgroup to get the moment it is created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingPod {
+    pub uid: PodUid,
+    /// `namespace/name`, for logs.
+    pub label: String,
+    pub identity: Workload,
+}
 
 /// A MeshPassthrough object the agent refused, and why.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -30,6 +45,8 @@ pub struct KubeState {
     pub policies: Vec<Document>,
     /// This node's pods in the mesh whose cgroup exists.
     pub workloads: Vec<WorkloadConfig>,
+    /// This node's pods in the mesh whose cgroup does not exist yet.
+    pub pending: Vec<PendingPod>,
     /// The cgroups of this node's other pods (not in the mesh): never filtered, also where
     /// `unknownPods: deny`.
     pub others: Vec<PathBuf>,

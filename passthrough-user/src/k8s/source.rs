@@ -30,7 +30,7 @@ use kube::{
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{KubeProblem, KubeState, cgroups::pod_cgroup, pods};
+use super::{KubeProblem, KubeState, PendingPod, cgroups::pod_cgroup, pods};
 use crate::{
     config::WorkloadConfig,
     policy::{
@@ -123,9 +123,13 @@ async fn report(client: Client, problems: Arc<Problems>) {
     }
 }
 
-/// How long changes are gathered before the agent is told, so a burst (a relist) is one
-/// reconcile.
-const SETTLE: Duration = Duration::from_millis(50);
+/// How long the source waits for the next change of a burst before telling the agent: a
+/// relist or a batch of watch events arrives back to back, well within it. The agent folds
+/// whatever queues up while it reconciles into one pass, so a short wait costs no extra
+/// reconciles; every millisecond of it is a millisecond before a change reaches the kernel.
+const SETTLE: Duration = Duration::from_millis(2);
+/// The longest a burst is gathered before the agent is told anyway.
+const SETTLE_MAX: Duration = Duration::from_millis(20);
 /// How often pods whose cgroup is not there yet are looked at again.
 const CGROUP_RETRY: Duration = Duration::from_millis(250);
 
@@ -276,9 +280,16 @@ pub async fn run(
         let Some(first) = item else { return };
         let mut batch = vec![first];
         // Gather the rest of a burst.
-        while let Ok(Some(i)) = tokio::time::timeout(SETTLE, items.next()).await {
+        let until = tokio::time::Instant::now() + SETTLE_MAX;
+        while let Ok(Some(i)) = tokio::time::timeout(
+            SETTLE.min(until.saturating_duration_since(tokio::time::Instant::now())),
+            items.next(),
+        )
+        .await
+        {
             batch.push(i);
         }
+        let gathered = std::time::Instant::now();
         for i in batch {
             match i {
                 Item::Listed(f) => {
@@ -306,6 +317,12 @@ pub async fn run(
         let dataplanes = kuma_manages.then_some(&dataplanes);
         let (state, missing_cgroups) =
             desired(&pods, &namespaces, &services, &policies, dataplanes, &root);
+        tracing::debug!(
+            pods = state.workloads.len(),
+            pending = state.pending.len(),
+            took_us = gathered.elapsed().as_micros(),
+            "Kubernetes state computed"
+        );
         waiting_for_cgroups = missing_cgroups;
         let state = KubeState {
             synced: listed.len() == FEEDS,
@@ -337,6 +354,7 @@ fn desired(
     let settings = pods::KumaSettings::default();
     let mut workloads = Vec::new();
     let mut others = Vec::new();
+    let mut pending = Vec::new();
     let mut missing = false;
     // Each namespace once, by name, rather than a fresh copy of the store per pod.
     let namespaces: std::collections::HashMap<String, Arc<Namespace>> = namespaces
@@ -372,6 +390,17 @@ fn desired(
         };
         let Some(cgroup) = pods::pod_uid(&pod).and_then(|uid| pod_cgroup(root, uid)) else {
             missing = true;
+            if let Some(uid) = pods::pod_uid(&pod).and_then(passthrough_common::PodUid::parse) {
+                pending.push(PendingPod {
+                    uid,
+                    label: format!(
+                        "{}/{}",
+                        w.namespace.as_deref().unwrap_or(""),
+                        w.name.as_deref().unwrap_or("")
+                    ),
+                    identity: w,
+                });
+            }
             continue;
         };
         workloads.push(WorkloadConfig {
@@ -392,6 +421,7 @@ fn desired(
         KubeState {
             policies,
             workloads,
+            pending,
             others,
             ..KubeState::default()
         },

@@ -7,11 +7,15 @@
 //!   (see `proxy.rs`).
 //! - `bench reload [--quick] [--out DIR]`: the agent's core with a million entries per
 //!   family: start, one change under proxied load, SIGTERM (see `reload.rs`).
+//! - `bench kubernetes [--quick] [--out DIR]`: 250 pods against the API server stand-in:
+//!   start to ready, policy change to every pod's kernel verdict, a new pod's first connect
+//!   (see `kubernetes.rs`).
 //!
 //! The measuring clients are this binary re-executed (`client`, `proxy-client`), so that they
 //! sit in a workload cgroup and the client network namespace.
 
 mod connect;
+mod kubernetes;
 mod proxy;
 mod reload;
 
@@ -44,8 +48,11 @@ fn main() -> ExitCode {
         Some("proxy") => proxy::run(quick, &out),
         Some("reload-client") => reload::client(&args[2..]),
         Some("reload") => reload::run(quick, &out),
+        Some("kube-client") => kubernetes::client(&args[2..]),
+        Some("kube-first") => kubernetes::first(&args[2..]),
+        Some("kubernetes") => kubernetes::run(quick, &out),
         _ => {
-            eprintln!("usage: bench connect|proxy|reload [--quick] [--out DIR]");
+            eprintln!("usage: bench connect|proxy|reload|kubernetes [--quick] [--out DIR]");
             ExitCode::from(2)
         }
     }
