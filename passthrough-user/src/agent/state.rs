@@ -30,6 +30,7 @@ use crate::{
         WorkloadConfig,
     },
     events::EventLog,
+    flows::{self, FlowLog},
     k8s::{KubeProblem, KubeState},
     policy::{
         Severity,
@@ -112,6 +113,10 @@ pub struct Agent {
     dns_sets: Vec<Option<Vec<IpNet>>>,
     /// Kernel memory of the installed policies' maps, as of the last reconcile.
     policy_memory: u64,
+    /// The policy set of the last reconcile that applied one (for `simulate`).
+    applied_policies: Arc<proxy_view::Applied>,
+    /// The flow record (`flows`), fed by the flow reader and the proxy's decisions.
+    pub(crate) flows: Arc<FlowLog>,
 }
 
 /// Errors that stop the agent from starting.
@@ -151,7 +156,7 @@ impl Agent {
         let redirects = config.proxy.as_ref().map_or(0, |p| {
             u32::try_from(p.max_connections.saturating_mul(4)).unwrap_or(u32::MAX)
         });
-        let mut loader = Loader::load(&config.bpffs, redirects)?;
+        let mut loader = Loader::load(&config.bpffs, redirects, config.flows.capacity)?;
         let mut maps = Maps::take(loader.ebpf_mut())?;
         let counters = Arc::new(Counters::take(loader.ebpf_mut())?);
         let agent_cgroup = agent_cgroup(&config, &cgroup_root)?;
@@ -161,6 +166,11 @@ impl Agent {
             proxy_port_v4,
             proxy_port_v6,
             debug: u8::from(config.debug),
+            flags: if config.flows.enabled {
+                config_flags::FLOWS
+            } else {
+                0
+            },
             ..Config::default()
         })?;
         let dns_sets = dns_sets(&config);
@@ -174,6 +184,18 @@ impl Agent {
             );
         }
         let (view, view_reader) = proxy_view::channel();
+        let flows = Arc::new(FlowLog::new(
+            flows::Settings {
+                enabled: config.flows.enabled,
+                window: config.flows.window,
+                capacity: config.flows.capacity,
+                history: config.flows.history,
+                state_file: config.flows.state_file.clone(),
+            },
+            view_reader.clone(),
+        ));
+        let events = Arc::new(EventLog::default());
+        events.send_names_to(flows.clone());
         let workloads = config
             .workloads
             .iter()
@@ -195,12 +217,14 @@ impl Agent {
             view_reader,
             counters,
             proxy_stats: Arc::new(ProxyStats::default()),
-            events: Arc::new(EventLog::default()),
+            events,
             kube: KubeState::default(),
             kube_problems: Arc::default(),
             kubepods: None,
             dns_sets,
             policy_memory: 0,
+            applied_policies: Arc::default(),
+            flows,
         };
         agent.set_mesh_cidrs()?;
         Ok(agent)
@@ -379,6 +403,12 @@ impl Agent {
         self.attach_all();
         self.set_udp_flag();
         self.policy_memory = self.maps.policy_memory();
+        self.applied_policies = Arc::new(proxy_view::Applied {
+            policies: set.policies,
+            kuma: opts.kuma,
+            system_namespace: opts.system_namespace.clone(),
+            default_none: self.config.default_mode == Some(DefaultMode::None),
+        });
         self.publish_proxy_view();
         if changed {
             self.generation += 1;
@@ -679,6 +709,7 @@ impl Agent {
                                 .iter()
                                 .map(|(k, v)| (k.clone(), v.clone()))
                                 .collect(),
+                            identity: w.config.identity(),
                             policy: Arc::new(a.compiled.clone()),
                         },
                     ))
@@ -687,6 +718,7 @@ impl Agent {
             exemptions: Exemptions {
                 mesh_cidrs: self.config.mesh_cidrs.clone(),
             },
+            applied: self.applied_policies.clone(),
         };
         self.view.publish(view);
     }
@@ -974,6 +1006,7 @@ impl Agent {
                 policies: self.kube.policies.len(),
                 pods: self.kube.workloads.len(),
             }),
+            flows: Some(self.flows.table()),
         }
     }
 }
