@@ -299,6 +299,13 @@ impl AgentRun {
         serde_json::from_str(&body).expect("events json")
     }
 
+    /// The agent's flow record (`/flows`).
+    pub fn flows(&self) -> serde_json::Value {
+        let (code, body) = self.admin("/flows").expect("admin answers");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("flows json")
+    }
+
     /// The agent's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("agent running").id()

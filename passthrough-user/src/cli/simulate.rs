@@ -66,6 +66,9 @@ pub struct FlowChange {
     pub protocol: Option<String>,
     pub count: u64,
     pub last: String,
+    /// The entry that stops matching (cut) or starts to (opened); none when a mode decides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry: Option<crate::policy::merge::MergedEntry>,
     #[serde(flatten)]
     pub change: Change,
 }
@@ -291,6 +294,7 @@ pub fn simulate(
                 protocol: f.protocol.clone(),
                 count: f.count,
                 last: f.last.clone(),
+                entry: change.entry().cloned(),
                 change,
             });
         }
