@@ -481,10 +481,10 @@ mod tests {
         };
         log.merge(read(vec![(key(10, 443), value(100, 3, 200))], 1), now, wall(now));
         log.merge(read(vec![(key(10, 443), value(100, 5, 300))], 1), now, wall(now));
-        assert_eq!(counts(&log), [("203.0.113.10:443".parse().unwrap(), 5)]);
+        assert_eq!(counts(&log), [("203.0.113.10:443".parse().expect("addr"), 5)]);
         // Evicted, then created again by 2 connects: 2 more, not 2 - 5.
         log.merge(read(vec![(key(10, 443), value(400, 2, 400))], 3), now, wall(now));
-        assert_eq!(counts(&log), [("203.0.113.10:443".parse().unwrap(), 7)]);
+        assert_eq!(counts(&log), [("203.0.113.10:443".parse().expect("addr"), 7)]);
         let t = log.table();
         assert_eq!((t.present, t.inserted, t.evicted), (1, 3, 2));
         let r = &log.report(None, None).flows[0];

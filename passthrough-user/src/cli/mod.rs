@@ -92,6 +92,8 @@ pub enum Command {
     ///
     /// Domain entries for names the peek proxy saw, IP entries for the rest, one policy per
     /// workload selected by its tags, each entry commented with the connections it covers.
+    /// From the flow record, the entries of the policies each workload has now that no
+    /// connection used in the window are listed as comments, for the operator to remove.
     /// Exit code 1 when there is nothing to recommend.
     ///
     /// Example: passthrough recommend --since 60m > allow.yaml

@@ -40,6 +40,10 @@ pub struct Args {
     /// of the same mesh and name; the agent's others stay.
     #[arg(long = "policy", value_name = "PATH", required = true)]
     pub policies: Vec<PathBuf>,
+    /// Also take out the agent's policy of this name (`namespace/name` on Kubernetes),
+    /// repeatable: for a candidate of another name that takes its place.
+    #[arg(long, value_name = "POLICY")]
+    pub replace: Vec<String>,
     /// Only this workload: its cgroup path as in the agent's config, or its name.
     #[arg(long, value_name = "W")]
     pub workload: Option<String>,
@@ -123,6 +127,7 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
     };
     let keep: HashSet<(String, String)> = kept(&before, &candidates)
         .iter()
+        .filter(|p| !args.replace.contains(&p.qualified_name()))
         .map(|p| (p.mesh.clone(), p.qualified_name()))
         .collect();
     let kept_docs: Vec<Document> = agent_docs
@@ -199,7 +204,7 @@ fn load_checked(
 }
 
 /// The agent's policies, read back from the record.
-fn agent_documents(report: &FlowsReport) -> Result<Vec<Document>, String> {
+pub fn agent_documents(report: &FlowsReport) -> Result<Vec<Document>, String> {
     report
         .applied
         .policies
