@@ -44,7 +44,14 @@ pub fn connect4(ctx: &SockAddrContext) -> Result<i32, ContextError> {
         j.reason = redirect(sa, Socket::V4, j.workload, v4_mapped(addr), port, true);
     }
     let reason = settle(&j, Subject::Connect(v4_mapped(addr), port));
-    flow::record(j.workload, v4_mapped(addr), port, sa.protocol as u16, j.reason, reason == Reason::Audit);
+    flow::record(
+        j.workload,
+        v4_mapped(addr),
+        port,
+        sa.protocol as u16,
+        j.reason,
+        reason == Reason::Audit,
+    );
     if debug_enabled() {
         debug!(ctx, "connect4 {:i}:{} {}", addr, port, reason.name());
     }
@@ -73,7 +80,14 @@ pub fn connect6(ctx: &SockAddrContext) -> Result<i32, ContextError> {
         j.reason = redirect(sa, Socket::V6, j.workload, addr, port, mapped.is_some());
     }
     let reason = settle(&j, Subject::Connect(addr, port));
-    flow::record(j.workload, addr, port, sa.protocol as u16, j.reason, reason == Reason::Audit);
+    flow::record(
+        j.workload,
+        addr,
+        port,
+        sa.protocol as u16,
+        j.reason,
+        reason == Reason::Audit,
+    );
     if debug_enabled() {
         debug!(ctx, "connect6 [{:i}]:{} {}", addr, port, reason.name());
     }

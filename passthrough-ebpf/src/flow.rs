@@ -14,7 +14,14 @@ use crate::maps::{CONFIG, FLOW_INSERTS, FLOWS};
 /// Records one connect of `workload` (0: no workload, not recorded) to (`addr`, `port`) over
 /// `protocol`, decided for `reason` (before audit mode; `audit` when it let it through).
 #[inline(always)]
-pub fn record(workload: u64, addr: [u8; 16], port: u16, protocol: u16, reason: Reason, audit: bool) {
+pub fn record(
+    workload: u64,
+    addr: [u8; 16],
+    port: u16,
+    protocol: u16,
+    reason: Reason,
+    audit: bool,
+) {
     if workload == 0
         || !CONFIG
             .get(0)

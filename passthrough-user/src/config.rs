@@ -166,7 +166,10 @@ impl FlowsConfig {
             );
         }
         if self.window.is_zero() {
-            c.error("flows.window", "0: give how far back to keep flows, e.g. 24h");
+            c.error(
+                "flows.window",
+                "0: give how far back to keep flows, e.g. 24h",
+            );
         }
         if self.interval.is_zero() || self.interval > self.window {
             c.error(

@@ -371,7 +371,11 @@ fn upsert(flows: &mut HashMap<Id, FlowRecord>, new: FlowRecord) {
             r.count += new.count;
             if new.last_unix_ms >= r.last_unix_ms {
                 let (count, first) = (r.count, r.first.clone());
-                *r = FlowRecord { count, first, ..new };
+                *r = FlowRecord {
+                    count,
+                    first,
+                    ..new
+                };
             }
         }
         std::collections::hash_map::Entry::Vacant(v) => {
@@ -479,16 +483,37 @@ mod tests {
             inserted,
             raced: 0,
         };
-        log.merge(read(vec![(key(10, 443), value(100, 3, 200))], 1), now, wall(now));
-        log.merge(read(vec![(key(10, 443), value(100, 5, 300))], 1), now, wall(now));
-        assert_eq!(counts(&log), [("203.0.113.10:443".parse().expect("addr"), 5)]);
+        log.merge(
+            read(vec![(key(10, 443), value(100, 3, 200))], 1),
+            now,
+            wall(now),
+        );
+        log.merge(
+            read(vec![(key(10, 443), value(100, 5, 300))], 1),
+            now,
+            wall(now),
+        );
+        assert_eq!(
+            counts(&log),
+            [("203.0.113.10:443".parse().expect("addr"), 5)]
+        );
         // Evicted, then created again by 2 connects: 2 more, not 2 - 5.
-        log.merge(read(vec![(key(10, 443), value(400, 2, 400))], 3), now, wall(now));
-        assert_eq!(counts(&log), [("203.0.113.10:443".parse().expect("addr"), 7)]);
+        log.merge(
+            read(vec![(key(10, 443), value(400, 2, 400))], 3),
+            now,
+            wall(now),
+        );
+        assert_eq!(
+            counts(&log),
+            [("203.0.113.10:443".parse().expect("addr"), 7)]
+        );
         let t = log.table();
         assert_eq!((t.present, t.inserted, t.evicted), (1, 3, 2));
         let r = &log.report(None, None).flows[0];
-        assert_eq!((r.verdict, r.workload.as_str()), (Verdict::Deny, "cgroup id 7"));
+        assert_eq!(
+            (r.verdict, r.workload.as_str()),
+            (Verdict::Deny, "cgroup id 7")
+        );
     }
 
     #[test]

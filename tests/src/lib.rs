@@ -1538,7 +1538,12 @@ impl Topology {
     }
 
     /// [`Topology::flood`], each connect to a destination of its own (`probe flood --distinct`).
-    pub fn flood_distinct(&self, cgroup: &TestCgroup, first: SocketAddr, n: u64) -> serde_json::Value {
+    pub fn flood_distinct(
+        &self,
+        cgroup: &TestCgroup,
+        first: SocketAddr,
+        n: u64,
+    ) -> serde_json::Value {
         self.flood_with(cgroup, first, n, true)
     }
 

@@ -83,12 +83,60 @@ fn row(
 /// What the connects below must leave in the record, exactly.
 fn expected() -> Vec<(String, String, String, u64, String, String, String)> {
     let mut rows = vec![
-        row("kernel", "198.51.100.10:80", "-", 3, "allow", "ip_entry", "web/appendMatch[0]"),
-        row("kernel", "203.0.113.20:80", "-", 2, "allow", "cidr_entry", "web/appendMatch[1]"),
-        row("kernel", "203.0.113.30:443", "-", 4, "deny", "no_match", "-"),
-        row("kernel", "203.0.113.10:80", "-", 3, "allow", "to_proxy", "-"),
-        row("proxy", "203.0.113.10:80", "allowed.example", 2, "allow", "domain_entry", "web/appendMatch[2]"),
-        row("proxy", "203.0.113.10:80", "evil.example", 1, "deny", "domain_no_match", "-"),
+        row(
+            "kernel",
+            "198.51.100.10:80",
+            "-",
+            3,
+            "allow",
+            "ip_entry",
+            "web/appendMatch[0]",
+        ),
+        row(
+            "kernel",
+            "203.0.113.20:80",
+            "-",
+            2,
+            "allow",
+            "cidr_entry",
+            "web/appendMatch[1]",
+        ),
+        row(
+            "kernel",
+            "203.0.113.30:443",
+            "-",
+            4,
+            "deny",
+            "no_match",
+            "-",
+        ),
+        row(
+            "kernel",
+            "203.0.113.10:80",
+            "-",
+            3,
+            "allow",
+            "to_proxy",
+            "-",
+        ),
+        row(
+            "proxy",
+            "203.0.113.10:80",
+            "allowed.example",
+            2,
+            "allow",
+            "domain_entry",
+            "web/appendMatch[2]",
+        ),
+        row(
+            "proxy",
+            "203.0.113.10:80",
+            "evil.example",
+            1,
+            "deny",
+            "domain_no_match",
+            "-",
+        ),
     ];
     rows.sort();
     rows
@@ -148,14 +196,22 @@ fn flows_count_every_connect_and_simulate_reports_exactly_the_two_changes_across
         table(&flows) == expected()
     });
     assert_eq!(table(&flows), expected(), "{flows:#}");
-    assert_eq!(flows["table"]["inserted"], 4, "one kernel entry per destination");
+    assert_eq!(
+        flows["table"]["inserted"], 4,
+        "one kernel entry per destination"
+    );
     assert_eq!(flows["table"]["evicted"], 0);
 
     // The CLI: text names every destination, -o json is the record simulate reads offline.
     let out = agent.cli(&["flows"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    for dest in ["198.51.100.10:80", "203.0.113.20:80", "203.0.113.30:443", "allowed.example"] {
+    for dest in [
+        "198.51.100.10:80",
+        "203.0.113.20:80",
+        "203.0.113.30:443",
+        "allowed.example",
+    ] {
         assert!(text.contains(dest), "{dest} missing:\n{text}");
     }
     let saved = state.path().join("saved.json");
@@ -168,7 +224,11 @@ fn flows_count_every_connect_and_simulate_reports_exactly_the_two_changes_across
     let check = |out: std::process::Output, how: &str| {
         let sim: Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{how}: {e}: {}", String::from_utf8_lossy(&out.stdout)));
-        assert_eq!(out.status.code(), Some(1), "{how}: something is cut: {sim:#}");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{how}: something is cut: {sim:#}"
+        );
         let changes: Vec<(String, String, String, u64, u64)> = sim["changes"]
             .as_array()
             .expect("changes")
@@ -177,7 +237,10 @@ fn flows_count_every_connect_and_simulate_reports_exactly_the_two_changes_across
                 (
                     c["direction"].as_str().unwrap_or("").to_string(),
                     c["destination"].as_str().unwrap_or("").to_string(),
-                    c["entry"]["entry"]["value"].as_str().unwrap_or("").to_string(),
+                    c["entry"]["entry"]["value"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
                     c["entry"]["index"].as_u64().unwrap_or(99),
                     c["count"].as_u64().unwrap_or(0),
                 )
@@ -186,12 +249,27 @@ fn flows_count_every_connect_and_simulate_reports_exactly_the_two_changes_across
         assert_eq!(
             changes,
             [
-                ("cut".into(), "198.51.100.10:80".into(), "198.51.100.10".into(), 0, 3),
-                ("opened".into(), "203.0.113.30:443".into(), "203.0.113.30".into(), 2, 4),
+                (
+                    "cut".into(),
+                    "198.51.100.10:80".into(),
+                    "198.51.100.10".into(),
+                    0,
+                    3
+                ),
+                (
+                    "opened".into(),
+                    "203.0.113.30:443".into(),
+                    "203.0.113.30".into(),
+                    2,
+                    4
+                ),
             ],
             "{how}: exactly the two changes, with their entries: {sim:#}"
         );
-        assert_eq!((sim["cut"].as_u64(), sim["opened"].as_u64()), (Some(1), Some(1)));
+        assert_eq!(
+            (sim["cut"].as_u64(), sim["opened"].as_u64()),
+            (Some(1), Some(1))
+        );
     };
     let policy = candidate.display().to_string();
     let admin = agent.cli(&["simulate", "--policy", &policy, "-o", "json"]);

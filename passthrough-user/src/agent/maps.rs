@@ -17,8 +17,8 @@ use aya::{
 use ipnet::IpNet;
 use passthrough_common::{
     CidrV4Data, CidrV6Data, Config, DNS_FIXED_BITS, DnsV4Data, DnsV6Data, DomainPortKey,
-    ExactV4Key, ExactV6Key, FlowKey, FlowValue, Reason, RuleRef, Workload, capacity,
-    flow_counter, map_names as names,
+    ExactV4Key, ExactV6Key, FlowKey, FlowValue, Reason, RuleRef, Workload, capacity, flow_counter,
+    map_names as names,
 };
 
 use super::{

@@ -132,7 +132,11 @@ pub fn render(report: &FlowsReport) -> String {
     let _ = writeln!(
         out,
         "\nkernel table: {}; {} of {} entries, {} created, {} evicted (their connects since the last reading are missing); history: {} of {} flows over {}h, {} dropped for room",
-        if t.enabled { "on" } else { "off (flows.enabled: false)" },
+        if t.enabled {
+            "on"
+        } else {
+            "off (flows.enabled: false)"
+        },
         t.present,
         t.capacity,
         t.inserted,

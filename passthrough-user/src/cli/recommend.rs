@@ -136,7 +136,9 @@ pub fn unused_entries(report: &FlowsReport) -> Result<BTreeMap<String, Vec<Merge
         let unused: Vec<MergedEntry> = compiled
             .rules
             .iter()
-            .filter(|e| !names.contains(format!("{}/appendMatch[{}]", e.policy.name, e.index).as_str()))
+            .filter(|e| {
+                !names.contains(format!("{}/appendMatch[{}]", e.policy.name, e.index).as_str())
+            })
             .cloned()
             .collect();
         if !unused.is_empty() {
@@ -152,13 +154,19 @@ fn unused_text(unused: &BTreeMap<String, Vec<MergedEntry>>) -> String {
     if unused.is_empty() {
         return out;
     }
-    out.push_str("# Entries no recorded connection used in the flow record's window: each may be
+    out.push_str(
+        "# Entries no recorded connection used in the flow record's window: each may be
 # removed from its policy if nothing else needs it (check with `passthrough simulate`).
-");
+",
+    );
     for (workload, entries) in unused {
         let _ = writeln!(out, "#   workload {workload}:");
         for e in entries {
-            let _ = writeln!(out, "#     unused: {e} ({}#{})", e.policy.source.file, e.policy.source.doc);
+            let _ = writeln!(
+                out,
+                "#     unused: {e} ({}#{})",
+                e.policy.source.file, e.policy.source.doc
+            );
         }
     }
     out
@@ -539,8 +547,14 @@ mod tests {
         let listed: Vec<usize> = unused["/w"].iter().map(|e| e.index).collect();
         assert_eq!(listed, [1, 2]);
         let text = unused_text(&unused);
-        assert!(text.contains("unused: web spec.default.appendMatch[1]"), "{text}");
-        assert!(text.lines().all(|l| l.starts_with('#')), "comments only: {text}");
+        assert!(
+            text.contains("unused: web spec.default.appendMatch[1]"),
+            "{text}"
+        );
+        assert!(
+            text.lines().all(|l| l.starts_with('#')),
+            "comments only: {text}"
+        );
     }
 
     #[test]

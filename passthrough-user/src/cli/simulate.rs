@@ -260,8 +260,7 @@ pub fn simulate(
         changes: Vec::new(),
     };
     for f in flows {
-        if f.source == FlowSource::Kernel && named.contains(&(f.workload.as_str(), f.destination))
-        {
+        if f.source == FlowSource::Kernel && named.contains(&(f.workload.as_str(), f.destination)) {
             continue;
         }
         let skip = if f.ip_protocol != 6 {
@@ -334,10 +333,10 @@ pub fn render(sim: &Simulation) -> String {
         let reason = |o: &crate::policy::simulate::Outcome| {
             o.verdict.would_deny.unwrap_or(o.verdict.reason).name()
         };
-        let entry = c
-            .change
-            .entry()
-            .map_or_else(|| "no entry (the mode decides)".to_string(), ToString::to_string);
+        let entry = c.change.entry().map_or_else(
+            || "no entry (the mode decides)".to_string(),
+            ToString::to_string,
+        );
         let line = match c.change.direction {
             Direction::Cut => format!(
                 "  cut     {what}: {} connect{times}, last {}\n          stops matching: {entry}\n          now {} -> {}",

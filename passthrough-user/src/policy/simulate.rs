@@ -157,7 +157,10 @@ pub struct Replay<'a> {
     compiled: HashMap<String, Compiled>,
 }
 
-type Compiled = (Result<CompiledPolicy, String>, Result<CompiledPolicy, String>);
+type Compiled = (
+    Result<CompiledPolicy, String>,
+    Result<CompiledPolicy, String>,
+);
 
 impl<'a> Replay<'a> {
     pub fn new(before: &'a [Policy], after: &'a [Policy], setting: &'a Setting) -> Self {
@@ -189,9 +192,10 @@ impl<'a> Replay<'a> {
 
 #[cfg(test)]
 mod tests {
+    use passthrough_common::Reason;
+
     use super::*;
     use crate::policy::load::{Document, parse_documents};
-    use passthrough_common::Reason;
 
     fn policies(text: &str) -> Vec<Policy> {
         parse_documents("t.yaml", text)
@@ -238,7 +242,9 @@ mod tests {
     /// Every outcome of the replay must be exactly what `decide` says of each side.
     fn agrees_with_decide(before: &[Policy], after: &[Policy], f: &Flow) -> Option<Change> {
         let s = setting();
-        let change = Replay::new(before, after, &s).replay("web", f).expect("compiles");
+        let change = Replay::new(before, after, &s)
+            .replay("web", f)
+            .expect("compiles");
         let b = decide(
             &compiled_for(before, &f.identity, &s).expect("before"),
             &s.exemptions,
@@ -272,8 +278,8 @@ mod tests {
             false,
             "      - {type: CIDR, value: 198.51.100.0/24}\n      - {type: IP, value: 203.0.113.20, port: 8443}\n      - {type: Domain, value: api.example.com, port: 443, protocol: tls}\n      - {type: IP, value: 203.0.113.11, port: 443}\n",
         ));
-        let cut = agrees_with_decide(&before, &after, &flow("203.0.113.10:8443", None))
-            .expect("cut");
+        let cut =
+            agrees_with_decide(&before, &after, &flow("203.0.113.10:8443", None)).expect("cut");
         assert_eq!(cut.direction, Direction::Cut);
         let e = cut.entry().expect("entry");
         assert_eq!((e.index, e.entry.value.as_str()), (0, "203.0.113.10"));
@@ -286,8 +292,8 @@ mod tests {
             (Direction::Cut, Class::ByName)
         );
 
-        let opened = agrees_with_decide(&before, &after, &flow("203.0.113.20:8443", None))
-            .expect("opened");
+        let opened =
+            agrees_with_decide(&before, &after, &flow("203.0.113.20:8443", None)).expect("opened");
         assert_eq!(opened.direction, Direction::Opened);
         let e = opened.entry().expect("entry");
         assert_eq!((e.index, e.entry.value.as_str()), (1, "203.0.113.20"));
@@ -301,7 +307,10 @@ mod tests {
                 "192.0.2.50:443",
                 Some(Peeked::Tls(Some("api.example.com".into()))),
             ),
-            flow("192.0.2.50:443", Some(Peeked::Tls(Some("other.example".into())))),
+            flow(
+                "192.0.2.50:443",
+                Some(Peeked::Tls(Some("other.example".into()))),
+            ),
         ] {
             assert_eq!(agrees_with_decide(&before, &after, &same), None, "{same:?}");
         }
@@ -310,7 +319,11 @@ mod tests {
     #[test]
     fn names_are_judged_with_what_the_proxy_read() {
         let before = policies(&policy("p", false, NOW));
-        let after = policies(&policy("p", false, "      - {type: IP, value: 203.0.113.10, port: 443}\n"));
+        let after = policies(&policy(
+            "p",
+            false,
+            "      - {type: IP, value: 203.0.113.10, port: 443}\n",
+        ));
         let named = flow(
             "192.0.2.50:443",
             Some(Peeked::Tls(Some("api.example.com".into()))),
@@ -319,15 +332,19 @@ mod tests {
         assert_eq!(cut.before.verdict.reason, Reason::DomainEntry);
         assert_eq!(cut.entry().expect("entry").entry.value, "api.example.com");
         // The kernel's view of the same connect (no name read): a hand-off now, a denial after.
-        let handoff = agrees_with_decide(&before, &after, &flow("192.0.2.50:443", None))
-            .expect("cut");
+        let handoff =
+            agrees_with_decide(&before, &after, &flow("192.0.2.50:443", None)).expect("cut");
         assert_eq!(handoff.before.verdict.action, Action::Proxy);
     }
 
     #[test]
     fn audit_mode_does_not_hide_what_enforcing_would_change() {
         let before = policies(&policy("p", true, NOW));
-        let after = policies(&policy("p", true, "      - {type: IP, value: 203.0.113.10, port: 443}\n"));
+        let after = policies(&policy(
+            "p",
+            true,
+            "      - {type: IP, value: 203.0.113.10, port: 443}\n",
+        ));
         let cut = agrees_with_decide(&before, &after, &flow("198.51.100.7:80", None))
             .expect("cut although audit lets both through");
         assert_eq!(cut.after.verdict.reason, Reason::Audit);
@@ -341,7 +358,11 @@ mod tests {
             policy("p", false, NOW),
             policy("q", false, "      - {type: IP, value: 192.0.2.1}\n")
         ));
-        let candidates = policies(&policy("p", false, "      - {type: IP, value: 192.0.2.2}\n"));
+        let candidates = policies(&policy(
+            "p",
+            false,
+            "      - {type: IP, value: 192.0.2.2}\n",
+        ));
         let kept: Vec<&str> = kept(&agent, &candidates)
             .iter()
             .map(|p| p.name.as_str())
@@ -358,6 +379,9 @@ mod tests {
         let c = compiled_for(&[], &web(), &s).expect("compiles");
         assert_eq!(c.mode, EffectiveMode::None);
         let o = judge(&c, &s.exemptions, &flow("203.0.113.10:443", None));
-        assert_eq!((o.class, o.verdict.reason), (Class::Denied, Reason::ModeNone));
+        assert_eq!(
+            (o.class, o.verdict.reason),
+            (Class::Denied, Reason::ModeNone)
+        );
     }
 }
