@@ -37,7 +37,7 @@ pub fn record(
         _pad: [0; 4],
     };
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    if let Some(v) = FLOWS.get_ptr_mut(&key) {
+    if let Some(v) = FLOWS.get_ptr_mut(key) {
         // Another CPU may raise the same entry: the add is atomic; the rest describes the
         // latest connect, whichever store lands last.
         unsafe {
@@ -56,12 +56,12 @@ pub fn record(
         audit: u8::from(audit),
         _pad: [0; 6],
     };
-    match FLOWS.insert(&key, &value, u64::from(BPF_NOEXIST)) {
+    match FLOWS.insert(key, value, u64::from(BPF_NOEXIST)) {
         Ok(()) => count(flow_counter::INSERTED),
         Err(_) => {
             // Created by another CPU since the lookup (or no room at all): add to it if there.
             count(flow_counter::RACED);
-            if let Some(v) = FLOWS.get_ptr_mut(&key) {
+            if let Some(v) = FLOWS.get_ptr_mut(key) {
                 unsafe { add(&raw mut (*v).count) };
             }
         }

@@ -72,11 +72,14 @@ struct Seen {
     count: u64,
 }
 
+/// A kernel key as the state file writes it: (workload, address, port, protocol).
+type SavedKey = (u64, [u8; 16], u16, u16);
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct History {
     flows: Vec<FlowRecord>,
-    /// Kernel entries by (workload, address, port, protocol) -> last reading.
-    kernel: Vec<((u64, [u8; 16], u16, u16), Seen)>,
+    /// Kernel entries -> their last reading.
+    kernel: Vec<(SavedKey, Seen)>,
 }
 
 #[derive(Default)]
