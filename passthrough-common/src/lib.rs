@@ -40,6 +40,8 @@ pub mod map_names {
     pub const PENDING_PODS: &str = "PENDING_PODS";
     pub const POD_WATCH: &str = "POD_WATCH";
     pub const KERNEL_COVERED: &str = "KERNEL_COVERED";
+    pub const FLOWS: &str = "FLOWS";
+    pub const FLOW_INSERTS: &str = "FLOW_INSERTS";
 }
 
 /// Names of the programs in the object.
@@ -87,6 +89,9 @@ pub mod capacity {
     /// Pod cgroups the `cgroup_mkdir` program covered that the agent has not taken in yet
     /// (`KERNEL_COVERED`).
     pub const KERNEL_COVERED: u32 = 4_096;
+    /// Distinct flows (workload, destination, port, protocol) the kernel remembers
+    /// (`FLOWS`), least recently used first out. The agent sizes it from `flows.capacity`.
+    pub const FLOWS: u32 = 65_536;
 }
 
 /// The merged `passthroughMode` of a workload, as the kernel reads it.
@@ -453,6 +458,55 @@ pub mod config_flags {
     pub const MESH_V6: u8 = 2;
     /// Some workload has `UDP_DENY`: without it, datagrams are not looked at.
     pub const UDP: u8 = 4;
+    /// `flows.enabled`: the connect programs record each workload's connects in `FLOWS`.
+    pub const FLOWS: u8 = 8;
+}
+
+/// Key of the `FLOWS` LRU map: one workload's connects to one destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// cgroup id of the workload (its key in `WORKLOADS`).
+    pub workload: u64,
+    /// Destination as IPv6 bytes; an IPv4 destination is IPv4-mapped.
+    pub addr: [u8; 16],
+    /// Destination port in host byte order.
+    pub port: u16,
+    /// The socket's IP protocol (`IPPROTO_TCP`, `IPPROTO_UDP`, ...), as the socket has it.
+    pub protocol: u16,
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(size_of::<FlowKey>() == 32);
+
+/// Value of the `FLOWS` map. `count` is raised atomically in place; `last_ns`, `reason` and
+/// `audit` are plain stores (the latest connect wins a race, which is what they describe).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowValue {
+    /// Connects since the entry was created.
+    pub count: u64,
+    /// `bpf_ktime_get_boot_ns` when the entry was created: tells a re-created entry (after an
+    /// eviction) from the one the agent read before.
+    pub first_ns: u64,
+    /// `bpf_ktime_get_boot_ns` of the latest connect.
+    pub last_ns: u64,
+    /// The [`Reason`] of the latest connect, before audit mode (`ToProxy` for a hand-off).
+    pub reason: u8,
+    /// Non-zero: audit mode let the latest connect through.
+    pub audit: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<FlowValue>() == 32);
+
+/// Indexes of the per-CPU `FLOW_INSERTS` array.
+pub mod flow_counter {
+    /// `FLOWS` entries the programs created (an insert of a new key that succeeded). Entries
+    /// evicted = the sum over CPUs minus the entries present: nothing else deletes one.
+    pub const INSERTED: u32 = 0;
+    /// Inserts that found the key created by another CPU in between (then counted there).
+    pub const RACED: u32 = 1;
+    /// Size of the array.
+    pub const COUNT: u32 = 2;
 }
 
 /// Why a connect was decided as it was. Index of the per-CPU `COUNTERS` array.
@@ -617,6 +671,8 @@ mod pod {
     unsafe impl aya::Pod for DnsV6Data {}
     unsafe impl aya::Pod for PodUid {}
     unsafe impl aya::Pod for PodWatch {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use crate::{
     datagram,
     decision::{Judged, settle, verdict},
     events::Subject,
+    flow,
     maps::{CIDR_V4, CIDR_V6, CONFIG, DOMAIN_PORTS, EXACT_V4, EXACT_V6, MESH_V4, MESH_V6},
     redirect::{PROXY_V6, Socket, redirect},
     workload::caller,
@@ -43,6 +44,14 @@ pub fn connect4(ctx: &SockAddrContext) -> Result<i32, ContextError> {
         j.reason = redirect(sa, Socket::V4, j.workload, v4_mapped(addr), port, true);
     }
     let reason = settle(&j, Subject::Connect(v4_mapped(addr), port));
+    flow::record(
+        j.workload,
+        v4_mapped(addr),
+        port,
+        sa.protocol as u16,
+        j.reason,
+        reason == Reason::Audit,
+    );
     if debug_enabled() {
         debug!(ctx, "connect4 {:i}:{} {}", addr, port, reason.name());
     }
@@ -71,6 +80,14 @@ pub fn connect6(ctx: &SockAddrContext) -> Result<i32, ContextError> {
         j.reason = redirect(sa, Socket::V6, j.workload, addr, port, mapped.is_some());
     }
     let reason = settle(&j, Subject::Connect(addr, port));
+    flow::record(
+        j.workload,
+        addr,
+        port,
+        sa.protocol as u16,
+        j.reason,
+        reason == Reason::Audit,
+    );
     if debug_enabled() {
         debug!(ctx, "connect6 [{:i}]:{} {}", addr, port, reason.name());
     }

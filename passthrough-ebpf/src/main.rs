@@ -4,11 +4,15 @@
 
 #![no_std]
 #![no_main]
+// `flow.rs`: the atomic add of a shared map value (core has no atomic RMW on BPF).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod connect;
 mod datagram;
 mod decision;
 mod events;
+mod flow;
 mod maps;
 mod podwatch;
 mod redirect;

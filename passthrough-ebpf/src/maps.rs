@@ -1,7 +1,7 @@
 //! Every map the programs use. User space writes all of them except `COUNTERS`, `EVENTS`,
-//! `EVENTS_DROPPED`, `REDIRECTS` and `KERNEL_COVERED`, which the programs write; the
-//! `cgroup_mkdir` program also adds entries of new pod cgroups to `WORKLOADS` and `CGROUPS`. All are pinned, so
-//! enforcement outlives the agent process and a restarted agent adopts them.
+//! `EVENTS_DROPPED`, `REDIRECTS`, `KERNEL_COVERED`, `FLOWS` and `FLOW_INSERTS`, which the
+//! programs write; the `cgroup_mkdir` program also adds entries of new pod cgroups to
+//! `WORKLOADS` and `CGROUPS`. All are pinned, so enforcement outlives the agent process and a restarted agent adopts them.
 //!
 //! The rule maps are maps of maps: an outer array indexed by a compiled policy's number
 //! (`Workload::policy`), each entry an inner map the agent builds to the policy's size, fills
@@ -20,7 +20,8 @@ use aya_ebpf::{
 };
 use passthrough_common::{
     CidrV4Data, CidrV6Data, Config, DnsV4Data, DnsV6Data, DomainPortKey, ExactV4Key, ExactV6Key,
-    OrigDst, POD_WATCH_PREFIX, PodUid, PodWatch, Reason, RuleRef, Workload, capacity,
+    FlowKey, FlowValue, OrigDst, POD_WATCH_PREFIX, PodUid, PodWatch, Reason, RuleRef, Workload,
+    capacity, flow_counter,
 };
 
 /// Flags of the inner hash maps and LPM tries (the templates below and the agent's maps must
@@ -141,3 +142,15 @@ pub static EVENTS: RingBuf = RingBuf::pinned(capacity::EVENTS_BYTES, 0);
 /// Index 0: events the programs could not write because `EVENTS` was full, per CPU.
 #[map]
 pub static EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
+
+/// (workload, destination, port, protocol) -> [`FlowValue`]: every connect of a workload,
+/// allowed or denied, while `flows.enabled`. Written by the connect programs (`flow.rs`);
+/// read, never written, by the agent, so the LRU is the only thing that removes entries.
+/// The agent sizes it from `flows.capacity` at load.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(capacity::FLOWS, 0);
+
+/// [`flow_counter`] -> count, per CPU: `FLOWS` entries created, and inserts that raced.
+/// Written by the connect programs only.
+#[map]
+pub static FLOW_INSERTS: PerCpuArray<u64> = PerCpuArray::pinned(flow_counter::COUNT, 0);

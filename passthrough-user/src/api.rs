@@ -324,6 +324,9 @@ pub struct Status {
     /// The Kubernetes source, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubeStatus>,
+    /// The kernel flow table as of the agent's last reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows: Option<FlowTableStats>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -464,6 +467,7 @@ mod tests {
                 error: Some("e".into()),
                 ..KubeStatus::default()
             }),
+            flows: None,
         };
         let event = EventRecord {
             time: "t".into(),
@@ -490,4 +494,110 @@ mod tests {
         camel_case_keys(&serde_json::to_value(&event).expect("json"), "", &mut bad);
         assert!(bad.is_empty(), "keys not in camelCase: {bad:?}");
     }
+}
+
+/// Who recorded a flow, and what it is keyed by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowSource {
+    /// The connect programs' table: (workload, destination, protocol).
+    Kernel,
+    /// The peek proxy: (workload, destination, the name the client sent).
+    Proxy,
+}
+
+/// One workload's connects to one destination (and, for the proxy, one name) in the window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowRecord {
+    pub source: FlowSource,
+    /// The workload's cgroup, as in the config (`cgroup id N` for one the agent no longer has).
+    pub workload: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_name: Option<String>,
+    /// What policies select the workload by (mesh, tags, labels, ...); `None` when the agent
+    /// no longer has the workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::policy::workload::Workload>,
+    pub destination: SocketAddr,
+    /// The socket's IP protocol number (6: TCP).
+    pub ip_protocol: u16,
+    /// The name the client sent, and how (`tls`, `http`, `http2`): proxy flows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// The latest connect's verdict: `allow`, `deny` or `would-deny` (audit mode).
+    pub verdict: Verdict,
+    /// Why, as the policy decided it (before audit mode): `ip_entry`, `no_match`, `to_proxy`...
+    #[serde(with = "reason_name")]
+    pub reason: Reason,
+    /// The deciding entry (`policy/appendMatch[i]`), where one decided and is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    pub count: u64,
+    /// First and latest connect in the window (RFC 3339, UTC), and the latest in ms since the
+    /// Unix epoch (for `--since`).
+    pub first: String,
+    pub last: String,
+    pub last_unix_ms: u64,
+}
+
+impl FlowRecord {
+    /// Whether the flow is of workload `w`: its cgroup path, or its name.
+    pub fn is_of(&self, w: &str) -> bool {
+        self.workload == w || self.workload_name.as_deref() == Some(w)
+    }
+}
+
+/// The kernel table's state. `evicted` is exact: only the programs create entries
+/// (`inserted`) and only the LRU removes them, so `evicted = inserted - present`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowTableStats {
+    pub enabled: bool,
+    pub capacity: u32,
+    pub present: u64,
+    pub inserted: u64,
+    pub evicted: u64,
+    /// Inserts that lost a race with another CPU creating the same entry.
+    pub raced: u64,
+}
+
+/// What the agent enforces, as `simulate` needs it to replay flows the way the agent would.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedPolicies {
+    pub kuma: crate::policy::kuma::KumaVersion,
+    pub system_namespace: String,
+    /// `defaultMode: None`: a workload no policy selects is denied everything.
+    pub default_mode_none: bool,
+    #[serde(rename = "meshCIDRs")]
+    pub mesh_cidrs: Vec<ipnet::IpNet>,
+    /// Every policy the agent applies (files and Kubernetes), as resources.
+    pub policies: Vec<AppliedPolicy>,
+}
+
+/// One policy the agent applies: where it came from, and the resource.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppliedPolicy {
+    pub source: crate::policy::Source,
+    pub resource: serde_json::Value,
+}
+
+/// `/flows` and `passthrough flows -o json`: the record and what it was decided with.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowsReport {
+    /// When the report was made (RFC 3339, UTC).
+    pub generated: String,
+    /// How far back the record reaches (`flows.window`), in seconds.
+    pub window_secs: u64,
+    pub table: FlowTableStats,
+    /// Flows in the agent's history, its bound, and flows it dropped for room.
+    pub history_entries: usize,
+    pub history_capacity: usize,
+    pub history_dropped: u64,
+    pub applied: AppliedPolicies,
+    pub flows: Vec<FlowRecord>,
 }

@@ -79,6 +79,119 @@ pub struct AgentConfig {
     /// Raw IP and packet sockets of workloads in mode `None` or `Matched`.
     #[serde(default)]
     pub raw_sockets: RawSockets,
+    /// The flow table: every workload's connects, for `passthrough flows` and `simulate`.
+    #[serde(default)]
+    pub flows: FlowsConfig,
+}
+
+/// `flows`: the record of each workload's connects (allowed and denied) that
+/// `passthrough flows`, `simulate` and `recommend` read.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FlowsConfig {
+    /// Record flows (the default). `false`: the connect programs skip the table entirely.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How far back the record reaches, e.g. `24h` (the default).
+    #[serde(default = "default_flows_window", with = "duration_text")]
+    pub window: std::time::Duration,
+    /// Distinct flows the kernel table holds (least recently used go first); read at start,
+    /// a change needs `passthrough uninstall` (the table is pinned).
+    #[serde(default = "default_flows_capacity")]
+    pub capacity: u32,
+    /// Flows the agent's history keeps (the kernel's and the proxy's names), oldest first out.
+    #[serde(default = "default_flows_history")]
+    pub history: usize,
+    /// How often the agent reads the kernel table, e.g. `10s` (also on every `/flows`).
+    #[serde(default = "default_flows_interval", with = "duration_text")]
+    pub interval: std::time::Duration,
+    /// Where the agent keeps its history across restarts (JSON, rewritten on each read);
+    /// unset: only the kernel table survives a restart, the names the proxy saw do not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<PathBuf>,
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window: default_flows_window(),
+            capacity: default_flows_capacity(),
+            history: default_flows_history(),
+            interval: default_flows_interval(),
+            state_file: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_flows_window() -> std::time::Duration {
+    std::time::Duration::from_secs(24 * 3600)
+}
+
+fn default_flows_capacity() -> u32 {
+    passthrough_common::capacity::FLOWS
+}
+
+fn default_flows_history() -> usize {
+    65_536
+}
+
+fn default_flows_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+
+/// Largest `flows.capacity`: 16 Mi entries of 64 bytes and their LRU nodes, about 2 GiB.
+pub const MAX_FLOWS_CAPACITY: u32 = 1 << 24;
+
+impl FlowsConfig {
+    fn check(&self, c: &mut Findings<'_>) {
+        if self.capacity == 0 || self.capacity > MAX_FLOWS_CAPACITY {
+            c.error(
+                "flows.capacity",
+                format!(
+                    "{}: give 1 to {MAX_FLOWS_CAPACITY} entries (default {}), or set flows.enabled: false",
+                    self.capacity,
+                    passthrough_common::capacity::FLOWS
+                ),
+            );
+        }
+        if self.history == 0 {
+            c.error(
+                "flows.history",
+                "0: give the number of flows to keep, e.g. 65536, or set flows.enabled: false",
+            );
+        }
+        if self.window.is_zero() {
+            c.error(
+                "flows.window",
+                "0: give how far back to keep flows, e.g. 24h",
+            );
+        }
+        if self.interval.is_zero() || self.interval > self.window {
+            c.error(
+                "flows.interval",
+                format!(
+                    "{:?}: give how often to read the kernel table, between 1s and flows.window, e.g. 10s",
+                    self.interval
+                ),
+            );
+        }
+        if let Some(f) = &self.state_file
+            && !f.is_absolute()
+        {
+            c.error(
+                "flows.stateFile",
+                format!(
+                    "{:?} is not absolute: give a file such as /var/lib/passthrough/flows.json",
+                    f.display().to_string()
+                ),
+            );
+        }
+    }
 }
 
 /// `kuma`: which Kuma the policies are written for.
@@ -601,6 +714,7 @@ impl AgentConfig {
             p.check(&mut c);
         }
         self.dns.check(&mut c);
+        self.flows.check(&mut c);
         for (i, net) in self.mesh_cidrs.iter().enumerate() {
             if net.addr() != net.network() {
                 c.warning(

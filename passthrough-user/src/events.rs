@@ -50,8 +50,14 @@ pub fn describe_socket(family: u8, sock_type: u8, protocol: u16) -> String {
     format!("{family} {kind} protocol {protocol}")
 }
 
+/// Where the peek proxy's decisions go besides the log: the flow record (`crate::flows`).
+pub trait NameSink: Send + Sync {
+    fn proxy_decision(&self, record: &EventRecord);
+}
+
 pub struct EventLog {
     recent: Mutex<VecDeque<(Instant, EventRecord)>>,
+    names: std::sync::OnceLock<Arc<dyn NameSink>>,
     received: AtomicU64,
     follower_dropped: AtomicU64,
     kernel_dropped: Mutex<Option<PerCpuArray<MapData, u64>>>,
@@ -62,6 +68,7 @@ impl Default for EventLog {
     fn default() -> Self {
         Self {
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+            names: std::sync::OnceLock::new(),
             received: AtomicU64::new(0),
             follower_dropped: AtomicU64::new(0),
             kernel_dropped: Mutex::new(None),
@@ -79,6 +86,11 @@ impl EventLog {
     /// kept as a new one (the oldest goes when the log is full). Followers get every event.
     pub fn push(&self, record: EventRecord) {
         self.received.fetch_add(record.count, Ordering::Relaxed);
+        if record.source == EventSource::Proxy
+            && let Some(names) = self.names.get()
+        {
+            names.proxy_decision(&record);
+        }
         let now = Instant::now();
         {
             let mut recent = lock(&self.recent);
@@ -112,6 +124,11 @@ impl EventLog {
             .collect()
     }
 
+    /// Sends every peek proxy decision to `sink` too (set once, at start).
+    pub fn send_names_to(&self, sink: Arc<dyn NameSink>) {
+        let _ = self.names.set(sink);
+    }
+
     pub fn follow(&self) -> broadcast::Receiver<EventRecord> {
         self.tx.subscribe()
     }
@@ -141,7 +158,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 /// Wall-clock time of a `bpf_ktime_get_boot_ns` value.
-fn wall_time(boot_ns: u64) -> SystemTime {
+pub fn wall_time(boot_ns: u64) -> SystemTime {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -8,6 +8,7 @@
 //! - [`config`]: the agent's config file, checked.
 //! - [`view`]: what the proxy and the event reader decide and name with.
 //! - [`events`]: the event log (kernel and proxy events).
+//! - [`flows`]: the flow record (every connect, from the kernel table and the proxy).
 //! - [`proxy`]: the peek proxy for Domain entries.
 //! - [`k8s`]: Kubernetes pods and MeshPassthrough objects as workloads and policies.
 //! - [`agent`]: the core that owns the state, the maps, the loader, the admin endpoint.
@@ -19,6 +20,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod flows;
 pub mod k8s;
 pub mod policy;
 pub mod proxy;

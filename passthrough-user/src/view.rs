@@ -6,7 +6,10 @@ use std::{collections::HashMap, sync::Arc};
 
 use tokio::sync::watch;
 
-use crate::policy::{compile::CompiledPolicy, decide::Exemptions};
+use crate::policy::{
+    compile::CompiledPolicy, decide::Exemptions, kuma::KumaVersion, model::Policy,
+    workload::Workload,
+};
 
 /// What the proxy decides with: each workload's compiled policy, by cgroup id. The agent
 /// replaces it whole after every reconcile.
@@ -14,6 +17,18 @@ use crate::policy::{compile::CompiledPolicy, decide::Exemptions};
 pub struct View {
     pub workloads: HashMap<u64, WorkloadView>,
     pub exemptions: Exemptions,
+    /// The policies in force and how they were read: what `simulate` replays against.
+    pub applied: Arc<Applied>,
+}
+
+/// The policy set the agent applies, with the settings that shape what it means.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub policies: Vec<Policy>,
+    pub kuma: KumaVersion,
+    pub system_namespace: String,
+    /// `defaultMode: None`.
+    pub default_none: bool,
 }
 
 pub struct WorkloadView {
@@ -24,6 +39,8 @@ pub struct WorkloadView {
     /// Its mesh and tags, for events and `recommend`.
     pub mesh: String,
     pub tags: Vec<(String, String)>,
+    /// What policies select it by, for `simulate`.
+    pub identity: Workload,
     pub policy: Arc<CompiledPolicy>,
 }
 

@@ -299,6 +299,16 @@ impl AgentRun {
         serde_json::from_str(&body).expect("events json")
     }
 
+    /// The agent's flow record (`/flows`). Asked again if an answer takes longer than the
+    /// client's 10 s (once seen with 100 000 evictions and another test on 2 CPUs).
+    pub fn flows(&self) -> serde_json::Value {
+        let (code, body) = (0..3)
+            .find_map(|_| self.admin("/flows"))
+            .expect("admin answers");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("flows json")
+    }
+
     /// The agent's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("agent running").id()

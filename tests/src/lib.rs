@@ -1534,8 +1534,29 @@ impl Topology {
 
     /// `probe flood`: `n` connects from `cgroup` as fast as one process can make them.
     pub fn flood(&self, cgroup: &TestCgroup, dest: SocketAddr, n: u64) -> serde_json::Value {
+        self.flood_with(cgroup, dest, n, false)
+    }
+
+    /// [`Topology::flood`], each connect to a destination of its own (`probe flood --distinct`).
+    pub fn flood_distinct(
+        &self,
+        cgroup: &TestCgroup,
+        first: SocketAddr,
+        n: u64,
+    ) -> serde_json::Value {
+        self.flood_with(cgroup, first, n, true)
+    }
+
+    fn flood_with(
+        &self,
+        cgroup: &TestCgroup,
+        dest: SocketAddr,
+        n: u64,
+        distinct: bool,
+    ) -> serde_json::Value {
         let out = Command::new(probe_bin())
             .arg("flood")
+            .args(distinct.then_some("--distinct"))
             .arg("--cgroup")
             .arg(cgroup.path())
             .arg("--netns")

@@ -1,5 +1,5 @@
 //! The admin endpoint: `GET /ready`, `GET /status` (JSON), `GET /metrics` (Prometheus),
-//! `GET /events[?workload=W][&follow]`. It answers from the core's latest snapshot plus the
+//! `GET /events[?workload=W][&follow]`, `GET /flows[?workload=W][&since=UNIX_MS]` (JSON). It answers from the core's latest snapshot plus the
 //! live counters, so no request waits for a reconcile.
 
 use std::{convert::Infallible, sync::Arc};
@@ -23,6 +23,7 @@ use super::{maps::Counters, snapshot::Snapshot};
 use crate::{
     api::{EventRecord, Status},
     events::EventLog,
+    flows::FlowLog,
     proxy::server::Stats as ProxyStats,
 };
 
@@ -33,6 +34,7 @@ pub struct Admin {
     pub counters: Arc<Counters>,
     pub proxy: Option<Arc<ProxyStats>>,
     pub events: Arc<EventLog>,
+    pub flows: Arc<FlowLog>,
 }
 
 impl Admin {
@@ -47,6 +49,7 @@ impl Admin {
             .collect();
         s.proxy = self.proxy.as_ref().map(|p| p.snapshot());
         s.events = self.events.counts();
+        s.flows = Some(self.flows.table());
         s
     }
 }
@@ -57,10 +60,11 @@ pub fn router(admin: Admin) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics_text))
         .route("/events", get(events))
+        .route("/flows", get(flows))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                "try /ready, /status, /metrics or /events[?workload=W][&follow]\n",
+                "try /ready, /status, /metrics, /events[?workload=W][&follow] or /flows[?workload=W][&since=UNIX_MS]\n",
             )
         })
         .with_state(admin)
@@ -115,6 +119,29 @@ async fn events(State(a): State<Admin>, Query(q): Query<EventsQuery>) -> Respons
         return follow(a.events, q.workload);
     }
     json(&a.events.recent(q.workload.as_deref()))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct FlowsQuery {
+    workload: Option<String>,
+    /// Only flows seen at or after this time, in ms since the Unix epoch.
+    since: Option<u64>,
+}
+
+/// `/flows`: the flow record, read fresh from the kernel (off the runtime).
+async fn flows(State(a): State<Admin>, Query(q): Query<FlowsQuery>) -> Response {
+    let log = a.flows.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        log.refresh();
+        log.report(q.workload.as_deref(), q.since)
+    })
+    .await;
+    // Compact: a full record is tens of thousands of flows.
+    match report.map(|r| serde_json::to_string(&r)) {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 /// `/events?follow`: the recent events, then each new one as it comes, one JSON object per
@@ -286,6 +313,27 @@ pub fn metrics(status: &Status) -> String {
         "Capacity of the kernel maps of fixed size",
         capacity,
     );
+    if let Some(f) = &status.flows {
+        for (name, help, n) in [
+            (
+                "flows_evicted",
+                "Flow table entries the kernel's LRU evicted (inserted minus present, exact): connects since the agent's last reading of them are not in the record",
+                f.evicted,
+            ),
+            (
+                "flows_inserted",
+                "Flow table entries the connect programs created",
+                f.inserted,
+            ),
+        ] {
+            let c = Counter::<u64>::default();
+            c.inc_by(n);
+            registry.register(name, help, c);
+        }
+        let present = Gauge::<i64>::default();
+        present.set(i64::try_from(f.present).unwrap_or(i64::MAX));
+        registry.register("flows_present", "Entries in the kernel flow table", present);
+    }
     let memory = Gauge::<i64>::default();
     memory.set(i64::try_from(status.policy_memory_bytes).unwrap_or(i64::MAX));
     registry.register(

@@ -102,18 +102,21 @@ const PROGRAMS: [(&str, Kind); 8] = [
 impl Loader {
     /// Loads the object, reusing the maps pinned under `bpffs` if an earlier run of this
     /// layout left them. `redirects` sizes `REDIRECTS` (connections handed to the proxy at
-    /// once; at least its built-in capacity).
-    pub fn load(bpffs: &Path, redirects: u32) -> Result<Self, LoadError> {
+    /// once; at least its built-in capacity), `flows` sizes `FLOWS` (`flows.capacity`).
+    pub fn load(bpffs: &Path, redirects: u32, flows: u32) -> Result<Self, LoadError> {
         ensure_bpffs(bpffs)?;
         let maps = maps_dir(bpffs);
         fs::create_dir_all(&maps).map_err(|e| fs_err(&maps, e))?;
         fs::create_dir_all(bpffs.join(LINKS_DIR)).map_err(|e| fs_err(bpffs, e))?;
         let pins: Vec<(&str, PathBuf)> = BTF_MAPS.iter().map(|m| (*m, maps.join(m))).collect();
         let mut loader = EbpfLoader::new();
-        loader.default_map_pin_directory(&maps).map_max_entries(
-            passthrough_common::map_names::REDIRECTS,
-            redirects.max(passthrough_common::capacity::REDIRECTS),
-        );
+        loader
+            .default_map_pin_directory(&maps)
+            .map_max_entries(
+                passthrough_common::map_names::REDIRECTS,
+                redirects.max(passthrough_common::capacity::REDIRECTS),
+            )
+            .map_max_entries(passthrough_common::map_names::FLOWS, flows.max(1));
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }

@@ -17,7 +17,8 @@ use aya::{
 use ipnet::IpNet;
 use passthrough_common::{
     CidrV4Data, CidrV6Data, Config, DNS_FIXED_BITS, DnsV4Data, DnsV6Data, DomainPortKey,
-    ExactV4Key, ExactV6Key, PodUid, PodWatch, Reason, RuleRef, Workload, capacity,
+    ExactV4Key, ExactV6Key, FlowKey, FlowValue, PodUid, PodWatch, Reason, RuleRef, Workload,
+    capacity, flow_counter,
     map_names as names,
 };
 
@@ -146,6 +147,57 @@ impl Counters {
                 (r, n)
             })
             .collect()
+    }
+}
+
+/// `FLOWS` and `FLOW_INSERTS`: the flow table, read (never written) for the flow record.
+pub struct FlowTable {
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    inserts: PerCpuArray<MapData, u64>,
+}
+
+impl FlowTable {
+    /// Takes `FLOWS` and `FLOW_INSERTS` out of a loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
+        let flows = take(names::FLOWS)?;
+        let inserts = take(names::FLOW_INSERTS)?;
+        Ok(Self {
+            flows: HashMap::try_from(flows).map_err(at(names::FLOWS))?,
+            inserts: PerCpuArray::try_from(inserts).map_err(at(names::FLOW_INSERTS))?,
+        })
+    }
+
+    fn counter(&self, index: u32) -> Result<u64, String> {
+        self.inserts
+            .get(&index, 0)
+            .map(|v| v.iter().sum())
+            .map_err(|e| format!("map {}: reading counter {index}: {e}", names::FLOW_INSERTS))
+    }
+}
+
+impl crate::flows::KernelFlows for FlowTable {
+    /// Every entry, each once (an iteration that restarts after a concurrent eviction may
+    /// meet an entry twice; the later reading wins).
+    fn read(&mut self) -> Result<crate::flows::KernelRead, String> {
+        let inserted = self.counter(flow_counter::INSERTED)?;
+        let raced = self.counter(flow_counter::RACED)?;
+        let mut seen = std::collections::HashMap::new();
+        for entry in self.flows.iter() {
+            match entry {
+                Ok((k, v)) => {
+                    seen.insert(k, v);
+                }
+                // Evicted between finding its key and reading it: it is not present.
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(format!("map {}: reading entries: {e}", names::FLOWS)),
+            }
+        }
+        Ok(crate::flows::KernelRead {
+            entries: seen.into_iter().collect(),
+            inserted,
+            raced,
+        })
     }
 }
 

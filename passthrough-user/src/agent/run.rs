@@ -37,11 +37,16 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), AgentError> {
     }
     let admin_addr = agent.config().admin.listen;
     start_events(&mut agent)?;
+    start_flows(&mut agent)?;
     let proxy = match agent.config().proxy.clone() {
         Some(p) => Some((start_proxy(&mut agent, p.clone()).await?, p.listen)),
         None => None,
     };
-    let (counters, events) = (agent.counters.clone(), agent.events.clone());
+    let (counters, events, flows) = (
+        agent.counters.clone(),
+        agent.events.clone(),
+        agent.flows.clone(),
+    );
     let proxy_stats = proxy.as_ref().map(|_| agent.proxy_stats.clone());
     let kubernetes = kubernetes_source(&agent);
     let baseline = watch::fingerprint(&agent.snapshot().watched);
@@ -54,6 +59,7 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), AgentError> {
         counters,
         proxy: proxy_stats,
         events,
+        flows,
     };
     watch::spawn(baseline, snapshots.clone(), core.inputs())
         .map_err(|e| AgentError::Other(format!("cannot start the file watcher: {e}")))?;
@@ -162,6 +168,25 @@ fn start_events(agent: &mut Agent) -> Result<(), AgentError> {
         agent.events.clone(),
         agent.view_reader.clone(),
     ));
+    Ok(())
+}
+
+/// Gives the flow record the kernel table and reads it every `flows.interval`, on a thread of
+/// its own (reading 100 000 entries takes a while and must not hold up the runtime).
+fn start_flows(agent: &mut Agent) -> Result<(), AgentError> {
+    let table = super::maps::FlowTable::take(agent.loader.ebpf_mut())?;
+    let flows = agent.flows.clone();
+    flows.attach(Box::new(table));
+    let interval = agent.config().flows.interval;
+    std::thread::Builder::new()
+        .name("flows".into())
+        .spawn(move || {
+            loop {
+                flows.refresh();
+                std::thread::sleep(interval);
+            }
+        })
+        .map_err(|e| AgentError::Other(format!("cannot start the flow reader: {e}")))?;
     Ok(())
 }
 

@@ -35,6 +35,7 @@ use crate::{
         WorkloadConfig,
     },
     events::EventLog,
+    flows::{self, FlowLog},
     k8s::{KubeProblem, KubeState},
     policy::{
         Severity,
@@ -125,6 +126,10 @@ pub struct Agent {
     /// This reconcile's compiled policies by merged configuration: the workloads one
     /// Mesh-wide policy selects alike compile once, not once each.
     compiled: std::cell::RefCell<Vec<(Merged, CompiledPolicy)>>,
+    /// The policy set of the last reconcile that applied one (for `simulate`).
+    applied_policies: Arc<proxy_view::Applied>,
+    /// The flow record (`flows`), fed by the flow reader and the proxy's decisions.
+    pub(crate) flows: Arc<FlowLog>,
 }
 
 /// Distinct merged configurations a reconcile remembers the compilation of.
@@ -167,7 +172,7 @@ impl Agent {
         let redirects = config.proxy.as_ref().map_or(0, |p| {
             u32::try_from(p.max_connections.saturating_mul(4)).unwrap_or(u32::MAX)
         });
-        let mut loader = Loader::load(&config.bpffs, redirects)?;
+        let mut loader = Loader::load(&config.bpffs, redirects, config.flows.capacity)?;
         let mut maps = Maps::take(loader.ebpf_mut())?;
         let counters = Arc::new(Counters::take(loader.ebpf_mut())?);
         let agent_cgroup = agent_cgroup(&config, &cgroup_root)?;
@@ -177,6 +182,11 @@ impl Agent {
             proxy_port_v4,
             proxy_port_v6,
             debug: u8::from(config.debug),
+            flags: if config.flows.enabled {
+                config_flags::FLOWS
+            } else {
+                0
+            },
             ..Config::default()
         })?;
         let dns_sets = dns_sets(&config);
@@ -190,6 +200,18 @@ impl Agent {
             );
         }
         let (view, view_reader) = proxy_view::channel();
+        let flows = Arc::new(FlowLog::new(
+            flows::Settings {
+                enabled: config.flows.enabled,
+                window: config.flows.window,
+                capacity: config.flows.capacity,
+                history: config.flows.history,
+                state_file: config.flows.state_file.clone(),
+            },
+            view_reader.clone(),
+        ));
+        let events = Arc::new(EventLog::default());
+        events.send_names_to(flows.clone());
         let workloads = config
             .workloads
             .iter()
@@ -211,7 +233,7 @@ impl Agent {
             view_reader,
             counters,
             proxy_stats: Arc::new(ProxyStats::default()),
-            events: Arc::new(EventLog::default()),
+            events,
             kube: KubeState::default(),
             kube_problems: Arc::default(),
             kubepods: None,
@@ -220,6 +242,8 @@ impl Agent {
             kernel_covered: BTreeMap::new(),
             pod_watch: PodWatchStatus::Inactive,
             compiled: std::cell::RefCell::default(),
+            applied_policies: Arc::default(),
+            flows,
         };
         agent.set_mesh_cidrs()?;
         Ok(agent)
@@ -347,7 +371,8 @@ impl Agent {
         let started = std::time::Instant::now();
         self.compiled.get_mut().clear();
         let opts = self.config.select_options();
-        let set = PolicySet::load_with(&self.config.policies, self.kube.policies.clone(), &opts);
+        let mut set =
+            PolicySet::load_with(&self.config.policies, self.kube.policies.clone(), &opts);
         let now = jiff::Timestamp::now();
         let at = format!("{now:.0}");
         self.report_kube_problems(&set);
@@ -407,6 +432,12 @@ impl Agent {
         self.policy_memory = self
             .maps
             .policy_memory(self.kernel.policies.keys().copied());
+        self.applied_policies = Arc::new(proxy_view::Applied {
+            policies: std::mem::take(&mut set.policies),
+            kuma: opts.kuma,
+            system_namespace: opts.system_namespace.clone(),
+            default_none: self.config.default_mode == Some(DefaultMode::None),
+        });
         self.publish_proxy_view();
         drop(set);
         release_freed_memory();
@@ -816,6 +847,7 @@ impl Agent {
                                 .iter()
                                 .map(|(k, v)| (k.clone(), v.clone()))
                                 .collect(),
+                            identity: w.config.identity(),
                             policy: Arc::new(a.compiled.clone()),
                         },
                     ))
@@ -824,6 +856,7 @@ impl Agent {
             exemptions: Exemptions {
                 mesh_cidrs: self.config.mesh_cidrs.clone(),
             },
+            applied: self.applied_policies.clone(),
         };
         self.view.publish(view);
     }
@@ -1150,6 +1183,7 @@ impl Agent {
                 pending: self.kube.pending.len(),
                 pod_watch: self.pod_watch.clone(),
             }),
+            flows: Some(self.flows.table()),
         }
     }
 }

@@ -4,9 +4,11 @@ pub mod agent;
 pub mod compile;
 pub mod events;
 pub mod explain;
+pub mod flows;
 pub mod migrate;
 pub mod recommend;
 pub mod selector;
+pub mod simulate;
 pub mod validate;
 
 use std::process::ExitCode;
@@ -90,10 +92,35 @@ pub enum Command {
     ///
     /// Domain entries for names the peek proxy saw, IP entries for the rest, one policy per
     /// workload selected by its tags, each entry commented with the connections it covers.
+    /// From the flow record, the entries of the policies each workload has now that no
+    /// connection used in the window are listed as comments, for the operator to remove.
     /// Exit code 1 when there is nothing to recommend.
     ///
     /// Example: passthrough recommend --since 60m > allow.yaml
     Recommend(recommend::Args),
+
+    /// Show what each workload connected to in the agent's window (`flows.window`): every
+    /// connect the kernel decided, allowed or denied, and the names the peek proxy read, with
+    /// counts, verdicts and the deciding entries.
+    ///
+    /// The last line says how complete the record is: entries the kernel table evicted
+    /// before the agent read them lose their latest connects. With -o json, the record with
+    /// the policies it was decided by, which `simulate --flows` reads.
+    ///
+    /// Example: passthrough flows --since 2h -o json > flows.json
+    Flows(flows::Args),
+
+    /// Replay the recorded flows against candidate policies and list every flow whose
+    /// verdict would change, both ways, grouped by workload.
+    ///
+    /// The candidates replace the agent's policies of the same mesh and name; the agent's
+    /// others stay, merged as the agent merges them, with the same engine. A cut names the
+    /// entry that stops matching, an opening the one that starts to. Audit mode does not
+    /// hide anything: the verdicts compared are the policy's. Exit code 0: nothing would be
+    /// cut; 1: something would; 2: error.
+    ///
+    /// Example: passthrough simulate --policy new/ --flows flows.json
+    Simulate(simulate::Args),
 
     /// Rewrite Kuma 2.x policies for Kuma 3, saying what changed and why.
     ///
@@ -122,6 +149,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Events(args) => events::run(&args, cli.output),
         Command::Recommend(args) => recommend::run(&args, cli.output),
         Command::Migrate(args) => migrate::run(&args, cli.output),
+        Command::Flows(args) => flows::run(&args, cli.output),
+        Command::Simulate(args) => simulate::run(&args, cli.output),
     }
 }
 

@@ -1,9 +1,11 @@
 //! `passthrough recommend`: a MeshPassthrough policy that allows exactly the connections a
 //! running agent observed (audit mode's would-deny events, denials, and the peek proxy's
-//! decisions), one policy per workload, each entry commented with what it covers.
+//! decisions), one policy per workload, each entry commented with what it covers; and, from
+//! the flow record, the entries of the applied policies nothing used in the window, as
+//! comments (never removed silently).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     process::ExitCode,
     time::{Duration, SystemTime},
@@ -15,12 +17,20 @@ use super::{
     Output,
     agent::{AdminAddr, fetch},
     fail,
+    flows::fetch_flows,
+    simulate::agent_documents,
 };
 use crate::{
-    api::{EventKind, EventRecord},
+    api::{EventKind, EventRecord, FlowsReport},
     config::{DEFAULT_ADMIN, duration_text},
     events::rfc3339,
-    policy::{decide::host_name, kuma::KumaVersion},
+    policy::{
+        decide::{Exemptions, host_name},
+        kuma::{Admission, KumaVersion},
+        merge::{MergedEntry, SelectOptions},
+        set::PolicySet,
+        simulate::{Setting, compiled_for},
+    },
 };
 
 #[derive(Debug, ClapArgs)]
@@ -66,15 +76,100 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
         .filter(|e| cutoff.as_ref().is_none_or(|c| e.time >= *c))
         .filter(|e| args.workload.as_ref().is_none_or(|w| e.is_of(w)))
         .collect();
-    if selected.is_empty() {
+    // An agent without a flow record (an older one) still gets its recommendation.
+    let unused = match fetch_flows(&args.admin, args.workload.as_deref(), args.since) {
+        Ok(report) => match unused_entries(&report) {
+            Ok(u) => u,
+            Err(e) => return fail(output, &e),
+        },
+        Err(e) => {
+            eprintln!("note: no flow record ({e}): unused entries are not looked for");
+            BTreeMap::new()
+        }
+    };
+    if selected.is_empty() && unused.is_empty() {
         eprintln!(
-            "no events observed{}: nothing to recommend",
+            "no events observed and no unused entries{}: nothing to recommend",
             since_text(args)
         );
         return ExitCode::from(1);
     }
-    print!("{}", recommend(&selected, args.kuma_version));
+    print!("{}", unused_text(&unused));
+    if !selected.is_empty() {
+        print!("{}", recommend(&selected, args.kuma_version));
+    }
     ExitCode::SUCCESS
+}
+
+/// Per workload of the flow record, the entries of the policies it has now that no recorded
+/// flow was decided by.
+pub fn unused_entries(report: &FlowsReport) -> Result<BTreeMap<String, Vec<MergedEntry>>, String> {
+    let opts = SelectOptions {
+        system_namespace: report.applied.system_namespace.clone(),
+        kuma: report.applied.kuma,
+        files: Admission::Apply,
+    };
+    let set = PolicySet::load_with(&[], agent_documents(report)?, &opts);
+    let setting = Setting {
+        opts,
+        default_none: report.applied.default_mode_none,
+        exemptions: Exemptions {
+            mesh_cidrs: report.applied.mesh_cidrs.clone(),
+        },
+    };
+    let mut used: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut identities = BTreeMap::new();
+    for f in &report.flows {
+        let names = used.entry(f.workload.as_str()).or_default();
+        if let Some(rule) = &f.rule {
+            names.insert(rule.as_str());
+        }
+        if let Some(id) = &f.identity {
+            identities.entry(f.workload.as_str()).or_insert(id);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (workload, identity) in identities {
+        let compiled = compiled_for(&set.policies, identity, &setting)
+            .map_err(|e| format!("workload {workload}: {e}"))?;
+        let names = &used[workload];
+        let unused: Vec<MergedEntry> = compiled
+            .rules
+            .iter()
+            .filter(|e| {
+                !names.contains(format!("{}/appendMatch[{}]", e.policy.name, e.index).as_str())
+            })
+            .cloned()
+            .collect();
+        if !unused.is_empty() {
+            out.insert(workload.to_string(), unused);
+        }
+    }
+    Ok(out)
+}
+
+/// The unused entries as YAML comments, before the recommended policies.
+fn unused_text(unused: &BTreeMap<String, Vec<MergedEntry>>) -> String {
+    let mut out = String::new();
+    if unused.is_empty() {
+        return out;
+    }
+    out.push_str(
+        "# Entries no recorded connection used in the flow record's window: each may be
+# removed from its policy if nothing else needs it (check with `passthrough simulate`).
+",
+    );
+    for (workload, entries) in unused {
+        let _ = writeln!(out, "#   workload {workload}:");
+        for e in entries {
+            let _ = writeln!(
+                out,
+                "#     unused: {e} ({}#{})",
+                e.policy.source.file, e.policy.source.doc
+            );
+        }
+    }
+    out
 }
 
 fn since_text(args: &Args) -> String {
@@ -405,6 +500,61 @@ mod tests {
                 "recommend must write valid policies: {v:?}\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn entries_no_flow_used_are_listed_and_used_ones_are_not() {
+        use crate::{
+            api::{AppliedPolicy, FlowRecord, FlowSource},
+            policy::{document::to_resource, workload::Workload},
+        };
+        let text = "type: MeshPassthrough\nname: web\nspec:\n  targetRef: {kind: MeshSubset, tags: {kuma.io/service: web}}\n  default:\n    appendMatch:\n      - {type: IP, value: 203.0.113.10, port: 443}\n      - {type: CIDR, value: 198.51.100.0/24}\n      - {type: Domain, value: api.example.com, port: 443, protocol: tls}\n";
+        let docs = parse_documents("p.yaml", text).expect("yaml");
+        let Document::Policy(p) = &docs[0] else {
+            panic!()
+        };
+        let identity = Workload {
+            tags: [("kuma.io/service".into(), "web".into())].into(),
+            ..Workload::default()
+        };
+        let flow = |rule: Option<&str>, verdict| FlowRecord {
+            source: FlowSource::Kernel,
+            workload: "/w".into(),
+            workload_name: None,
+            identity: Some(identity.clone()),
+            destination: "203.0.113.10:443".parse().expect("addr"),
+            ip_protocol: 6,
+            name: None,
+            protocol: None,
+            verdict,
+            reason: passthrough_common::Reason::IpEntry,
+            rule: rule.map(str::to_string),
+            count: 1,
+            first: String::new(),
+            last: String::new(),
+            last_unix_ms: 0,
+        };
+        let mut report = FlowsReport::default();
+        report.applied.policies = vec![AppliedPolicy {
+            source: p.source.clone(),
+            resource: to_resource(p),
+        }];
+        report.flows = vec![
+            flow(Some("web/appendMatch[0]"), Verdict::Allow),
+            flow(None, Verdict::Deny),
+        ];
+        let unused = unused_entries(&report).expect("compiles");
+        let listed: Vec<usize> = unused["/w"].iter().map(|e| e.index).collect();
+        assert_eq!(listed, [1, 2]);
+        let text = unused_text(&unused);
+        assert!(
+            text.contains("unused: web spec.default.appendMatch[1]"),
+            "{text}"
+        );
+        assert!(
+            text.lines().all(|l| l.starts_with('#')),
+            "comments only: {text}"
+        );
     }
 
     #[test]

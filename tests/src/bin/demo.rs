@@ -371,7 +371,8 @@ fn main() -> ExitCode {
 
 /// Audit first, then enforce: `batch` (passthrough disabled) is put in audit mode by a
 /// labelled policy, its connections are observed, `passthrough recommend` writes the policy
-/// that allows them, and that policy is enforced.
+/// that allows them, `passthrough simulate` replays the recorded flows against it, and that
+/// policy is enforced.
 fn rollout(topo: &Topology, agent: &AgentRun, batch: &TestCgroup) -> Result<(), String> {
     let workload = batch.path().display().to_string();
     println!("\nrollout for batch: 1. audit mode (policy label passthrough.io/audit: \"true\")");
@@ -401,7 +402,26 @@ fn rollout(topo: &Topology, agent: &AgentRun, batch: &TestCgroup) -> Result<(), 
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
     print!("{policy}");
-    println!("\n4. enforce it (it replaces the audited policy)");
+    let candidate = agent.policies_dir().with_file_name("recommended.yaml");
+    std::fs::write(&candidate, &policy).map_err(|e| e.to_string())?;
+    println!(
+        "\n4. passthrough simulate --policy recommended.yaml --replace kuma-system/batch-rollout --workload {workload}"
+    );
+    let out = agent.cli(&[
+        "simulate",
+        "--admin",
+        ADMIN,
+        "--policy",
+        &candidate.display().to_string(),
+        "--replace",
+        "kuma-system/batch-rollout",
+        "--workload",
+        &workload,
+    ]);
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    println!("   (exit code {})", out.status.code().unwrap_or(-1));
+    println!("\n5. enforce it (it replaces the audited policy)");
     agent.write_policy("rollout.yaml", &policy);
     agent.wait_until(std::time::Duration::from_secs(5), || {
         agent.status()["workloads"][1]["audit"] == false

@@ -541,6 +541,9 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
             }
             drop(agent);
             drop(cg);
+            if n == sizes[0] {
+                flows_off_rows(&mut ctx, kind, n, &refs);
+            }
             // nftables
             let cg = TestCgroup::new();
             let ruleset = nft_ruleset(&list, cg.path());
@@ -589,6 +592,23 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The allowed path again with the flow table off (`flows.enabled: false`): beside the
+/// `passthrough` rows (the table on, the default), each paired with the same no-program
+/// baseline in its own run, the difference of the two overheads is the table's cost.
+fn flows_off_rows(ctx: &mut Ctx, kind: Kind, n: usize, policies: &[(&str, &str)]) {
+    let cg = TestCgroup::new();
+    let agent = AgentRun::start(
+        &ctx.topo,
+        &[(&cg, &[][..])],
+        policies,
+        "flows: {enabled: false}\n",
+    );
+    for v6 in [false, true] {
+        ctx.row(&cg, "passthrough, flows off", kind.name(), n, v6, true);
+    }
+    drop(agent);
+}
+
 fn write_results(dir: &Path, rows: &[Row], applies: &[Apply], quick: bool) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -606,7 +626,7 @@ fn write_results(dir: &Path, rows: &[Row], applies: &[Apply], quick: bool) -> st
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# connect() latency\n\nKernel {}, {} CPUs. Each row: {} connect() calls from a process in the workload cgroup to a test host over a veth (allowed) or refused (denied); median and p99 in µs. For an allowed row the same process also makes as many connects from a cgroup with no program, interleaved in batches of {BATCH}, so the overhead column compares like with like.\n",
+        "# connect() latency\n\nKernel {}, {} CPUs. Each row: {} connect() calls from a process in the workload cgroup to a test host over a veth (allowed) or refused (denied); median and p99 in µs. For an allowed row the same process also makes as many connects from a cgroup with no program, interleaved in batches of {BATCH}, so the overhead column compares like with like. `passthrough` rows record every connect in the flow table (the default); `passthrough, flows off` rows are the same policy with `flows.enabled: false`: the difference of their overheads is the flow table's cost on the allowed path.\n",
         kernel.trim(),
         json["cpus"],
         rows.first().map_or(0, |r| r.samples)

@@ -22,7 +22,7 @@ mod sidedoor;
 use std::{
     io::{self, Read as _, Write as _},
     mem,
-    net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::Path,
     process::ExitCode,
@@ -80,6 +80,8 @@ struct Opts {
     connected: bool,
     sink: bool,
     echo: bool,
+    /// `flood`: each connect to a destination of its own.
+    distinct: bool,
     bytes: Option<u64>,
     positional: Vec<String>,
 }
@@ -116,6 +118,7 @@ fn parse(args: &[String], allowed: &[&str]) -> Result<Opts, String> {
             "--connected" => o.connected = true,
             "--sink" => o.sink = true,
             "--echo" => o.echo = true,
+            "--distinct" => o.distinct = true,
             "--bytes" => o.bytes = Some(value()?.parse().map_err(|e| format!("--bytes: {e}"))?),
             _ => o.positional.push(a.clone()),
         }
@@ -748,10 +751,12 @@ fn bulk_cmd(args: &[String]) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------
 // flood
 
-/// `flood [--cgroup DIR] [--netns PATH] --bytes N ADDR:PORT`: N connects as fast as possible;
-/// prints how many ended in EPERM, connected, or otherwise, and how long they took.
+/// `flood [--cgroup DIR] [--netns PATH] [--distinct] --bytes N ADDR:PORT`: N connects as fast
+/// as possible; prints how many ended in EPERM, connected, or otherwise, and how long they
+/// took. With `--distinct`, connect `i` goes to a destination of its own: port
+/// `1 + i % 50000` of the IPv4 address `i / 50000` after ADDR.
 fn flood_cmd(args: &[String]) -> Result<(), String> {
-    let o = parse(args, &["--cgroup", "--netns", "--bytes"])?;
+    let o = parse(args, &["--cgroup", "--netns", "--bytes", "--distinct"])?;
     let [dest] = o.positional.as_slice() else {
         return Err(usage());
     };
@@ -762,7 +767,15 @@ fn flood_cmd(args: &[String]) -> Result<(), String> {
     enter(&o)?;
     let (mut eperm, mut connected, mut other) = (0u64, 0u64, 0u64);
     let started = Instant::now();
-    for _ in 0..n {
+    for i in 0..n {
+        let dest = match (o.distinct, dest) {
+            (true, SocketAddr::V4(v4)) => SocketAddr::from((
+                Ipv4Addr::from(u32::from(*v4.ip()).wrapping_add((i / 50_000) as u32)),
+                (1 + i % 50_000) as u16,
+            )),
+            (true, _) => return Err("--distinct needs an IPv4 destination".into()),
+            (false, d) => d,
+        };
         match TcpStream::connect_timeout(&dest, Duration::from_secs(2)) {
             Ok(_) => connected += 1,
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
