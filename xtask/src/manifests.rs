@@ -35,7 +35,8 @@ use serde::Serialize;
 
 const NAMESPACE: &str = "passthrough-system";
 const NAME: &str = "passthrough";
-const IMAGE: &str = "ghcr.io/passthrough/passthrough:0.1.0";
+/// What `cargo xtask image` builds; the README says how to push it and point this at a registry.
+const IMAGE: &str = crate::image::REFERENCE;
 const ADMIN_PORT: i32 = 9902;
 
 /// The agent config the DaemonSet mounts: Kubernetes is the only source.
