@@ -151,10 +151,8 @@ impl AgentRun {
         policies: &[(&str, &str)],
         extra_config: &str,
     ) -> Self {
-        let workloads: Vec<WorkloadLines<'_>> = workloads
-            .iter()
-            .map(|(c, t)| (c.path(), *t, ""))
-            .collect();
+        let workloads: Vec<WorkloadLines<'_>> =
+            workloads.iter().map(|(c, t)| (c.path(), *t, "")).collect();
         Self::prepare(None, topo, &workloads, policies, extra_config)
     }
 

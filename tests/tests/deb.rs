@@ -26,7 +26,9 @@ struct Purge;
 impl Drop for Purge {
     fn drop(&mut self) {
         if installed() {
-            let _ = Command::new("dpkg").args(["--purge", "passthrough"]).output();
+            let _ = Command::new("dpkg")
+                .args(["--purge", "passthrough"])
+                .output();
         }
     }
 }
@@ -89,7 +91,8 @@ fn the_package_installs_runs_from_usr_bin_and_purges_without_leftovers() {
         format!("passthrough {VERSION}")
     );
     // The default config and its (empty) policy directory pass the CLI's offline check.
-    let out = output(Command::new(bin).args(["validate", "--config", "/etc/passthrough/agent.yaml"]));
+    let out =
+        output(Command::new(bin).args(["validate", "--config", "/etc/passthrough/agent.yaml"]));
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         fs::read_dir("/etc/passthrough/policies")
@@ -116,14 +119,19 @@ fn the_package_installs_runs_from_usr_bin_and_purges_without_leftovers() {
         )
         .expect("deploy/systemd/passthrough.service")
     );
-    assert!(unit.contains(&format!("ExecStart={bin} run --config /etc/passthrough/agent.yaml")));
+    assert!(unit.contains(&format!(
+        "ExecStart={bin} run --config /etc/passthrough/agent.yaml"
+    )));
     // The config is a conffile: an upgrade keeps the operator's edits.
     let conffiles = check(Command::new("dpkg-query").args([
         "--show",
         "--showformat=${Conffiles}",
         "passthrough",
     ]));
-    assert!(conffiles.contains("/etc/passthrough/agent.yaml"), "{conffiles}");
+    assert!(
+        conffiles.contains("/etc/passthrough/agent.yaml"),
+        "{conffiles}"
+    );
     // Without systemd the postinst started nothing.
     assert!(!std::path::Path::new("/run/systemd/system").exists());
     assert_eq!(installed_agents(), Vec::<u32>::new());
@@ -133,7 +141,12 @@ fn the_package_installs_runs_from_usr_bin_and_purges_without_leftovers() {
             .args(["--purge", "passthrough"])
             .env("DEBIAN_FRONTEND", "noninteractive"),
     );
-    assert_eq!(status(), "", "dpkg still knows the package after purge");
+    // Forgotten ("") or remembered only as not installed ("un", "pn"): not "rc" (config left).
+    let after = status();
+    assert!(
+        after.is_empty() || after.starts_with("un") || after.starts_with("pn"),
+        "dpkg's status after purge: {after:?}"
+    );
     let left: Vec<&PathBuf> = new.iter().filter(|p| p.exists()).collect();
     assert!(left.is_empty(), "left behind after purge: {left:?}");
     let info: Vec<String> = fs::read_dir("/var/lib/dpkg/info")

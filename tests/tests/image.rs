@@ -22,15 +22,23 @@ fn podman_loads_the_archive_under_its_name_and_digest() {
     assert_eq!(image.inspect("{{.Digest}}"), image.digest);
     let manifest_blob = archive_member(
         &image_archive(),
-        &format!("blobs/sha256/{}", image.digest.trim_start_matches("sha256:")),
+        &format!(
+            "blobs/sha256/{}",
+            image.digest.trim_start_matches("sha256:")
+        ),
     );
     let manifest: serde_json::Value = serde_json::from_slice(&manifest_blob).expect("manifest");
     assert_eq!(
         format!("sha256:{}", image.inspect("{{.Id}}")),
-        manifest["config"]["digest"].as_str().expect("config digest")
+        manifest["config"]["digest"]
+            .as_str()
+            .expect("config digest")
     );
     if let Ok(expected) = std::env::var("PASSTHROUGH_IMAGE_DIGEST") {
-        assert_eq!(image.digest, expected, "the digest `cargo xtask image` printed");
+        assert_eq!(
+            image.digest, expected,
+            "the digest `cargo xtask image` printed"
+        );
     }
     assert_eq!(
         image.inspect("{{index .Labels \"org.opencontainers.image.version\"}}"),
@@ -154,8 +162,14 @@ fn the_agent_from_the_image_with_the_daemonset_mounts_enforces_a_test_workload()
     );
 
     let opts = ProbeOptions::default();
-    Expect::Allow.assert(&topo.connect(Some(&web), allowed, &opts), "allowed destination");
-    Expect::Deny.assert(&topo.connect(Some(&web), denied, &opts), "denied destination");
+    Expect::Allow.assert(
+        &topo.connect(Some(&web), allowed, &opts),
+        "allowed destination",
+    );
+    Expect::Deny.assert(
+        &topo.connect(Some(&web), denied, &opts),
+        "denied destination",
+    );
     // Proven on the far side: only the allowed connection arrived.
     assert_eq!(servers.accepted(), [allowed]);
 
@@ -178,6 +192,9 @@ fn the_agent_from_the_image_with_the_daemonset_mounts_enforces_a_test_workload()
     assert!(out.status.success(), "{out:?}");
     assert!(!agent.bpffs().exists(), "{} left", agent.bpffs().display());
     let got = topo.connect(Some(&web), denied, &opts);
-    assert!(got.received().starts_with("hello from "), "after uninstall: {got:?}");
+    assert!(
+        got.received().starts_with("hello from "),
+        "after uninstall: {got:?}"
+    );
     assert_eq!(servers.accepted(), [allowed, denied]);
 }

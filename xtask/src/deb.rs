@@ -85,9 +85,19 @@ fn stage_tree(stage: &Path, binary: &Path, arch: &str, depends: &str) -> Result<
         "lib/systemd/system/passthrough.service",
         0o644,
     )?;
-    copy(&src.join("deploy/debian/agent.yaml"), stage, CONFFILE, 0o644)?;
+    copy(
+        &src.join("deploy/debian/agent.yaml"),
+        stage,
+        CONFFILE,
+        0o644,
+    )?;
     mkdir(&stage.join("etc/passthrough/policies"))?;
-    copy(&src.join("README.md"), stage, &format!("{doc}/README.md"), 0o644)?;
+    copy(
+        &src.join("README.md"),
+        stage,
+        &format!("{doc}/README.md"),
+        0o644,
+    )?;
     let mut examples: Vec<PathBuf> = fs::read_dir(src.join("examples"))?
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -132,7 +142,12 @@ fn stage_tree(stage: &Path, binary: &Path, arch: &str, depends: &str) -> Result<
     // Directories were made under the caller's umask; the package says 0755 whatever it is.
     for dir in [stage.to_path_buf(), stage.join("DEBIAN")]
         .into_iter()
-        .chain(walk(stage)?.into_iter().filter(|(_, m)| m.is_dir()).map(|(r, _)| stage.join(r)))
+        .chain(
+            walk(stage)?
+                .into_iter()
+                .filter(|(_, m)| m.is_dir())
+                .map(|(r, _)| stage.join(r)),
+        )
     {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
     }

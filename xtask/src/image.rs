@@ -25,7 +25,10 @@ use crate::release::{self, VERSION};
 
 /// The image's full name: its repository (change it here to publish elsewhere) tagged with
 /// the agent's version. The DaemonSet (`xtask/src/manifests.rs`) runs this name.
-pub const REFERENCE: &str = concat!("ghcr.io/passthrough/passthrough:", env!("CARGO_PKG_VERSION"));
+pub const REFERENCE: &str = concat!(
+    "ghcr.io/passthrough/passthrough:",
+    env!("CARGO_PKG_VERSION")
+);
 
 const BINARY_PATH: &str = "usr/local/bin/passthrough";
 
@@ -192,7 +195,11 @@ fn rootfs(binary: &Path) -> Result<Tree> {
         b"root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n".to_vec(),
         0o644,
     );
-    t.file("etc/group", b"root:x:0:\nnogroup:x:65534:\n".to_vec(), 0o644);
+    t.file(
+        "etc/group",
+        b"root:x:0:\nnogroup:x:65534:\n".to_vec(),
+        0o644,
+    );
     // glibc's own resolver reads this (the CLI's admin client resolves host names); files
     // first, so /etc/hosts of the pod or node answers `localhost`.
     t.file("etc/nsswitch.conf", b"hosts: files dns\n".to_vec(), 0o644);

@@ -107,7 +107,10 @@ fn parse_ldd(text: &str) -> Result<Vec<PathBuf>> {
             Some((name, rest)) => {
                 let rest = rest.trim();
                 if rest.starts_with("not found") {
-                    bail!("ldd: {} not found: install the package that provides it", name.trim());
+                    bail!(
+                        "ldd: {} not found: install the package that provides it",
+                        name.trim()
+                    );
                 }
                 rest.split(" (").next().unwrap_or(rest).trim()
             }
