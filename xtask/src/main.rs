@@ -105,7 +105,11 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 pub fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // `cargo run` gave xtask its own CARGO_MANIFEST_DIR; build scripts that watch it (ring's)
+    // would otherwise rebuild everything above them whenever xtask and a shell take turns.
+    cmd.env_remove("CARGO_MANIFEST_DIR");
+    cmd
 }
 
 pub fn is_root() -> bool {

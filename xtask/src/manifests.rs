@@ -488,4 +488,13 @@ mod tests {
         );
         assert!(AGENT_CONFIG.contains("kubernetes: {}"));
     }
+
+    #[test]
+    fn the_daemon_set_runs_the_image_xtask_builds() {
+        let spec = daemon_set().spec.template.spec.expect("pod spec");
+        assert_eq!(
+            spec.containers[0].image.as_deref(),
+            Some(crate::image::REFERENCE)
+        );
+    }
 }
