@@ -1,4 +1,7 @@
-# The passthrough agent image: `docker build -t passthrough .`
+# The passthrough agent image where a Docker engine and Docker Hub are at hand:
+# `docker build -t passthrough .`. The image the tests run and the DaemonSet names is built
+# without either by `cargo xtask image` (see the README's "Installing"); this file is not
+# tested.
 #
 # The build stage runs `cargo xtask setup` (LLVM 22 from Debian bookworm-security, nightly
 # rust-src, bpf-linker), then builds the agent, whose build script compiles the eBPF programs

@@ -142,6 +142,25 @@ impl AgentRun {
         run
     }
 
+    /// Writes the config and the policies without starting an agent: for one started some
+    /// other way (from the image, `container::LoadedImage::run_agent`), with [`AgentRun::dir`]
+    /// as its `/etc/passthrough`.
+    pub fn configure(
+        topo: &Topology,
+        workloads: &[(&TestCgroup, &[(&str, &str)])],
+        policies: &[(&str, &str)],
+        extra_config: &str,
+    ) -> Self {
+        let workloads: Vec<WorkloadLines<'_>> =
+            workloads.iter().map(|(c, t)| (c.path(), *t, "")).collect();
+        Self::prepare(None, topo, &workloads, policies, extra_config)
+    }
+
+    /// The directory holding the config (`agent.yaml`) and its `policies` directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// Writes the config and the policies; the agent is not started.
     fn prepare(
         agent_cgroup: Option<&TestCgroup>,

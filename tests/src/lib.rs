@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod container;
 
 use std::{
     ffi::CString,

@@ -5,9 +5,13 @@
 //! - `lint`: rustfmt and clippy, as CI runs them.
 //! - `demo`: the README's main job on the embedded demo.
 //! - `manifests`: the Kubernetes deployment, generated (`--check`: unchanged).
+//! - `image`, `deb`: the agent's OCI image and Debian package, in target/dist/.
 
+mod deb;
 mod demo;
+mod image;
 mod manifests;
+mod release;
 mod setup;
 
 use std::{
@@ -45,6 +49,13 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
+    /// Build the agent's OCI image (target/dist/passthrough_VERSION_ARCH.oci.tar, for
+    /// `podman load`, `docker load`, `ctr image import`) without a container engine; checks
+    /// that a second assembly gives the same digest.
+    Image,
+    /// Build the Debian package (target/dist/passthrough_VERSION_ARCH.deb); checks that a
+    /// second build gives the same bytes.
+    Deb,
     /// Run a benchmark (needs root); results go to bench/results/.
     Bench {
         /// Which benchmark: connect (connect() latency, apply time), proxy (the peek
@@ -65,6 +76,8 @@ fn main() -> Result<()> {
         Task::Lint => lint(),
         Task::Demo => demo::run_demo(),
         Task::Manifests { check } => manifests::run(&root(), check),
+        Task::Image => image::build().map(drop),
+        Task::Deb => deb::build().map(drop),
         Task::Bench { which, quick } => bench(&which, quick),
     }
 }
@@ -93,7 +106,11 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 pub fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // `cargo run` gave xtask its own CARGO_MANIFEST_DIR; build scripts that watch it (ring's)
+    // would otherwise rebuild everything above them whenever xtask and a shell take turns.
+    cmd.env_remove("CARGO_MANIFEST_DIR");
+    cmd
 }
 
 pub fn is_root() -> bool {
@@ -165,15 +182,22 @@ fn test(unprivileged: bool) -> Result<()> {
             "the kernel tests load eBPF programs and create cgroups and network namespaces: run `cargo xtask test` as root, or `cargo xtask test --unprivileged` for the rest"
         );
     }
+    // What tests/tests/{image,deb}.rs install and run: built before the lock is taken.
+    let image = image::build()?;
+    let deb = deb::build()?;
     // One at a time: they share the host's bpffs and cgroup tree, under unique names.
     let _lock = privileged_lock()?;
-    run(cargo().args([
-        "test",
-        "--package",
-        "passthrough-tests",
-        "--",
-        "--test-threads=1",
-    ]))
+    run(cargo()
+        .args([
+            "test",
+            "--package",
+            "passthrough-tests",
+            "--",
+            "--test-threads=1",
+        ])
+        .env("PASSTHROUGH_IMAGE", &image.archive)
+        .env("PASSTHROUGH_IMAGE_DIGEST", &image.manifest_digest)
+        .env("PASSTHROUGH_DEB", &deb))
 }
 
 fn bench(which: &str, quick: bool) -> Result<()> {

@@ -35,7 +35,8 @@ use serde::Serialize;
 
 const NAMESPACE: &str = "passthrough-system";
 const NAME: &str = "passthrough";
-const IMAGE: &str = "ghcr.io/passthrough/passthrough:0.1.0";
+/// What `cargo xtask image` builds; the README says how to push it and point this at a registry.
+const IMAGE: &str = crate::image::REFERENCE;
 const ADMIN_PORT: i32 = 9902;
 
 /// The agent config the DaemonSet mounts: Kubernetes is the only source.
@@ -486,5 +487,14 @@ mod tests {
             Some("spec.nodeName")
         );
         assert!(AGENT_CONFIG.contains("kubernetes: {}"));
+    }
+
+    #[test]
+    fn the_daemon_set_runs_the_image_xtask_builds() {
+        let spec = daemon_set().spec.template.spec.expect("pod spec");
+        assert_eq!(
+            spec.containers[0].image.as_deref(),
+            Some(crate::image::REFERENCE)
+        );
     }
 }

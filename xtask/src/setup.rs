@@ -23,6 +23,12 @@ const PACKAGES: &[&str] = &[
     // dnsmasq: the test topology's resolver. The -base package is the binary alone, without
     // the system service that would answer on this machine's port 53.
     "dnsmasq-base",
+    // podman: runs the agent's image in tests/tests/image.rs (nothing is pulled).
+    "podman",
+    // runc: podman's runtime in the tests; Debian 12's crun refuses hybrid cgroup hosts.
+    "runc",
+    // dpkg-dev: dpkg-shlibdeps, for the Debian package's Depends.
+    "dpkg-dev",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
