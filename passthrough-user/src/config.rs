@@ -18,7 +18,9 @@ use crate::{
         bind::DomainCheck,
         describe, hints,
         kuma::{Admission, KumaVersion},
+        load::DEFAULT_MAX_FILE_BYTES,
         merge::{SelectOptions, select},
+        prescan,
         model::{DEFAULT_MESH, DEFAULT_SYSTEM_NAMESPACE},
         set::{Finding, PolicySet},
         workload::{ProxyType, Workload},
@@ -79,6 +81,14 @@ pub struct AgentConfig {
     /// Raw IP and packet sockets of workloads in mode `None` or `Matched`.
     #[serde(default)]
     pub raw_sockets: RawSockets,
+    /// Largest policy file read, in bytes (default 64 MiB); a larger one is refused with the
+    /// rest of its reload.
+    #[serde(default = "default_max_policy_file_bytes")]
+    pub max_policy_file_bytes: u64,
+}
+
+fn default_max_policy_file_bytes() -> u64 {
+    DEFAULT_MAX_FILE_BYTES
 }
 
 /// `kuma`: which Kuma the policies are written for.
@@ -507,9 +517,31 @@ impl AgentConfig {
             field: field.to_string(),
             message,
         };
-        let text = std::fs::read_to_string(path)
+        let text = read_config(path)
             .map_err(|e| ParseError::Unreadable(finding("", format!("cannot read: {e}"))))?;
-        let value: serde_yaml::Value = serde_yaml::from_str(&text)
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse_text(&file, &text, base)
+    }
+
+    /// [`AgentConfig::parse`] of a text already read: `file` names it in findings, and
+    /// relative policy paths are made relative to `base`.
+    pub fn parse_text(file: &str, text: &str, base: &Path) -> Result<Self, ParseError> {
+        let finding = |field: &str, message: String| ConfigFinding {
+            severity: Severity::Error,
+            file: file.to_string(),
+            field: field.to_string(),
+            message,
+        };
+        if let Err(e) = prescan::check_depth(text, prescan::MAX_DEPTH) {
+            return Err(ParseError::Unreadable(finding(
+                "",
+                format!(
+                    "line {}: mappings and sequences nest deeper than {} levels; the agent config nests a few: this is not a config file",
+                    e.line, e.bound
+                ),
+            )));
+        }
+        let value: serde_yaml::Value = serde_yaml::from_str(text)
             .map_err(|e| ParseError::Unreadable(finding("", format!("not valid YAML: {e}"))))?;
         // An empty file is a config with every default, which `check` then judges.
         let value = if value.is_null() {
@@ -526,7 +558,6 @@ impl AgentConfig {
                 value_message(&e.inner().to_string(), found),
             ))
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
         for p in &mut cfg.policies {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -567,6 +598,7 @@ impl AgentConfig {
             system_namespace: self.system_namespace.clone(),
             kuma: self.kuma.version,
             files: Admission::Apply,
+            max_file_bytes: self.max_policy_file_bytes,
         }
     }
 
@@ -661,6 +693,24 @@ impl AgentConfig {
             }
         }
     }
+}
+
+/// Largest config file read: a config lists workloads and paths, never megabytes of them.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// The config file's text, refused past [`MAX_CONFIG_BYTES`].
+fn read_config(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_CONFIG_BYTES} bytes: this is not an agent config"
+        )));
+    }
+    Ok(text)
 }
 
 /// A serde message about a config value, with what to write for the types serde only names.

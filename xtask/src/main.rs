@@ -5,8 +5,10 @@
 //! - `lint`: rustfmt and clippy, as CI runs them.
 //! - `demo`: the README's main job on the embedded demo.
 //! - `manifests`: the Kubernetes deployment, generated (`--check`: unchanged).
+//! - `fuzz`: the cargo-fuzz targets, each for a bounded time.
 
 mod demo;
+mod fuzz;
 mod manifests;
 mod setup;
 
@@ -56,6 +58,20 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Run the fuzz targets of fuzz/ (cargo fuzz, nightly) on their committed corpora, each
+    /// for --time seconds; a crash fails the run and is left in fuzz/artifacts/.
+    ///
+    /// Example: cargo xtask fuzz --time 300 peek_tls hpack
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Merge the new inputs that add coverage into fuzz/corpus/ afterwards.
+        #[arg(long)]
+        merge: bool,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -66,6 +82,11 @@ fn main() -> Result<()> {
         Task::Demo => demo::run_demo(),
         Task::Manifests { check } => manifests::run(&root(), check),
         Task::Bench { which, quick } => bench(&which, quick),
+        Task::Fuzz {
+            time,
+            merge,
+            targets,
+        } => fuzz::run_targets(time, &targets, merge),
     }
 }
 
@@ -156,6 +177,8 @@ fn test(unprivileged: bool) -> Result<()> {
         "--exclude",
         "passthrough-ebpf",
     ]))?;
+    // A short pass over every fuzz target: each corpus replayed, then a little exploring.
+    fuzz::run_targets(fuzz::CI_SECONDS, &[], false)?;
     if unprivileged {
         eprintln!("xtask: --unprivileged: the kernel tests were not run");
         return Ok(());

@@ -19,6 +19,7 @@ pub mod merge;
 pub mod migrate;
 pub mod model;
 pub mod overlap;
+pub mod prescan;
 pub mod set;
 pub mod tables;
 pub mod validate;

@@ -1,0 +1,93 @@
+//! Invariants shared by the fuzz targets.
+
+use passthrough::{
+    policy::{
+        compile::compile,
+        kuma::{Admission, KumaVersion},
+        load::{Document, parse_documents},
+        merge::{SelectOptions, merged_for},
+        model::Policy,
+        validate::validate_for,
+        workload::Workload,
+    },
+    proxy::peek::{PeekError, Progress, peek},
+};
+
+/// A verdict as the proxy acts on it: errors by their kind (the message may name the first
+/// of several faults, which depends on how much arrived), decisions exactly.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    NeedMore,
+    Done(String),
+    Refused(&'static str),
+}
+
+fn outcome(r: Result<Progress, PeekError>) -> Outcome {
+    match r {
+        Ok(Progress::NeedMore) => Outcome::NeedMore,
+        Ok(Progress::Done(p)) => Outcome::Done(format!("{p:?}")),
+        Err(e) => Outcome::Refused(e.kind()),
+    }
+}
+
+/// Feeds `buf` to the peek readers as the proxy does, a growing prefix per arrival, with up
+/// to 16 arrivals whose sizes `seed` picks. Asserts that:
+/// - nothing panics (the harness catches that);
+/// - a prefix that decides decides as the whole buffer does, so the verdict does not depend
+///   on how the client's bytes were segmented;
+/// - a name read is no longer than the bytes it came from.
+pub fn peek_segmented(seed: u8, buf: &[u8]) {
+    let whole = outcome(peek(buf));
+    if let Outcome::Done(name) = &whole {
+        assert!(name.len() <= buf.len() + 16, "name longer than the input");
+    }
+    let mut state = u32::from(seed) | 0x100;
+    let mut cut = 0usize;
+    for _ in 0..16 {
+        // xorshift32: deterministic per seed, so a crash reproduces from its input alone.
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let step = 1 + (state as usize) % (buf.len() / 4 + 1);
+        cut = (cut + step).min(buf.len());
+        let part = outcome(peek(&buf[..cut]));
+        if part != Outcome::NeedMore {
+            assert_eq!(
+                part,
+                whole,
+                "decided differently on the first {cut} of {} bytes",
+                buf.len()
+            );
+        }
+        if cut == buf.len() {
+            break;
+        }
+    }
+}
+
+/// Runs a policy text through the loader, the validation of both Kuma versions, and the
+/// merge and compile of what is valid, for a workload every Mesh policy selects.
+pub fn policy_pipeline(text: &str) {
+    let Ok(docs) = parse_documents("fuzz.yaml", text) else {
+        return;
+    };
+    let mut valid: Vec<Policy> = Vec::new();
+    for doc in docs {
+        let Document::Policy(p) = doc else { continue };
+        for kuma in [KumaVersion::V2, KumaVersion::V3] {
+            for admission in [Admission::Apply, Admission::Stored] {
+                let _ = validate_for(&p, kuma, admission);
+            }
+        }
+        if !validate_for(&p, KumaVersion::V2, Admission::Apply)
+            .iter()
+            .any(|v| v.is_error())
+        {
+            valid.push(*p);
+        }
+    }
+    let workload = Workload::default();
+    if let Ok(merged) = merged_for(&valid, &workload, &SelectOptions::default()) {
+        let _ = compile(&merged);
+    }
+}
