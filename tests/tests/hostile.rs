@@ -135,7 +135,7 @@ fn a_10_mb_allow_list_validates_and_is_enforced() {
     assert!(text.len() > 10_000_000, "{} bytes", text.len());
     let topo = Topology::new();
     let listed = sa("203.0.113.10:80");
-    let unlisted = sa("203.0.113.11:80");
+    let unlisted = sa("203.0.113.20:80");
     let _servers = topo.serve(&[listed, unlisted]);
     let w = TestCgroup::new();
     let agent = AgentRun::launch(
@@ -145,14 +145,10 @@ fn a_10_mb_allow_list_validates_and_is_enforced() {
         &[("big.yaml", &text)],
         "",
     );
-    // A debug build on a shared machine parses 10 MB in seconds; the time is in docs/testing.md.
+    // The agent's start validates the file as `passthrough validate --config` does, then
+    // applies it. A debug build on a shared machine takes seconds for 10 MB; the time is in
+    // docs/testing.md, not asserted.
     agent.wait_until(Duration::from_secs(180), || agent.is_ready());
-    let validate = agent.cli(&["validate", &agent.policies_dir().display().to_string()]);
-    assert!(
-        validate.status.success(),
-        "{}",
-        String::from_utf8_lossy(&validate.stderr)
-    );
     let status = agent.status();
     assert_eq!(status["lastReload"]["result"], "applied", "{status}");
     let r = topo.connect(Some(&w), listed, &ProbeOptions::default());
