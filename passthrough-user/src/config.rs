@@ -20,8 +20,8 @@ use crate::{
         kuma::{Admission, KumaVersion},
         load::DEFAULT_MAX_FILE_BYTES,
         merge::{SelectOptions, select},
-        prescan,
         model::{DEFAULT_MESH, DEFAULT_SYSTEM_NAMESPACE, Policy},
+        prescan,
         set::{Finding, PolicySet},
         workload::{ProxyType, Workload},
     },
@@ -1574,10 +1574,15 @@ meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
         assert!(c.proxy().is_none());
         let e = load("policies: [policies]\nadmin: {listen: 127.0.0.1:15001}\n")
             .expect_err("admin on the default proxy port");
-        assert!(e.to_string().contains("is also a proxy.listen address"), "{e}");
         assert!(
-            load("policies: [policies]\nadmin: {listen: 127.0.0.1:15001}\nproxy: {enabled: false}\n")
-                .is_ok()
+            e.to_string().contains("is also a proxy.listen address"),
+            "{e}"
+        );
+        assert!(
+            load(
+                "policies: [policies]\nadmin: {listen: 127.0.0.1:15001}\nproxy: {enabled: false}\n"
+            )
+            .is_ok()
         );
     }
 
@@ -1598,7 +1603,10 @@ meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
         let u = off.unenforceable_domains(&policies).expect("two entries");
         assert_eq!(u.entries, 2);
         assert_eq!(u.policies, ["p"]);
-        assert!(u.warning().starts_with("warning: 2 Domain entries (in p) cannot be enforced"));
+        assert!(
+            u.warning()
+                .starts_with("warning: 2 Domain entries (in p) cannot be enforced")
+        );
         assert_eq!(off.unenforceable_domains(&[]), None);
     }
 
@@ -1616,7 +1624,10 @@ meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
         let e = AgentConfig::parse_text("agent.yaml", &text, Path::new("/")).expect_err("deep");
         let line = e.finding().line();
         assert!(line.contains("agent.yaml"), "{line}");
-        assert!(line.contains("line 2: mappings and sequences nest deeper than 64"), "{line}");
+        assert!(
+            line.contains("line 2: mappings and sequences nest deeper than 64"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -142,7 +142,10 @@ fn explain_says_a_domain_only_connect_is_denied_with_the_proxy_off() {
     assert_eq!(code, 3, "{out}{err}");
     let (code, out, err) = run(base().args(["--proxy-off", "198.51.100.20:443"]));
     assert_eq!(code, 1, "denied: {out}{err}");
-    assert!(out.contains("the peek proxy that reads the name is off"), "{out}");
+    assert!(
+        out.contains("the peek proxy that reads the name is off"),
+        "{out}"
+    );
     // An IP entry does not need the proxy.
     let (code, out, err) = run(base().args(["--proxy-off", "10.240.15.39:8888"]));
     assert_eq!(code, 0, "{out}{err}");

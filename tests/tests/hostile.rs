@@ -70,7 +70,10 @@ fn with_the_proxy_turned_off_domain_entries_deny_and_every_reload_says_how_many(
         "proxy: {enabled: false}\n",
     );
     let r = topo.connect(Some(&w), host, &ProbeOptions::http_get("httpbin.dev"));
-    assert!(r.is_eperm(), "no proxy: the Domain entry cannot allow: {r:?}");
+    assert!(
+        r.is_eperm(),
+        "no proxy: the Domain entry cannot allow: {r:?}"
+    );
     // The example has three Domain entries.
     let status = agent.status();
     assert_eq!(status["lastReload"]["unenforceableDomains"], 3, "{status}");
@@ -92,7 +95,9 @@ fn with_the_proxy_turned_off_domain_entries_deny_and_every_reload_says_how_many(
         "{metrics}"
     );
     assert!(
-        agent.log().contains("3 Domain entries (in allow-some) cannot be enforced"),
+        agent
+            .log()
+            .contains("3 Domain entries (in allow-some) cannot be enforced"),
         "{}",
         agent.log()
     );
@@ -106,7 +111,11 @@ fn with_the_proxy_turned_off_domain_entries_deny_and_every_reload_says_how_many(
         agent.status()["lastReload"]["unenforceableDomains"] == 4
     });
     assert!(agent.log().matches("cannot be enforced").count() > before);
-    assert!(agent.log().contains("in allow-some, other"), "{}", agent.log());
+    assert!(
+        agent.log().contains("in allow-some, other"),
+        "{}",
+        agent.log()
+    );
 }
 
 /// 120 000 IP entries of 10.0.0.0/8 on port 443, block style, and one entry in the middle

@@ -72,7 +72,10 @@ pub fn run_targets(seconds: u64, only: &[String], merge: bool) -> Result<()> {
             .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
             .arg("-print_final_stats=1"))?;
         if merge {
-            eprintln!("xtask: merging what {target} found into {}", corpus.display());
+            eprintln!(
+                "xtask: merging what {target} found into {}",
+                corpus.display()
+            );
             run(nightly_cargo()
                 .args(["fuzz", "run", target])
                 .arg(&corpus)

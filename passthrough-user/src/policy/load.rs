@@ -20,8 +20,8 @@ mod direct;
 
 use super::{
     describe,
-    prescan::{self, MAX_DEPTH},
     model::{DEFAULT_MESH, Format, KubernetesDoc, Policy, Source, Spec, UniversalDoc, labels},
+    prescan::{self, MAX_DEPTH},
 };
 
 /// Largest policy file read unless the config (`maxPolicyFileBytes`) or the CLI
@@ -52,7 +52,11 @@ pub enum LoadError {
     #[error(
         "{path}: line {line}: mappings and sequences nest deeper than {bound} levels; a MeshPassthrough nests about six: this is not a policy file"
     )]
-    TooDeep { path: String, line: u64, bound: usize },
+    TooDeep {
+        path: String,
+        line: u64,
+        bound: usize,
+    },
     #[error("{path}: not a text file (it is not valid UTF-8); give YAML or JSON policy files")]
     NotText { path: String },
     #[error("{path}: not valid YAML: {message}")]
@@ -219,8 +223,7 @@ pub fn scan_dir(dir: &Path) -> std::io::Result<DirScan> {
 /// Reads one file, refusing it unread if it is larger than `max_bytes`.
 pub fn load_file(path: &Path, max_bytes: u64) -> FileResult {
     let name = path.display().to_string();
-    let outcome =
-        read_text(path, &name, max_bytes).and_then(|text| parse_documents(&name, &text));
+    let outcome = read_text(path, &name, max_bytes).and_then(|text| parse_documents(&name, &text));
     FileResult {
         path: name,
         outcome,
@@ -564,17 +567,35 @@ spec:
         }
         // The same file under the default bound is read (and is empty: only comments).
         let r = load_file(&big, DEFAULT_MAX_FILE_BYTES);
-        assert!(matches!(r.outcome, Ok(ref d) if d.is_empty()), "{:?}", r.outcome);
+        assert!(
+            matches!(r.outcome, Ok(ref d) if d.is_empty()),
+            "{:?}",
+            r.outcome
+        );
     }
 
     #[test]
     fn deep_nesting_is_refused_with_the_file_line_and_bound() {
-        let text = format!("type: MeshPassthrough\nname: p\nspec: {}\n", "[".repeat(200_000));
+        let text = format!(
+            "type: MeshPassthrough\nname: p\nspec: {}\n",
+            "[".repeat(200_000)
+        );
         let e = parse_documents("deep.yaml", &text).expect_err("must fail");
-        assert!(matches!(e, LoadError::TooDeep { line: 3, bound: MAX_DEPTH, .. }), "{e:?}");
         assert!(
-            e.to_string()
-                .starts_with("deep.yaml: line 3: mappings and sequences nest deeper than 64 levels"),
+            matches!(
+                e,
+                LoadError::TooDeep {
+                    line: 3,
+                    bound: MAX_DEPTH,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().starts_with(
+                "deep.yaml: line 3: mappings and sequences nest deeper than 64 levels"
+            ),
             "{e}"
         );
     }

@@ -57,7 +57,9 @@ pub fn check_depth(text: &str, bound: usize) -> Result<(), TooDeep> {
 /// What the walk needs to know of one libyaml event.
 enum Event {
     /// A mapping or sequence starts, on this 0-based line.
-    Open { line: u64 },
+    Open {
+        line: u64,
+    },
     Close,
     Other,
     /// The end of the stream, or a syntax error.
@@ -168,7 +170,10 @@ mod tests {
         let text: String = (0..100)
             .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
             .collect();
-        assert_eq!(depth_error(&text).map(|e| e.line), Some(MAX_DEPTH as u64 + 1));
+        assert_eq!(
+            depth_error(&text).map(|e| e.line),
+            Some(MAX_DEPTH as u64 + 1)
+        );
     }
 
     #[test]
