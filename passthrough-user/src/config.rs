@@ -693,6 +693,9 @@ impl AgentConfig {
         self.admin.check(self.proxy(), &mut c);
         if let Some(p) = self.proxy() {
             p.check(&mut c);
+            if self.kubernetes.is_some() {
+                p.check_pod_ports(&mut c);
+            }
         }
         self.dns.check(&mut c);
         for (i, net) in self.mesh_cidrs.iter().enumerate() {
@@ -921,6 +924,25 @@ impl ProxyConfig {
                 "proxy.maxConnections",
                 "0 connections would refuse every one: give at least 1, e.g. 4096",
             );
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// In Kubernetes the proxy also listens in every pod's network namespace, where Kuma's
+    /// sidecar holds its own ports.
+    fn check_pod_ports(&self, c: &mut Findings<'_>) {
+        const KUMA_SIDECAR_PORTS: [u16; 3] = [15001, 15006, 15053];
+        for (i, a) in self.listen.iter().enumerate() {
+            if KUMA_SIDECAR_PORTS.contains(&a.port()) {
+                c.warning(
+                    format!("proxy.listen[{i}]"),
+                    format!(
+                        "{a}: Kuma's sidecar uses port {} inside pods, where the proxy listens too; give another port, e.g. proxy: {{listen: [127.0.0.1:15100, \"[::1]:15100\"]}}",
+                        a.port()
+                    ),
+                );
+            }
         }
     }
 }
@@ -1447,6 +1469,28 @@ meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
                 }
             );
         }
+    }
+
+    #[test]
+    fn under_kubernetes_the_default_proxy_port_is_a_warning_kumas_sidecar_uses_it() {
+        let f = Fixture::new();
+        let found = f.findings("kubernetes: {nodeName: n}\n");
+        let got: Vec<(Severity, &str)> = found
+            .iter()
+            .map(|f| (f.severity, f.field.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Severity::Warning, "proxy.listen[0]"),
+                (Severity::Warning, "proxy.listen[1]")
+            ]
+        );
+        assert!(found[0].message.contains("15100"), "{}", found[0].message);
+        let found = f.findings(
+            "kubernetes: {nodeName: n}\nproxy: {listen: [127.0.0.1:15100, \"[::1]:15100\"]}\n",
+        );
+        assert!(found.is_empty(), "{found:?}");
     }
 
     #[test]
