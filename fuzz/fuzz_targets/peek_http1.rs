@@ -2,7 +2,7 @@
 //! Input: a seed byte for the segmentation, then the bytes a client sends.
 #![no_main]
 
-#[path = "common.rs"]
+#[path = "peek_common.rs"]
 mod common;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

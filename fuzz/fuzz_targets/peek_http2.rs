@@ -3,7 +3,7 @@
 //! frames (the connection preface is added here).
 #![no_main]
 
-#[path = "common.rs"]
+#[path = "peek_common.rs"]
 mod common;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

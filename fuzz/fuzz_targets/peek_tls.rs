@@ -3,7 +3,7 @@
 //! version (the two bytes that route `peek` to TLS, added here).
 #![no_main]
 
-#[path = "common.rs"]
+#[path = "peek_common.rs"]
 mod common;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

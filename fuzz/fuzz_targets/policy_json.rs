@@ -3,7 +3,7 @@
 //! structure; the same pipeline as `policy_yaml` follows.
 #![no_main]
 
-#[path = "common.rs"]
+#[path = "policy_common.rs"]
 mod common;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

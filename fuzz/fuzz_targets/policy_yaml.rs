@@ -3,7 +3,7 @@
 //! the input (libFuzzer's -timeout and -rss_limit_mb catch the rest).
 #![no_main]
 
-#[path = "common.rs"]
+#[path = "policy_common.rs"]
 mod common;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

@@ -25,6 +25,16 @@ pub const TARGETS: &[(&str, usize)] = &[
 /// Seconds per target in CI (`cargo xtask test`).
 pub const CI_SECONDS: u64 = 15;
 
+/// How the targets are compiled.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// Optimised: the speed a long run needs.
+    Release,
+    /// Unoptimised (`cargo fuzz --dev`): a fraction of the compile time, for CI's short
+    /// pass, whose seconds go to replaying the corpus rather than to exploring.
+    Dev,
+}
+
 /// Bounds every input is held to: one input running longer than this many seconds, or the
 /// process growing past this many MiB, is a failure like a crash.
 const TIMEOUT_SECONDS: u64 = 5;
@@ -37,7 +47,7 @@ fn nightly_cargo() -> Command {
 }
 
 /// Fuzzes each of `only` (every target when empty) for `seconds`.
-pub fn run_targets(seconds: u64, only: &[String], merge: bool) -> Result<()> {
+pub fn run_targets(seconds: u64, only: &[String], merge: bool, build: Build) -> Result<()> {
     setup::cargo_fuzz()?;
     let unknown: Vec<&String> = only
         .iter()
@@ -50,7 +60,11 @@ pub fn run_targets(seconds: u64, only: &[String], merge: bool) -> Result<()> {
             names.join(", ")
         );
     }
-    run(nightly_cargo().args(["fuzz", "build"]))?;
+    let profile: &[&str] = match build {
+        Build::Release => &[],
+        Build::Dev => &["--dev"],
+    };
+    run(nightly_cargo().args(["fuzz", "build"]).args(profile))?;
     for (target, max_len) in TARGETS {
         if !only.is_empty() && !only.iter().any(|t| t == target) {
             continue;
@@ -63,6 +77,7 @@ pub fn run_targets(seconds: u64, only: &[String], merge: bool) -> Result<()> {
         // The first corpus directory is the one libFuzzer writes new inputs to.
         run(nightly_cargo()
             .args(["fuzz", "run", target])
+            .args(profile)
             .arg(&scratch)
             .arg(&corpus)
             .arg("--")
@@ -78,6 +93,7 @@ pub fn run_targets(seconds: u64, only: &[String], merge: bool) -> Result<()> {
             );
             run(nightly_cargo()
                 .args(["fuzz", "run", target])
+                .args(profile)
                 .arg(&corpus)
                 .arg(&scratch)
                 .arg("--")

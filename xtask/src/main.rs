@@ -86,7 +86,7 @@ fn main() -> Result<()> {
             time,
             merge,
             targets,
-        } => fuzz::run_targets(time, &targets, merge),
+        } => fuzz::run_targets(time, &targets, merge, fuzz::Build::Release),
     }
 }
 
@@ -178,7 +178,7 @@ fn test(unprivileged: bool) -> Result<()> {
         "passthrough-ebpf",
     ]))?;
     // A short pass over every fuzz target: each corpus replayed, then a little exploring.
-    fuzz::run_targets(fuzz::CI_SECONDS, &[], false)?;
+    fuzz::run_targets(fuzz::CI_SECONDS, &[], false, fuzz::Build::Dev)?;
     if unprivileged {
         eprintln!("xtask: --unprivileged: the kernel tests were not run");
         return Ok(());

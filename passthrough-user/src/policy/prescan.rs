@@ -13,7 +13,7 @@
 
 use std::{marker::PhantomData, mem::MaybeUninit};
 
-use unsafe_libyaml as sys;
+use unsafe_libyaml as unsafe_sys;
 
 /// Deepest nesting of mappings and sequences accepted. A MeshPassthrough nests six levels
 /// (`spec.default.appendMatch[i].value`); the agent config about as many.
@@ -70,7 +70,7 @@ enum Event {
 struct Events<'a> {
     /// Boxed: libyaml keeps a pointer to the parser in its own input handler, so it must not
     /// move once initialised.
-    parser: Box<MaybeUninit<sys::yaml_parser_t>>,
+    parser: Box<MaybeUninit<unsafe_sys::yaml_parser_t>>,
     done: bool,
     text: PhantomData<&'a str>,
 }
@@ -78,17 +78,17 @@ struct Events<'a> {
 impl<'a> Events<'a> {
     /// `None` if libyaml cannot allocate its parser.
     fn new(text: &'a str) -> Option<Self> {
-        let mut parser = Box::new(MaybeUninit::<sys::yaml_parser_t>::uninit());
+        let mut parser = Box::new(MaybeUninit::<unsafe_sys::yaml_parser_t>::uninit());
         let p = parser.as_mut_ptr();
         // SAFETY: `p` points to writable memory for a parser, which initialize fills in.
-        if unsafe { sys::yaml_parser_initialize(p) }.fail {
+        if unsafe { unsafe_sys::yaml_parser_initialize(p) }.fail {
             return None;
         }
         // SAFETY: the parser is initialised; `text` outlives it (the lifetime 'a of Self),
         // and it stays at the same address (boxed) as libyaml requires.
         unsafe {
-            sys::yaml_parser_set_encoding(p, sys::YAML_UTF8_ENCODING);
-            sys::yaml_parser_set_input_string(p, text.as_ptr(), text.len() as u64);
+            unsafe_sys::yaml_parser_set_encoding(p, unsafe_sys::YAML_UTF8_ENCODING);
+            unsafe_sys::yaml_parser_set_input_string(p, text.as_ptr(), text.len() as u64);
         }
         Some(Self {
             parser,
@@ -102,10 +102,10 @@ impl<'a> Events<'a> {
             return None;
         }
         let p = self.parser.as_mut_ptr();
-        let mut event = MaybeUninit::<sys::yaml_event_t>::uninit();
+        let mut event = MaybeUninit::<unsafe_sys::yaml_event_t>::uninit();
         // SAFETY: the parser is initialised with a live input; after an error or the end
         // of the stream it is not called again (`done`).
-        let parsed = unsafe { sys::yaml_parser_parse(p, event.as_mut_ptr()) };
+        let parsed = unsafe { unsafe_sys::yaml_parser_parse(p, event.as_mut_ptr()) };
         if parsed.fail {
             self.done = true;
             return Some(Event::End);
@@ -114,14 +114,18 @@ impl<'a> Events<'a> {
         // SAFETY: a successful parse filled in the event; it is read, then freed once.
         let kind = unsafe {
             let kind = match (*event).type_ {
-                sys::YAML_SEQUENCE_START_EVENT | sys::YAML_MAPPING_START_EVENT => Event::Open {
-                    line: (*event).start_mark.line,
-                },
-                sys::YAML_SEQUENCE_END_EVENT | sys::YAML_MAPPING_END_EVENT => Event::Close,
-                sys::YAML_STREAM_END_EVENT => Event::End,
+                unsafe_sys::YAML_SEQUENCE_START_EVENT | unsafe_sys::YAML_MAPPING_START_EVENT => {
+                    Event::Open {
+                        line: (*event).start_mark.line,
+                    }
+                }
+                unsafe_sys::YAML_SEQUENCE_END_EVENT | unsafe_sys::YAML_MAPPING_END_EVENT => {
+                    Event::Close
+                }
+                unsafe_sys::YAML_STREAM_END_EVENT => Event::End,
                 _ => Event::Other,
             };
-            sys::yaml_event_delete(event);
+            unsafe_sys::yaml_event_delete(event);
             kind
         };
         if matches!(kind, Event::End) {
@@ -135,7 +139,7 @@ impl Drop for Events<'_> {
     fn drop(&mut self) {
         // SAFETY: the parser was initialised in `new` (a `Self` exists only then) and is
         // deleted once, here.
-        unsafe { sys::yaml_parser_delete(self.parser.as_mut_ptr()) }
+        unsafe { unsafe_sys::yaml_parser_delete(self.parser.as_mut_ptr()) }
     }
 }
 
