@@ -1,6 +1,9 @@
 //! The segmentation invariant the peek targets share.
 
-use passthrough::proxy::peek::{PeekError, Progress, peek};
+use passthrough::{
+    policy::decide::Peeked,
+    proxy::peek::{PeekError, Progress, peek},
+};
 
 /// A verdict as the proxy acts on it: errors by their kind (the message may name the first
 /// of several faults, which depends on how much arrived), decisions exactly.
@@ -26,10 +29,20 @@ fn outcome(r: Result<Progress, PeekError>) -> Outcome {
 ///   on how the client's bytes were segmented;
 /// - a name read is no longer than the bytes it came from.
 pub fn peek_segmented(seed: u8, buf: &[u8]) {
-    let whole = outcome(peek(buf));
-    if let Outcome::Done(name) = &whole {
-        assert!(name.len() <= buf.len() + 16, "name longer than the input");
+    let result = peek(buf);
+    if let Ok(Progress::Done(
+        Peeked::Tls(Some(name)) | Peeked::Http1(Some(name)) | Peeked::Http2(Some(name)),
+    )) = &result
+    {
+        // HPACK's Huffman code can expand a literal to 8/5 of its size, no more.
+        assert!(
+            name.len() <= buf.len() * 8 / 5 + 1,
+            "a name of {} bytes from {} bytes",
+            name.len(),
+            buf.len()
+        );
     }
+    let whole = outcome(result);
     let mut state = u32::from(seed) | 0x100;
     let mut cut = 0usize;
     for _ in 0..16 {
