@@ -235,6 +235,10 @@ pub struct ReloadReport {
     /// What was reported without refusing anything (`warning: ` lines, as `validate` prints).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Domain entries of the applied policies that allow nothing because the peek proxy is
+    /// off (`proxy.enabled: false`); each reload with some warns.
+    #[serde(default)]
+    pub unenforceable_domains: usize,
 }
 
 /// The Kubernetes source in `/status`.
@@ -417,6 +421,7 @@ mod tests {
                 result: ReloadResult::Applied,
                 problems: vec!["p".into()],
                 warnings: vec!["w".into()],
+                unenforceable_domains: 2,
             }),
             bpffs: "/sys/fs/bpf/passthrough".into(),
             slots: 1,

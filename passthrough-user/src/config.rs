@@ -18,8 +18,10 @@ use crate::{
         bind::DomainCheck,
         describe, hints,
         kuma::{Admission, KumaVersion},
+        load::DEFAULT_MAX_FILE_BYTES,
         merge::{SelectOptions, select},
-        model::{DEFAULT_MESH, DEFAULT_SYSTEM_NAMESPACE},
+        model::{DEFAULT_MESH, DEFAULT_SYSTEM_NAMESPACE, Policy},
+        prescan,
         set::{Finding, PolicySet},
         workload::{ProxyType, Workload},
     },
@@ -63,10 +65,12 @@ pub struct AgentConfig {
     /// Log every kernel decision through aya-log (costly; for debugging only).
     #[serde(default)]
     pub debug: bool,
-    /// The peek proxy for Domain entries. Without it, a connect only a Domain entry could
-    /// allow is denied (`domain_no_proxy`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<ProxyConfig>,
+    /// The peek proxy for Domain entries: on by default, on 127.0.0.1:15001 and
+    /// [::1]:15001. With `enabled: false`, a connect only a Domain entry could allow is
+    /// denied (`domain_no_proxy`), and each reload says how many entries that leaves
+    /// unenforceable. Read it through [`AgentConfig::proxy`].
+    #[serde(default)]
+    pub proxy: ProxyConfig,
     /// Kubernetes as a second source: MeshPassthrough objects and this node's pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesConfig>,
@@ -82,6 +86,10 @@ pub struct AgentConfig {
     /// The flow table: every workload's connects, for `passthrough flows` and `simulate`.
     #[serde(default)]
     pub flows: FlowsConfig,
+    /// Largest policy file read, in bytes (default 64 MiB); a larger one is refused with the
+    /// rest of its reload.
+    #[serde(default = "default_max_policy_file_bytes")]
+    pub max_policy_file_bytes: u64,
 }
 
 /// `flows`: the record of each workload's connects (allowed and denied) that
@@ -194,6 +202,10 @@ impl FlowsConfig {
     }
 }
 
+fn default_max_policy_file_bytes() -> u64 {
+    DEFAULT_MAX_FILE_BYTES
+}
+
 /// `kuma`: which Kuma the policies are written for.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -300,13 +312,17 @@ impl KubernetesConfig {
     }
 }
 
-/// `proxy`: where the peek proxy listens and its bounds.
+/// `proxy`: whether the peek proxy runs, where it listens and its bounds.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProxyConfig {
-    /// Listener addresses: `127.0.0.1:PORT` and/or `[::1]:PORT`. The kernel redirects a
-    /// workload's connect to the loopback address of its own network namespace, so these
-    /// are the only addresses a listener can have.
+    /// `false` turns the proxy off: Domain entries then deny (default `true`).
+    #[serde(default = "default_proxy_enabled")]
+    pub enabled: bool,
+    /// Listener addresses: `127.0.0.1:PORT` and/or `[::1]:PORT` (default: both, port
+    /// 15001). The kernel redirects a workload's connect to the loopback address of its own
+    /// network namespace, so these are the only addresses a listener can have.
+    #[serde(default = "default_proxy_listen")]
     pub listen: Vec<SocketAddr>,
     /// Most bytes read from a client while looking for the name.
     #[serde(default = "default_peek_bytes")]
@@ -322,6 +338,33 @@ pub struct ProxyConfig {
     /// (the dialled address as given, Kuma 2.x).
     #[serde(default)]
     pub domain_check: DomainCheck,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: default_proxy_enabled(),
+            listen: default_proxy_listen(),
+            peek_bytes: default_peek_bytes(),
+            peek_timeout: default_peek_timeout(),
+            max_connections: default_max_connections(),
+            domain_check: DomainCheck::default(),
+        }
+    }
+}
+
+/// The port of the default listeners, on both loopback addresses.
+pub const DEFAULT_PROXY_PORT: u16 = 15001;
+
+fn default_proxy_enabled() -> bool {
+    true
+}
+
+fn default_proxy_listen() -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, DEFAULT_PROXY_PORT)),
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, DEFAULT_PROXY_PORT)),
+    ]
 }
 
 impl ProxyConfig {
@@ -620,9 +663,31 @@ impl AgentConfig {
             field: field.to_string(),
             message,
         };
-        let text = std::fs::read_to_string(path)
+        let text = read_config(path)
             .map_err(|e| ParseError::Unreadable(finding("", format!("cannot read: {e}"))))?;
-        let value: serde_yaml::Value = serde_yaml::from_str(&text)
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse_text(&file, &text, base)
+    }
+
+    /// [`AgentConfig::parse`] of a text already read: `file` names it in findings, and
+    /// relative policy paths are made relative to `base`.
+    pub fn parse_text(file: &str, text: &str, base: &Path) -> Result<Self, ParseError> {
+        let finding = |field: &str, message: String| ConfigFinding {
+            severity: Severity::Error,
+            file: file.to_string(),
+            field: field.to_string(),
+            message,
+        };
+        if let Err(e) = prescan::check_depth(text, prescan::MAX_DEPTH) {
+            return Err(ParseError::Unreadable(finding(
+                "",
+                format!(
+                    "line {}: mappings and sequences nest deeper than {} levels; the agent config nests a few: this is not a config file",
+                    e.line, e.bound
+                ),
+            )));
+        }
+        let value: serde_yaml::Value = serde_yaml::from_str(text)
             .map_err(|e| ParseError::Unreadable(finding("", format!("not valid YAML: {e}"))))?;
         // An empty file is a config with every default, which `check` then judges.
         let value = if value.is_null() {
@@ -639,7 +704,6 @@ impl AgentConfig {
                 value_message(&e.inner().to_string(), found),
             ))
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
         for p in &mut cfg.policies {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -680,7 +744,37 @@ impl AgentConfig {
             system_namespace: self.system_namespace.clone(),
             kuma: self.kuma.version,
             files: Admission::Apply,
+            max_file_bytes: self.max_policy_file_bytes,
         }
+    }
+
+    /// The peek proxy's settings, `None` when `proxy.enabled` is false.
+    pub fn proxy(&self) -> Option<&ProxyConfig> {
+        self.proxy.enabled.then_some(&self.proxy)
+    }
+
+    /// With the proxy off, the Domain entries of `policies` (those of a reload) that can
+    /// allow nothing; `None` when the proxy runs or there are none.
+    pub fn unenforceable_domains(&self, policies: &[Policy]) -> Option<Unenforceable> {
+        if self.proxy().is_some() {
+            return None;
+        }
+        let mut out = Unenforceable::default();
+        for p in policies {
+            let n = p
+                .spec
+                .default
+                .append_match
+                .iter()
+                .flatten()
+                .filter(|m| m.kind == "Domain")
+                .count();
+            if n > 0 {
+                out.entries += n;
+                out.policies.push(p.name.clone());
+            }
+        }
+        (out.entries > 0).then_some(out)
     }
 
     /// [`AgentConfig::load_checked`] on this machine, warnings dropped.
@@ -709,9 +803,12 @@ impl AgentConfig {
                 ),
             );
         }
-        self.admin.check(self.proxy.as_ref(), &mut c);
-        if let Some(p) = &self.proxy {
+        self.admin.check(self.proxy(), &mut c);
+        if let Some(p) = self.proxy() {
             p.check(&mut c);
+            if self.kubernetes.is_some() {
+                p.check_pod_ports(&mut c);
+            }
         }
         self.dns.check(&mut c);
         self.flows.check(&mut c);
@@ -775,6 +872,44 @@ impl AgentConfig {
             }
         }
     }
+}
+
+/// Domain entries a reload applied while the peek proxy is off.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unenforceable {
+    pub entries: usize,
+    /// The policies that have them, in file order.
+    pub policies: Vec<String>,
+}
+
+impl Unenforceable {
+    /// The reload's warning, as the log and `/status` show it.
+    pub fn warning(&self) -> String {
+        format!(
+            "warning: {} Domain entr{} (in {}) cannot be enforced: the peek proxy is off (proxy.enabled: false), so connects only they would allow are denied (domain_no_proxy); remove `enabled: false` to turn it on",
+            self.entries,
+            if self.entries == 1 { "y" } else { "ies" },
+            self.policies.join(", ")
+        )
+    }
+}
+
+/// Largest config file read: a config lists workloads and paths, never megabytes of them.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// The config file's text, refused past [`MAX_CONFIG_BYTES`].
+fn read_config(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_CONFIG_BYTES} bytes: this is not an agent config"
+        )));
+    }
+    Ok(text)
 }
 
 /// A serde message about a config value, with what to write for the types serde only names.
@@ -857,7 +992,7 @@ impl ProxyConfig {
         if self.listen.is_empty() {
             c.error(
                 "proxy.listen",
-                "list 127.0.0.1:PORT and/or [::1]:PORT, or remove `proxy`",
+                "list 127.0.0.1:PORT and/or [::1]:PORT, or leave `listen` out for both on port 15001, or turn the proxy off with `enabled: false`",
             );
         }
         let (mut v4, mut v6) = (false, false);
@@ -903,6 +1038,25 @@ impl ProxyConfig {
                 "proxy.maxConnections",
                 "0 connections would refuse every one: give at least 1, e.g. 4096",
             );
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// In Kubernetes the proxy also listens in every pod's network namespace, where Kuma's
+    /// sidecar holds its own ports.
+    fn check_pod_ports(&self, c: &mut Findings<'_>) {
+        const KUMA_SIDECAR_PORTS: [u16; 3] = [15001, 15006, 15053];
+        for (i, a) in self.listen.iter().enumerate() {
+            if KUMA_SIDECAR_PORTS.contains(&a.port()) {
+                c.warning(
+                    format!("proxy.listen[{i}]"),
+                    format!(
+                        "{a}: Kuma's sidecar uses port {} inside pods, where the proxy listens too; give another port, e.g. proxy: {{listen: [127.0.0.1:15100, \"[::1]:15100\"]}}",
+                        a.port()
+                    ),
+                );
+            }
         }
     }
 }
@@ -1432,6 +1586,28 @@ meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
     }
 
     #[test]
+    fn under_kubernetes_the_default_proxy_port_is_a_warning_kumas_sidecar_uses_it() {
+        let f = Fixture::new();
+        let found = f.findings("kubernetes: {nodeName: n}\n");
+        let got: Vec<(Severity, &str)> = found
+            .iter()
+            .map(|f| (f.severity, f.field.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Severity::Warning, "proxy.listen[0]"),
+                (Severity::Warning, "proxy.listen[1]")
+            ]
+        );
+        assert!(found[0].message.contains("15100"), "{}", found[0].message);
+        let found = f.findings(
+            "kubernetes: {nodeName: n}\nproxy: {listen: [127.0.0.1:15100, \"[::1]:15100\"]}\n",
+        );
+        assert!(found.is_empty(), "{found:?}");
+    }
+
+    #[test]
     fn missing_cgroups_and_host_bits_are_warnings() {
         let f = Fixture::new();
         let found = f.findings(
@@ -1525,15 +1701,90 @@ meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
     fn proxy_section_defaults() {
         let c = load("policies: [policies]\nproxy: {listen: [127.0.0.1:15001, \"[::1]:15002\"]}\n")
             .expect("proxy");
-        let p = c.proxy.expect("proxy");
+        let p = c.proxy().expect("proxy");
         assert_eq!(p.ports(), (15001, 15002));
         assert_eq!(p.peek_bytes, 16 * 1024);
         assert_eq!(p.peek_timeout, std::time::Duration::from_secs(5));
         let c = load("policies: [policies]\nproxy: {listen: [127.0.0.1:1], peekTimeout: 250ms}\n")
             .expect("ms");
         assert_eq!(
-            c.proxy.expect("proxy").peek_timeout,
+            c.proxy().expect("proxy").peek_timeout,
             std::time::Duration::from_millis(250)
+        );
+    }
+
+    #[test]
+    fn proxy_is_on_by_default_on_both_loopback_addresses_and_can_be_turned_off() {
+        let c = load("policies: [policies]\n").expect("no proxy section");
+        let p = c.proxy().expect("on by default");
+        assert_eq!(
+            p.listen,
+            [
+                "127.0.0.1:15001".parse::<SocketAddr>().expect("v4"),
+                "[::1]:15001".parse().expect("v6")
+            ]
+        );
+        assert_eq!(p.ports(), (15001, 15001));
+        let c = load("policies: [policies]\nproxy: {peekBytes: 4096}\n").expect("partial");
+        assert_eq!(c.proxy().expect("on").ports(), (15001, 15001));
+        // Off: its other settings are not judged, and nothing else may then use port 15001.
+        let c = load("policies: [policies]\nproxy: {enabled: false, listen: []}\n").expect("off");
+        assert!(c.proxy().is_none());
+        let e = load("policies: [policies]\nadmin: {listen: 127.0.0.1:15001}\n")
+            .expect_err("admin on the default proxy port");
+        assert!(
+            e.to_string().contains("is also a proxy.listen address"),
+            "{e}"
+        );
+        assert!(
+            load(
+                "policies: [policies]\nadmin: {listen: 127.0.0.1:15001}\nproxy: {enabled: false}\n"
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn domain_entries_are_counted_unenforceable_only_with_the_proxy_off() {
+        let text = "type: MeshPassthrough\nname: p\nspec:\n  default:\n    passthroughMode: Matched\n    appendMatch:\n      - {type: Domain, value: a.example, protocol: tls, port: 443}\n      - {type: IP, value: 198.51.100.1}\n      - {type: Domain, value: b.example, protocol: http, port: 80}\n";
+        let docs = crate::policy::load::parse_documents("p.yaml", text).expect("yaml");
+        let policies: Vec<Policy> = docs
+            .into_iter()
+            .filter_map(|d| match d {
+                crate::policy::load::Document::Policy(p) => Some(*p),
+                crate::policy::load::Document::Invalid(_) => None,
+            })
+            .collect();
+        let on = load("policies: [policies]\n").expect("on");
+        assert_eq!(on.unenforceable_domains(&policies), None);
+        let off = load("policies: [policies]\nproxy: {enabled: false}\n").expect("off");
+        let u = off.unenforceable_domains(&policies).expect("two entries");
+        assert_eq!(u.entries, 2);
+        assert_eq!(u.policies, ["p"]);
+        assert!(
+            u.warning()
+                .starts_with("warning: 2 Domain entries (in p) cannot be enforced")
+        );
+        assert_eq!(off.unenforceable_domains(&[]), None);
+    }
+
+    #[test]
+    fn max_policy_file_bytes_defaults_to_64_mib_and_reaches_the_select_options() {
+        let c = load("policies: [policies]\n").expect("default");
+        assert_eq!(c.select_options().max_file_bytes, 64 << 20);
+        let c = load("policies: [policies]\nmaxPolicyFileBytes: 1000\n").expect("set");
+        assert_eq!(c.select_options().max_file_bytes, 1000);
+    }
+
+    #[test]
+    fn deep_nesting_in_a_config_is_refused_with_its_line() {
+        let text = format!("policies: [policies]\nworkloads: {}\n", "[".repeat(100_000));
+        let e = AgentConfig::parse_text("agent.yaml", &text, Path::new("/")).expect_err("deep");
+        let line = e.finding().line();
+        assert!(line.contains("agent.yaml"), "{line}");
+        assert!(
+            line.contains("line 2: mappings and sequences nest deeper than 64"),
+            "{line}"
         );
     }
 
@@ -1561,7 +1812,7 @@ meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
     #[test]
     fn domain_check_and_dns_have_safe_defaults() {
         let c = load("policies: [policies]\nproxy: {listen: [127.0.0.1:15001]}\n").expect("config");
-        assert_eq!(c.proxy.expect("proxy").domain_check, DomainCheck::Pin);
+        assert_eq!(c.proxy().expect("proxy").domain_check, DomainCheck::Pin);
         assert!(
             c.dns.servers.is_empty(),
             "default: /etc/resolv.conf at start"
@@ -1571,7 +1822,7 @@ meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
             "policies: [policies]\nproxy: {listen: [127.0.0.1:15001], domainCheck: Verify}\ndns: {servers: [\"203.0.113.53:53\", \"[2001:db8::53]:5353\"], timeout: 500ms, cacheSize: 10}\n",
         )
         .expect("config");
-        assert_eq!(c.proxy.expect("proxy").domain_check, DomainCheck::Verify);
+        assert_eq!(c.proxy().expect("proxy").domain_check, DomainCheck::Verify);
         assert_eq!(c.dns.servers.len(), 2);
         assert_eq!(c.dns.cache_size, 10);
     }
@@ -1607,6 +1858,6 @@ meshCIDRs: [10.0.0.0/8, "fd00:10::/64"]
         };
         let (c, _) = AgentConfig::load_checked(&p, &env).expect("the shipped config loads");
         assert!(c.kubernetes.is_some());
-        assert_eq!(c.proxy.expect("proxy").ports(), (15100, 15100));
+        assert_eq!(c.proxy().expect("proxy").ports(), (15100, 15100));
     }
 }

@@ -105,7 +105,11 @@ fn unreadable_input_exits_2_and_never_panics() {
         (big, "limit"),
         (dir.path().join("missing.yaml"), "cannot read"),
     ] {
-        let (code, out, err) = run(bin().arg("validate").arg(&path));
+        // The 10 MB file is over a 4 MiB bound given here (the default is 64 MiB).
+        let (code, out, err) = run(bin()
+            .arg("validate")
+            .args(["--max-policy-file-bytes", "4194304"])
+            .arg(&path));
         assert_eq!(code, 2, "{}: {out}{err}", path.display());
         assert!(out.contains(needle), "{}: {out}", path.display());
         assert!(!err.contains("panicked"), "{err}");

@@ -6,9 +6,11 @@
 //! - `demo`: the README's main job on the embedded demo.
 //! - `manifests`: the Kubernetes deployment, generated (`--check`: unchanged).
 //! - `image`, `deb`: the agent's OCI image and Debian package, in target/dist/.
+//! - `fuzz`: the cargo-fuzz targets, each for a bounded time.
 
 mod deb;
 mod demo;
+mod fuzz;
 mod image;
 mod manifests;
 mod release;
@@ -67,6 +69,20 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Run the fuzz targets of fuzz/ (cargo fuzz, nightly) on their committed corpora, each
+    /// for --time seconds; a crash fails the run and is left in fuzz/artifacts/.
+    ///
+    /// Example: cargo xtask fuzz --time 300 peek_tls hpack
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Merge the new inputs that add coverage into fuzz/corpus/ afterwards.
+        #[arg(long)]
+        merge: bool,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -79,6 +95,11 @@ fn main() -> Result<()> {
         Task::Image => image::build().map(drop),
         Task::Deb => deb::build().map(drop),
         Task::Bench { which, quick } => bench(&which, quick),
+        Task::Fuzz {
+            time,
+            merge,
+            targets,
+        } => fuzz::run_targets(time, &targets, merge, fuzz::Build::Release),
     }
 }
 
@@ -173,6 +194,8 @@ fn test(unprivileged: bool) -> Result<()> {
         "--exclude",
         "passthrough-ebpf",
     ]))?;
+    // A short pass over every fuzz target: each corpus replayed, then a little exploring.
+    fuzz::run_targets(fuzz::CI_SECONDS, &[], false, fuzz::Build::Dev)?;
     if unprivileged {
         eprintln!("xtask: --unprivileged: the kernel tests were not run");
         return Ok(());

@@ -39,6 +39,7 @@ pub fn ensure() -> Result<()> {
     packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     eprintln!("xtask: setup complete");
     Ok(())
 }
@@ -153,4 +154,24 @@ fn bpf_linker() -> Result<()> {
         bail!("bpf-linker was installed but does not run: is ~/.cargo/bin on PATH?");
     }
     Ok(())
+}
+
+/// The cargo-fuzz release the fuzz targets are run with.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// cargo-fuzz, for `cargo xtask fuzz` and the short fuzz pass of `cargo xtask test`.
+pub fn cargo_fuzz() -> Result<()> {
+    let version = output(Command::new("cargo").args(["fuzz", "--version"]));
+    if version.contains(CARGO_FUZZ_VERSION) {
+        eprintln!("xtask: cargo-fuzz {CARGO_FUZZ_VERSION} present");
+        return Ok(());
+    }
+    run(crate::cargo().args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--force",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
 }

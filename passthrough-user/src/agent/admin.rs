@@ -341,6 +341,15 @@ pub fn metrics(status: &Status) -> String {
         "Kernel memory of the installed policies' maps (each sized to its policy)",
         memory,
     );
+    let unenforceable = Gauge::<i64>::default();
+    unenforceable.set(status.last_reload.as_ref().map_or(0, |r| {
+        i64::try_from(r.unenforceable_domains).unwrap_or(i64::MAX)
+    }));
+    registry.register(
+        "domain_entries_unenforceable",
+        "Domain entries of the applied policies that allow nothing: the peek proxy is off (proxy.enabled: false)",
+        unenforceable,
+    );
     let audit = Family::<WorkloadLabels, Gauge>::default();
     for w in &status.workloads {
         audit

@@ -18,8 +18,7 @@ use ipnet::IpNet;
 use passthrough_common::{
     CidrV4Data, CidrV6Data, Config, DNS_FIXED_BITS, DnsV4Data, DnsV6Data, DomainPortKey,
     ExactV4Key, ExactV6Key, FlowKey, FlowValue, PodUid, PodWatch, Reason, RuleRef, Workload,
-    capacity, flow_counter,
-    map_names as names,
+    capacity, flow_counter, map_names as names,
 };
 
 use super::{

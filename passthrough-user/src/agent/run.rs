@@ -38,7 +38,7 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), AgentError> {
     let admin_addr = agent.config().admin.listen;
     start_events(&mut agent)?;
     start_flows(&mut agent)?;
-    let proxy = match agent.config().proxy.clone() {
+    let proxy = match agent.config().proxy().cloned() {
         Some(p) => Some((start_proxy(&mut agent, p.clone()).await?, p.listen)),
         None => None,
     };

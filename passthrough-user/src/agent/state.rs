@@ -169,14 +169,14 @@ impl Agent {
         }
         let config = preflight.into_config()?;
         let cgroup_root = cgroup::cgroup2_root().map_err(|e| AgentError::Other(e.to_string()))?;
-        let redirects = config.proxy.as_ref().map_or(0, |p| {
+        let redirects = config.proxy().map_or(0, |p| {
             u32::try_from(p.max_connections.saturating_mul(4)).unwrap_or(u32::MAX)
         });
         let mut loader = Loader::load(&config.bpffs, redirects, config.flows.capacity)?;
         let mut maps = Maps::take(loader.ebpf_mut())?;
         let counters = Arc::new(Counters::take(loader.ebpf_mut())?);
         let agent_cgroup = agent_cgroup(&config, &cgroup_root)?;
-        let (proxy_port_v4, proxy_port_v6) = config.proxy.as_ref().map_or((0, 0), |p| p.ports());
+        let (proxy_port_v4, proxy_port_v6) = config.proxy().map_or((0, 0), |p| p.ports());
         maps.set_config(Config {
             agent_cgroup,
             proxy_port_v4,
@@ -380,7 +380,15 @@ impl Agent {
         for w in &warned {
             tracing::warn!(hint = w.hint.as_deref().unwrap_or(""), "{}", w.line());
         }
-        let warnings: Vec<String> = warned.iter().map(Finding::line).collect();
+        let mut warnings: Vec<String> = warned.iter().map(Finding::line).collect();
+        let unenforceable = self.config.unenforceable_domains(&set.policies);
+        if let Some(u) = &unenforceable
+            && !set.has_errors()
+        {
+            tracing::warn!(entries = u.entries, "{}", u.warning());
+            warnings.push(u.warning());
+        }
+        let unenforceable_domains = unenforceable.map_or(0, |u| u.entries);
         if set.has_errors() {
             let errors = set.errors();
             for e in &errors {
@@ -398,6 +406,11 @@ impl Agent {
                 result: ReloadResult::Refused,
                 problems: errors.iter().map(Finding::line).collect(),
                 warnings,
+                // Nothing changed: the kernel keeps what the last applied set left.
+                unenforceable_domains: self
+                    .last_reload
+                    .as_ref()
+                    .map_or(0, |r| r.unenforceable_domains),
             });
         }
         let mut problems = Vec::new();
@@ -465,6 +478,7 @@ impl Agent {
             },
             problems,
             warnings,
+            unenforceable_domains,
         })
     }
 
@@ -1168,11 +1182,7 @@ impl Agent {
                 .collect(),
             counters,
             packet_sockets: self.loader.packet_sockets().clone(),
-            proxy: self
-                .config
-                .proxy
-                .as_ref()
-                .map(|_| self.proxy_stats.snapshot()),
+            proxy: self.config.proxy().map(|_| self.proxy_stats.snapshot()),
             events: self.events.counts(),
             kubernetes: self.config.kubernetes.as_ref().map(|_| KubeStatus {
                 synced: self.kube.synced,

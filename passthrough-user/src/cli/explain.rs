@@ -58,6 +58,11 @@ pub struct Args {
     #[arg(long = "raw-sockets", value_name = "SETTING", default_value = "Deny", value_parser = parse_raw)]
     pub raw_sockets: RawSockets,
 
+    /// The agent runs with `proxy: {enabled: false}`: a connect only a Domain entry could
+    /// allow is then denied in the kernel (domain_no_proxy), whatever name the client sends.
+    #[arg(long, conflicts_with = "peeked")]
+    pub proxy_off: bool,
+
     /// Explain a UDP datagram to DESTINATION instead of a TCP connect.
     #[arg(long, conflicts_with = "peeked")]
     pub datagram: bool,
@@ -227,6 +232,11 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
     };
     let verdict = if args.datagram {
         decide_datagram(&compiled, &containment, &exemptions, args.destination)
+    } else if args.proxy_off {
+        // The hand-off the kernel would make has no proxy to go to.
+        decide(&compiled, &exemptions, args.destination, None)
+            .without_proxy()
+            .audited(compiled.audit)
     } else {
         decide(&compiled, &exemptions, args.destination, peeked.as_ref())
     };
@@ -379,6 +389,7 @@ fn summary(
         ),
         R::ToProxy => "no IP or CIDR entry allows it, but Domain entries exist for this port: the peek proxy decides from the name the client sends".into(),
         R::DomainEntry => format!("the name the client sends is allowed{}", by_rule()),
+        R::DomainNoProxy => "only a Domain entry could allow it, and the peek proxy that reads the name is off (proxy.enabled: false); connect() fails with EPERM: remove `enabled: false` from the agent config's proxy section".into(),
         R::NotTcp => "a UDP datagram of a workload whose UDP is not judged (udp: Allow, or mode All / unfiltered)".into(),
         R::UdpDns => "udp: Deny keeps DNS: port 53 of the workload's resolvers".into(),
         R::UdpDenied => "udp: Deny refuses UDP outside loopback, the mesh and DNS; sendmsg() or connect() fails with EPERM (MeshPassthrough has no UDP entries)".into(),

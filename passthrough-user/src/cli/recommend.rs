@@ -108,6 +108,7 @@ pub fn unused_entries(report: &FlowsReport) -> Result<BTreeMap<String, Vec<Merge
         system_namespace: report.applied.system_namespace.clone(),
         kuma: report.applied.kuma,
         files: Admission::Apply,
+        ..SelectOptions::default()
     };
     let set = PolicySet::load_with(&[], agent_documents(report)?, &opts);
     let setting = Setting {

@@ -8,6 +8,7 @@ use clap::Args as ClapArgs;
 use super::{Output, fail, print_findings_text, print_json};
 use crate::policy::{
     kuma::{Admission, KumaVersion},
+    load::DEFAULT_MAX_FILE_BYTES,
     merge::SelectOptions,
     model::{DEFAULT_MESH, DEFAULT_SYSTEM_NAMESPACE, Policy},
     set::{Finding, PolicySet},
@@ -51,6 +52,11 @@ pub struct WorkloadArgs {
 
     #[command(flatten)]
     pub kuma: KumaArgs,
+
+    /// Largest policy file read, in bytes (the agent's maxPolicyFileBytes); a larger file is
+    /// refused unread.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FILE_BYTES)]
+    pub max_policy_file_bytes: u64,
 }
 
 /// Which Kuma the policies are written for, and how Kuma 3 meets them.
@@ -79,12 +85,14 @@ impl KumaArgs {
         }
     }
 
-    /// Select options for these Kuma settings in `system_namespace`.
-    pub fn select_options(&self, system_namespace: &str) -> SelectOptions {
+    /// Select options for these Kuma settings in `system_namespace`, reading files of up to
+    /// `max_file_bytes`.
+    pub fn select_options(&self, system_namespace: &str, max_file_bytes: u64) -> SelectOptions {
         SelectOptions {
             system_namespace: system_namespace.to_string(),
             kuma: self.version,
             files: self.admission(),
+            max_file_bytes,
         }
     }
 }
@@ -123,7 +131,8 @@ impl WorkloadArgs {
     }
 
     pub fn select_options(&self) -> SelectOptions {
-        self.kuma.select_options(&self.system_namespace)
+        self.kuma
+            .select_options(&self.system_namespace, self.max_policy_file_bytes)
     }
 
     /// Loads the policies through the agent's validation path; any error is an error here

@@ -112,6 +112,7 @@ pub fn run(args: &Args, output: Output) -> ExitCode {
         system_namespace: report.applied.system_namespace.clone(),
         kuma: report.applied.kuma,
         files: Admission::Apply,
+        ..SelectOptions::default()
     };
     let candidates = match load_checked(&args.policies, Vec::new(), &opts, output, "candidate") {
         Ok(p) => p,

@@ -11,6 +11,7 @@ use crate::{
     policy::{
         Severity,
         kuma::KumaVersion,
+        load::DEFAULT_MAX_FILE_BYTES,
         model::DEFAULT_SYSTEM_NAMESPACE,
         set::{Finding, FindingKind, PolicySet},
     },
@@ -64,6 +65,11 @@ pub struct Args {
     /// apply is then a warning saying what Kuma 3 makes of the stored policy.
     #[arg(long, conflicts_with = "config")]
     pub stored: bool,
+
+    /// Largest policy file read, in bytes (default 64 MiB; with --config, the config's
+    /// maxPolicyFileBytes). A larger file is refused unread.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FILE_BYTES, conflicts_with = "config")]
+    pub max_policy_file_bytes: u64,
 }
 
 pub fn run(args: &Args, output: Output) -> ExitCode {
@@ -78,7 +84,7 @@ fn run_policies(args: &Args, output: Output) -> ExitCode {
         version: args.kuma_version,
         stored: args.stored,
     }
-    .select_options(&args.system_namespace);
+    .select_options(&args.system_namespace, args.max_policy_file_bytes);
     let set = PolicySet::load(&args.paths, &opts);
     let code = exit_code(set.has_unreadable(), fails(&set, args.strict));
     match output {

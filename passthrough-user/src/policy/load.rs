@@ -21,11 +21,14 @@ mod direct;
 use super::{
     describe,
     model::{DEFAULT_MESH, Format, KubernetesDoc, Policy, Source, Spec, UniversalDoc, labels},
+    prescan::{self, MAX_DEPTH},
 };
 
-/// Largest policy file read. Kubernetes objects are limited to about 1.5 MB by etcd; a file
-/// several times that size is almost certainly not a policy file.
-pub const MAX_FILE_BYTES: u64 = 4 << 20;
+/// Largest policy file read unless the config (`maxPolicyFileBytes`) or the CLI
+/// (`--max-policy-file-bytes`) says otherwise: room for a generated allow-list of about half
+/// a million entries in one file (120 000 IP entries take 10 MB), while a runaway file is
+/// still refused before it is read whole.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 << 20;
 
 /// File name endings read when a directory is given.
 pub const POLICY_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
@@ -43,9 +46,17 @@ pub enum LoadError {
         source: std::io::Error,
     },
     #[error(
-        "{path}: file is {size} bytes, larger than the {MAX_FILE_BYTES}-byte limit for policy files; split it or remove what is not a MeshPassthrough"
+        "{path}: file is {size} bytes, larger than the {limit}-byte limit for policy files; split it, or raise maxPolicyFileBytes in the agent config (--max-policy-file-bytes for the CLI)"
     )]
-    TooLarge { path: String, size: u64 },
+    TooLarge { path: String, size: u64, limit: u64 },
+    #[error(
+        "{path}: line {line}: mappings and sequences nest deeper than {bound} levels; a MeshPassthrough nests about six: this is not a policy file"
+    )]
+    TooDeep {
+        path: String,
+        line: u64,
+        bound: usize,
+    },
     #[error("{path}: not a text file (it is not valid UTF-8); give YAML or JSON policy files")]
     NotText { path: String },
     #[error("{path}: not valid YAML: {message}")]
@@ -80,13 +91,14 @@ pub struct FileResult {
 /// Reads every policy file named by `paths`: files as given, directories recursively for
 /// files ending in `.yaml`, `.yml` or `.json` (names starting with `.` are skipped, which
 /// also skips the `..data` links of Kubernetes ConfigMap volumes). Results are in path order.
-pub fn load_paths(paths: &[PathBuf]) -> Vec<FileResult> {
-    load_paths_reporting(paths).0
+/// A file larger than `max_bytes` is refused unread.
+pub fn load_paths(paths: &[PathBuf], max_bytes: u64) -> Vec<FileResult> {
+    load_paths_reporting(paths, max_bytes).0
 }
 
 /// [`load_paths`], and the files of the directories that were left out for their name
 /// (hidden files are not counted: they are never policies).
-pub fn load_paths_reporting(paths: &[PathBuf]) -> (Vec<FileResult>, Vec<PathBuf>) {
+pub fn load_paths_reporting(paths: &[PathBuf], max_bytes: u64) -> (Vec<FileResult>, Vec<PathBuf>) {
     /// What one named path turned into: a file to read, or a directory that could not be
     /// walked.
     enum Item {
@@ -120,7 +132,7 @@ pub fn load_paths_reporting(paths: &[PathBuf]) -> (Vec<FileResult>, Vec<PathBuf>
             Item::Unwalkable(_) => None,
         })
         .collect();
-    let mut loaded = load_files_parallel(&files).into_iter();
+    let mut loaded = load_files_parallel(&files, max_bytes).into_iter();
     let out = items
         .into_iter()
         .filter_map(|i| match i {
@@ -133,12 +145,12 @@ pub fn load_paths_reporting(paths: &[PathBuf]) -> (Vec<FileResult>, Vec<PathBuf>
 
 /// Reads and parses files on every available core, results in the order given. Parsing is
 /// most of a large policy set's load time and each file is independent.
-fn load_files_parallel(files: &[&Path]) -> Vec<FileResult> {
+fn load_files_parallel(files: &[&Path], max_bytes: u64) -> Vec<FileResult> {
     let workers = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .min(files.len());
     if workers <= 1 {
-        return files.iter().map(|f| load_file(f)).collect();
+        return files.iter().map(|f| load_file(f, max_bytes)).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut results: Vec<(usize, FileResult)> = std::thread::scope(|scope| {
@@ -149,7 +161,7 @@ fn load_files_parallel(files: &[&Path]) -> Vec<FileResult> {
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(file) = files.get(i) else { break };
-                        mine.push((i, load_file(file)));
+                        mine.push((i, load_file(file, max_bytes)));
                     }
                     mine
                 })
@@ -208,17 +220,17 @@ pub fn scan_dir(dir: &Path) -> std::io::Result<DirScan> {
     Ok(scan)
 }
 
-/// Reads one file.
-pub fn load_file(path: &Path) -> FileResult {
+/// Reads one file, refusing it unread if it is larger than `max_bytes`.
+pub fn load_file(path: &Path, max_bytes: u64) -> FileResult {
     let name = path.display().to_string();
-    let outcome = read_text(path, &name).and_then(|text| parse_documents(&name, &text));
+    let outcome = read_text(path, &name, max_bytes).and_then(|text| parse_documents(&name, &text));
     FileResult {
         path: name,
         outcome,
     }
 }
 
-fn read_text(path: &Path, name: &str) -> Result<String, LoadError> {
+fn read_text(path: &Path, name: &str, max_bytes: u64) -> Result<String, LoadError> {
     let io = |source| LoadError::Io {
         path: name.to_string(),
         source,
@@ -231,16 +243,22 @@ fn read_text(path: &Path, name: &str) -> Result<String, LoadError> {
             source: std::io::Error::other("is a directory"),
         });
     }
+    let too_large = |size: u64| LoadError::TooLarge {
+        path: name.to_string(),
+        size,
+        limit: max_bytes,
+    };
+    // Refused before reading when the size is known, so a huge file costs nothing.
+    if meta.len() > max_bytes {
+        return Err(too_large(meta.len()));
+    }
     let mut bytes = Vec::new();
     // Read one byte past the limit, so a file that grows while being read is still refused.
-    file.take(MAX_FILE_BYTES + 1)
+    file.take(max_bytes.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(io)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(LoadError::TooLarge {
-            path: name.to_string(),
-            size: meta.len().max(bytes.len() as u64),
-        });
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_large(meta.len().max(bytes.len() as u64)));
     }
     let text = String::from_utf8(bytes).map_err(|_| LoadError::NotText {
         path: name.to_string(),
@@ -254,7 +272,13 @@ fn read_text(path: &Path, name: &str) -> Result<String, LoadError> {
 }
 
 /// Parses every document of a YAML text. `file` names the text in sources and errors.
+/// Nesting deeper than [`MAX_DEPTH`] is refused first, in time linear in the text.
 pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Document>, LoadError> {
+    prescan::check_depth(text, MAX_DEPTH).map_err(|e| LoadError::TooDeep {
+        path: file.to_string(),
+        line: e.line,
+        bound: e.bound,
+    })?;
     match direct::parse_documents(file, text) {
         Some(docs) => Ok(docs),
         None => parse_documents_via_values(file, text),
@@ -262,7 +286,7 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Document>, LoadErro
 }
 
 /// [`parse_documents`] through a [`serde_yaml::Value`] per document: slower, and the path
-/// that names the field and value of every problem.
+/// that names the field and value of every problem. The caller has checked the nesting.
 pub fn parse_documents_via_values(file: &str, text: &str) -> Result<Vec<Document>, LoadError> {
     let mut values = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
@@ -525,18 +549,55 @@ spec:
         let dir = tempfile::tempdir().expect("tmp");
         let bin = dir.path().join("junk.yaml");
         fs::write(&bin, [0xff, 0xfe, 0x00, 0x12, 0x80]).expect("write");
-        let r = load_file(&bin);
+        let r = load_file(&bin, DEFAULT_MAX_FILE_BYTES);
         assert!(matches!(r.outcome, Err(LoadError::NotText { .. })));
 
         let big = dir.path().join("big.yaml");
         let line = "# padding padding padding padding padding padding padding padding\n";
-        let text = line.repeat((10 << 20) / line.len());
-        fs::write(&big, text).expect("write");
-        let r = load_file(&big);
+        let text = line.repeat((1 << 20) / line.len() + 1);
+        fs::write(&big, &text).expect("write");
+        let r = load_file(&big, 1 << 20);
         match r.outcome {
-            Err(e @ LoadError::TooLarge { .. }) => assert!(e.to_string().contains("limit")),
+            Err(e @ LoadError::TooLarge { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("larger than the 1048576-byte limit"), "{msg}");
+                assert!(msg.contains("maxPolicyFileBytes"), "{msg}");
+            }
             other => panic!("expected TooLarge, got {other:?}"),
         }
+        // The same file under the default bound is read (and is empty: only comments).
+        let r = load_file(&big, DEFAULT_MAX_FILE_BYTES);
+        assert!(
+            matches!(r.outcome, Ok(ref d) if d.is_empty()),
+            "{:?}",
+            r.outcome
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_with_the_file_line_and_bound() {
+        let text = format!(
+            "type: MeshPassthrough\nname: p\nspec: {}\n",
+            "[".repeat(200_000)
+        );
+        let e = parse_documents("deep.yaml", &text).expect_err("must fail");
+        assert!(
+            matches!(
+                e,
+                LoadError::TooDeep {
+                    line: 3,
+                    bound: MAX_DEPTH,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().starts_with(
+                "deep.yaml: line 3: mappings and sequences nest deeper than 64 levels"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -561,7 +622,10 @@ spec:
 
     #[test]
     fn missing_file_is_an_io_error() {
-        let r = load_paths(&[PathBuf::from("/nonexistent/passthrough.yaml")]);
+        let r = load_paths(
+            &[PathBuf::from("/nonexistent/passthrough.yaml")],
+            DEFAULT_MAX_FILE_BYTES,
+        );
         assert!(matches!(r[0].outcome, Err(LoadError::Io { .. })));
     }
 }

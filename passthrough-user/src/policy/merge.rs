@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::{
     kuma::{Admission, KumaVersion},
     kuma3,
+    load::DEFAULT_MAX_FILE_BYTES,
     model::{DEFAULT_SYSTEM_NAMESPACE, Format, Match, Policy, Source, labels},
     workload::{ProxyType, Workload},
 };
@@ -26,6 +27,8 @@ pub struct SelectOptions {
     /// How Kuma 3 meets the policy files (objects from the Kubernetes API are always
     /// [`Admission::Stored`]); no effect under Kuma 2.
     pub files: Admission,
+    /// Largest policy file read (`maxPolicyFileBytes`, `--max-policy-file-bytes`).
+    pub max_file_bytes: u64,
 }
 
 impl Default for SelectOptions {
@@ -34,6 +37,7 @@ impl Default for SelectOptions {
             system_namespace: DEFAULT_SYSTEM_NAMESPACE.into(),
             kuma: KumaVersion::V2,
             files: Admission::Apply,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod merge;
 pub mod migrate;
 pub mod model;
 pub mod overlap;
+pub mod prescan;
 pub mod set;
 pub mod simulate;
 pub mod tables;

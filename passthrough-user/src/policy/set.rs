@@ -224,6 +224,7 @@ fn unreadable_path(e: &LoadError) -> &str {
     match e {
         LoadError::Io { path, .. }
         | LoadError::TooLarge { path, .. }
+        | LoadError::TooDeep { path, .. }
         | LoadError::NotText { path }
         | LoadError::Yaml { path, .. } => path,
     }
@@ -264,7 +265,7 @@ impl PolicySet {
     /// what Kuma 3 applies ([`kuma3::effective`]).
     pub fn load_with(paths: &[PathBuf], extra: Vec<Document>, opts: &SelectOptions) -> Self {
         let mut set = PolicySet::default();
-        let (files, skipped) = load_paths_reporting(paths);
+        let (files, skipped) = load_paths_reporting(paths, opts.max_file_bytes);
         for file in files {
             set.files += 1;
             match file.outcome {
