@@ -35,6 +35,8 @@ pub mod map_names {
     pub const EVENTS_DROPPED: &str = "EVENTS_DROPPED";
     pub const DNS_V4: &str = "DNS_V4";
     pub const DNS_V6: &str = "DNS_V6";
+    pub const GENERATION: &str = "GENERATION";
+    pub const CALLERS: &str = "CALLERS";
 }
 
 /// Names of the programs in the object.
@@ -73,6 +75,9 @@ pub mod capacity {
     pub const EVENTS_BYTES: u32 = 1 << 20;
     /// Resolver addresses UDP to port 53 may reach under `udp: Deny`, over all sets.
     pub const DNS: u32 = 4_096;
+    /// Slots of the programs' per-CPU cache of callers' workloads (`CALLERS`), a power of
+    /// two: a cgroup id maps to slot `id % CALLERS`.
+    pub const CALLERS: u32 = 256;
 }
 
 /// The merged `passthroughMode` of a workload, as the kernel reads it.

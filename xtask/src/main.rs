@@ -54,6 +54,10 @@ enum Task {
         /// Smaller sizes and fewer samples, for a quick look.
         #[arg(long)]
         quick: bool,
+        /// connect only: the kernel's run time of each program per call
+        /// (`BPF_ENABLE_STATS`), written to bench/results/profile.md instead of the timings.
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -64,7 +68,11 @@ fn main() -> Result<()> {
         Task::Lint => lint(),
         Task::Demo => demo::run_demo(),
         Task::Manifests { check } => manifests::run(&root(), check),
-        Task::Bench { which, quick } => bench(&which, quick),
+        Task::Bench {
+            which,
+            quick,
+            profile,
+        } => bench(&which, quick, profile),
     }
 }
 
@@ -175,7 +183,7 @@ fn test(unprivileged: bool) -> Result<()> {
     ]))
 }
 
-fn bench(which: &str, quick: bool) -> Result<()> {
+fn bench(which: &str, quick: bool, profile: bool) -> Result<()> {
     if !is_root() {
         bail!("the benchmarks load eBPF programs and create namespaces: run them as root");
     }
@@ -196,6 +204,9 @@ fn bench(which: &str, quick: bool) -> Result<()> {
     cmd.arg(which).args(["--out", "bench/results"]);
     if quick {
         cmd.arg("--quick");
+    }
+    if profile {
+        cmd.arg("--profile");
     }
     run(&mut cmd)
 }
