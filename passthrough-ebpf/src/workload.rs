@@ -65,12 +65,12 @@ pub fn caller() -> Result<(u64, Workload), Reason> {
     if agent != 0 && agent == current {
         return Err(Reason::Agent);
     }
-    // 0: an agent that does not keep the generation; nothing is cached.
+    // 0: an agent that does not keep the generation; nothing is cached (no entry is ever
+    // written with generation 0, so none matches). Not a branch of its own: a second call
+    // of `lookup` per caller would have the verifier explore the walk twice as often.
     let generation = GENERATION.get(0).map_or(0, |g| *g);
-    let slot = CALLERS.get_ptr_mut((current as u32) & (capacity::CALLERS - 1));
-    if generation != 0
-        && let Some(slot) = slot
-    {
+    let index = (current as u32) & (capacity::CALLERS - 1);
+    if let Some(slot) = CALLERS.get_ptr_mut(index) {
         let e = unsafe { *slot };
         if e.cgroup == current
             && e.generation == generation
@@ -83,9 +83,12 @@ pub fn caller() -> Result<(u64, Workload), Reason> {
         }
     }
     let found = lookup(agent, current)?;
-    if generation != 0
-        && let Some(slot) = slot
-    {
+    if generation == 0 {
+        return Ok(found);
+    }
+    // The slot is looked up again rather than kept across `lookup`: a pointer that may be
+    // null, live across the walk, doubles the states the verifier explores.
+    if let Some(slot) = CALLERS.get_ptr_mut(index) {
         // SAFETY: as above, a `Workload` is 8 bytes of integers.
         let workload = unsafe { core::mem::transmute::<Workload, u64>(found.1) };
         let entry = CachedCaller {
@@ -101,8 +104,8 @@ pub fn caller() -> Result<(u64, Workload), Reason> {
     Ok(found)
 }
 
-/// `CGROUPS`, else the ancestor walk.
-#[inline(always)]
+/// `CGROUPS`, else the ancestor walk. Out of line: only a cache miss runs it.
+#[inline(never)]
 fn lookup(agent: u64, current: u64) -> Result<(u64, Workload), Reason> {
     if let Some(&owner) = unsafe { CGROUPS.get(current) } {
         if owner == agent {

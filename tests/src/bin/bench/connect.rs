@@ -185,7 +185,8 @@ struct Row {
     syscall: Metric,
     /// `socket()` to established (or refused).
     handshake: Metric,
-    /// Which lookup found the client's workload: `CGROUPS` or `walk` (Kubernetes rows).
+    /// Whether the client's cgroup has a `CGROUPS` entry, else a `CALLERS` miss walks the
+    /// ancestors (Kubernetes rows).
     #[serde(skip_serializing_if = "Option::is_none")]
     workload_lookup: Option<&'static str>,
     /// `--profile` only: the kernel's run time of the family's connect program, ns per run.
@@ -420,10 +421,11 @@ fn deep_rows(ctx: &mut Ctx) {
             };
             let row = ctx.row(case, &site);
             let after = in_cgroups_map(agent.bpffs(), child);
+            // With no `CGROUPS` entry, a `CALLERS` miss walks the ancestors.
             row.workload_lookup = Some(match (before, after) {
-                (true, true) => "CGROUPS",
-                (false, false) => "walk",
-                _ => "walk, then CGROUPS",
+                (true, true) => "CGROUPS entry",
+                (false, false) => "no CGROUPS entry: walk on a cache miss",
+                _ => "CGROUPS entry written during the row",
             });
         }
     }
