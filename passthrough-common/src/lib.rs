@@ -42,6 +42,8 @@ pub mod map_names {
     pub const KERNEL_COVERED: &str = "KERNEL_COVERED";
     pub const FLOWS: &str = "FLOWS";
     pub const FLOW_INSERTS: &str = "FLOW_INSERTS";
+    pub const GENERATION: &str = "GENERATION";
+    pub const CALLERS: &str = "CALLERS";
 }
 
 /// Names of the programs in the object.
@@ -92,6 +94,9 @@ pub mod capacity {
     /// Distinct flows (workload, destination, port, protocol) the kernel remembers
     /// (`FLOWS`), least recently used first out. The agent sizes it from `flows.capacity`.
     pub const FLOWS: u32 = 65_536;
+    /// Slots of the programs' per-CPU cache of callers' workloads (`CALLERS`), a power of
+    /// two: a cgroup id maps to slot `id % CALLERS`.
+    pub const CALLERS: u32 = 256;
 }
 
 /// The merged `passthroughMode` of a workload, as the kernel reads it.

@@ -111,16 +111,21 @@ fn debug_enabled() -> bool {
     CONFIG.get(0).is_some_and(|c| c.debug != 0)
 }
 
-/// Steps 2 and the final denial, shared by both families: the mode decides unless it is
-/// `Matched`, in which case `matched` does (with the workload's policy number).
+/// Step 2 and the final denial, shared by both families: the mode decides unless it is
+/// `Matched` (`None` here), in which case the workload's policy does.
 #[inline(always)]
-fn by_mode(id: u64, w: &Workload, matched: impl FnOnce(u32) -> Reason) -> Judged {
-    let reason = match w.mode {
-        mode::UNFILTERED => Reason::Unfiltered,
-        mode::ALL => Reason::ModeAll,
-        mode::NONE => Reason::ModeNone,
-        _ => matched(w.policy),
-    };
+fn by_mode(w: &Workload) -> Option<Reason> {
+    match w.mode {
+        mode::UNFILTERED => Some(Reason::Unfiltered),
+        mode::ALL => Some(Reason::ModeAll),
+        mode::NONE => Some(Reason::ModeNone),
+        _ => None,
+    }
+}
+
+/// The policy's verdict for the workload `id` (with its audit flag).
+#[inline(always)]
+fn judged(id: u64, w: &Workload, reason: Reason) -> Judged {
     Judged {
         reason,
         workload: id,
@@ -135,8 +140,14 @@ fn domain_or_deny(policy: u32, port: u16) -> Reason {
     let Some(ports) = DOMAIN_PORTS.get(policy) else {
         return Reason::NoMatch;
     };
-    let has = |port| ports.get_ptr(DomainPortKey { port, _pad: 0 }).is_some();
-    if has(port) || has(PORT_ANY) {
+    if ports.get_ptr(DomainPortKey { port, _pad: 0 }).is_some()
+        || ports
+            .get_ptr(DomainPortKey {
+                port: PORT_ANY,
+                _pad: 0,
+            })
+            .is_some()
+    {
         Reason::ToProxy
     } else {
         Reason::NoMatch
@@ -162,29 +173,39 @@ fn judge_v4(addr: [u8; 4], port: u16) -> Judged {
     if has_mesh(config_flags::MESH_V4) && MESH_V4.get(Key::new(32, addr)).is_some() {
         return Judged::fixed(Reason::MeshCidr);
     }
-    by_mode(id, &w, |policy| {
-        if let Some(exact) = EXACT_V4.get(policy) {
-            for p in [port, PORT_ANY] {
-                let key = ExactV4Key {
-                    port: p,
-                    _pad: 0,
-                    addr,
-                };
-                if exact.get_ptr(key).is_some() {
-                    return Reason::IpEntry;
-                }
+    let reason = match by_mode(&w) {
+        Some(r) => r,
+        None => matched_v4(w.policy, addr, port),
+    };
+    judged(id, &w, reason)
+}
+
+/// Steps 3 to 5 for an IPv4 destination under the workload's policy. A function, not a
+/// closure passed to the mode check: LLVM left that closure out of line, a BPF subprogram
+/// call on every allowed connect.
+#[inline(always)]
+fn matched_v4(policy: u32, addr: [u8; 4], port: u16) -> Reason {
+    if let Some(exact) = EXACT_V4.get(policy) {
+        for p in [port, PORT_ANY] {
+            let key = ExactV4Key {
+                port: p,
+                _pad: 0,
+                addr,
+            };
+            if exact.get_ptr(key).is_some() {
+                return Reason::IpEntry;
             }
         }
-        if let Some(cidrs) = CIDR_V4.get(policy) {
-            for p in [port, PORT_ANY] {
-                let key = Key::new(LPM_FIXED_BITS + 32, CidrV4Data::new(p, addr));
-                if cidrs.get(&key).is_some() {
-                    return Reason::CidrEntry;
-                }
+    }
+    if let Some(cidrs) = CIDR_V4.get(policy) {
+        for p in [port, PORT_ANY] {
+            let key = Key::new(LPM_FIXED_BITS + 32, CidrV4Data::new(p, addr));
+            if cidrs.get(&key).is_some() {
+                return Reason::CidrEntry;
             }
         }
-        domain_or_deny(policy, port)
-    })
+    }
+    domain_or_deny(policy, port)
 }
 
 #[inline(always)]
@@ -199,27 +220,37 @@ fn judge_v6(addr: [u8; 16], port: u16) -> Judged {
     if has_mesh(config_flags::MESH_V6) && MESH_V6.get(Key::new(128, addr)).is_some() {
         return Judged::fixed(Reason::MeshCidr);
     }
-    by_mode(id, &w, |policy| {
-        if let Some(exact) = EXACT_V6.get(policy) {
-            for p in [port, PORT_ANY] {
-                let key = ExactV6Key {
-                    port: p,
-                    _pad: 0,
-                    addr,
-                };
-                if exact.get_ptr(key).is_some() {
-                    return Reason::IpEntry;
-                }
+    let reason = match by_mode(&w) {
+        Some(r) => r,
+        None => matched_v6(w.policy, addr, port),
+    };
+    judged(id, &w, reason)
+}
+
+/// Steps 3 to 5 for an IPv6 destination under the workload's policy. A function, not a
+/// closure passed to the mode check: LLVM left that closure out of line, a BPF subprogram
+/// call on every allowed connect.
+#[inline(always)]
+fn matched_v6(policy: u32, addr: [u8; 16], port: u16) -> Reason {
+    if let Some(exact) = EXACT_V6.get(policy) {
+        for p in [port, PORT_ANY] {
+            let key = ExactV6Key {
+                port: p,
+                _pad: 0,
+                addr,
+            };
+            if exact.get_ptr(key).is_some() {
+                return Reason::IpEntry;
             }
         }
-        if let Some(cidrs) = CIDR_V6.get(policy) {
-            for p in [port, PORT_ANY] {
-                let key = Key::new(LPM_FIXED_BITS + 128, CidrV6Data::new(p, addr));
-                if cidrs.get(&key).is_some() {
-                    return Reason::CidrEntry;
-                }
+    }
+    if let Some(cidrs) = CIDR_V6.get(policy) {
+        for p in [port, PORT_ANY] {
+            let key = Key::new(LPM_FIXED_BITS + 128, CidrV6Data::new(p, addr));
+            if cidrs.get(&key).is_some() {
+                return Reason::CidrEntry;
             }
         }
-        domain_or_deny(policy, port)
-    })
+    }
+    domain_or_deny(policy, port)
 }

@@ -1,7 +1,8 @@
 //! Every map the programs use. User space writes all of them except `COUNTERS`, `EVENTS`,
-//! `EVENTS_DROPPED`, `REDIRECTS`, `KERNEL_COVERED`, `FLOWS` and `FLOW_INSERTS`, which the
-//! programs write; the `cgroup_mkdir` program also adds entries of new pod cgroups to
-//! `WORKLOADS` and `CGROUPS`. All are pinned, so enforcement outlives the agent process and a restarted agent adopts them.
+//! `EVENTS_DROPPED`, `REDIRECTS`, `KERNEL_COVERED`, `FLOWS`, `FLOW_INSERTS` and `CALLERS`,
+//! which the programs write; the `cgroup_mkdir` program also adds entries of new pod cgroups
+//! to `WORKLOADS` and `CGROUPS`. All are pinned, so enforcement outlives the agent process
+//! and a restarted agent adopts them.
 //!
 //! The rule maps are maps of maps: an outer array indexed by a compiled policy's number
 //! (`Workload::policy`), each entry an inner map the agent builds to the policy's size, fills
@@ -23,6 +24,8 @@ use passthrough_common::{
     FlowKey, FlowValue, OrigDst, POD_WATCH_PREFIX, PodUid, PodWatch, Reason, RuleRef, Workload,
     capacity, flow_counter,
 };
+
+use crate::workload::CachedCaller;
 
 /// Flags of the inner hash maps and LPM tries (the templates below and the agent's maps must
 /// agree, or the kernel refuses the inner map).
@@ -73,6 +76,18 @@ pub static PATH_SCRATCH: PerCpuArray<PathBuf> = PerCpuArray::with_max_entries(1,
 /// the cgroups it sees; any other cgroup falls back to walking its ancestors.
 #[map]
 pub static CGROUPS: HashMap<u64, u64> = HashMap::pinned(capacity::CGROUPS, BPF_F_NO_PREALLOC);
+
+/// Index 0 -> generation of `WORKLOADS`, `CGROUPS` and `CONFIG`: the agent increments it
+/// after every write to them (never 0 once it has written), so `CALLERS` entries of an
+/// older generation are stale.
+#[map]
+pub static GENERATION: Array<u64> = Array::pinned(1, 0);
+
+/// cgroup id % slots -> what the workload lookup found for that cgroup, in which
+/// generation, per CPU. Written by the programs (`workload.rs`): the one-lookup path for a
+/// caller seen before.
+#[map]
+pub static CALLERS: PerCpuArray<CachedCaller> = PerCpuArray::pinned(capacity::CALLERS, 0);
 
 /// policy -> (port or any, IPv4 address) -> rule. IP entries and /32 CIDRs. Written by the
 /// agent.

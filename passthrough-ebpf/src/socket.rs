@@ -44,6 +44,11 @@ fn refusal(family: u32, sock_type: u32, protocol: u32, flags: u8) -> Option<Reas
 /// Decides the creation of a socket of (family, type, protocol) by the caller.
 #[inline(always)]
 fn decide(family: u32, sock_type: u32, protocol: u32) -> i32 {
+    // Most sockets (TCP, UDP) no setting refuses: no need to know whose they are.
+    const ANY: u8 = workload_flags::RAW_DENY | workload_flags::UDP_DENY;
+    if refusal(family, sock_type, protocol, ANY).is_none() {
+        return crate::decision::ALLOW;
+    }
     let Ok((workload, w)) = caller() else {
         return crate::decision::ALLOW;
     };

@@ -68,6 +68,10 @@ enum Task {
         /// Smaller sizes and fewer samples, for a quick look.
         #[arg(long)]
         quick: bool,
+        /// connect only: the kernel's run time of each program per call
+        /// (`BPF_ENABLE_STATS`), written to bench/results/profile.md instead of the timings.
+        #[arg(long)]
+        profile: bool,
     },
     /// Run the fuzz targets of fuzz/ (cargo fuzz, nightly) on their committed corpora, each
     /// for --time seconds; a crash fails the run and is left in fuzz/artifacts/.
@@ -94,7 +98,11 @@ fn main() -> Result<()> {
         Task::Manifests { check } => manifests::run(&root(), check),
         Task::Image => image::build().map(drop),
         Task::Deb => deb::build().map(drop),
-        Task::Bench { which, quick } => bench(&which, quick),
+        Task::Bench {
+            which,
+            quick,
+            profile,
+        } => bench(&which, quick, profile),
         Task::Fuzz {
             time,
             merge,
@@ -223,7 +231,7 @@ fn test(unprivileged: bool) -> Result<()> {
         .env("PASSTHROUGH_DEB", &deb))
 }
 
-fn bench(which: &str, quick: bool) -> Result<()> {
+fn bench(which: &str, quick: bool, profile: bool) -> Result<()> {
     if !is_root() {
         bail!("the benchmarks load eBPF programs and create namespaces: run them as root");
     }
@@ -244,6 +252,9 @@ fn bench(which: &str, quick: bool) -> Result<()> {
     cmd.arg(which).args(["--out", "bench/results"]);
     if quick {
         cmd.arg("--quick");
+    }
+    if profile {
+        cmd.arg("--profile");
     }
     run(&mut cmd)
 }

@@ -105,6 +105,12 @@ pub struct Maps {
     pending: HashMap<MapData, PodUid, Workload>,
     pod_watch: Array<MapData, PodWatch>,
     covered: HashMap<MapData, u64, PodUid>,
+    /// `GENERATION`: bumped after every write to `WORKLOADS`, `CGROUPS` and `CONFIG`, so the
+    /// programs' per-CPU cache of callers' workloads (`CALLERS`) forgets what they said.
+    generation: Array<MapData, u64>,
+    /// The last value written to `generation` (continued from the pinned value on restart,
+    /// so it never repeats one the programs may have cached).
+    last_generation: u64,
 }
 
 /// A pod cgroup the `cgroup_mkdir` program gave an entry, and what it wrote.
@@ -253,6 +259,9 @@ impl Maps {
 
     fn from_source(mut get: impl FnMut(&'static str) -> Option<Map>) -> Result<Self, MapsError> {
         let mut take = |name: &'static str| get(name).ok_or(MapsError::Missing(name));
+        let generation: Array<MapData, u64> =
+            Array::try_from(take(names::GENERATION)?).map_err(at(names::GENERATION))?;
+        let last_generation = generation.get(&0, 0).unwrap_or(0);
         Ok(Self {
             workloads: HashMap::try_from(take(names::WORKLOADS)?).map_err(at(names::WORKLOADS))?,
             cgroups: HashMap::try_from(take(names::CGROUPS)?).map_err(at(names::CGROUPS))?,
@@ -271,6 +280,8 @@ impl Maps {
             pod_watch: Array::try_from(take(names::POD_WATCH)?).map_err(at(names::POD_WATCH))?,
             covered: HashMap::try_from(take(names::KERNEL_COVERED)?)
                 .map_err(at(names::KERNEL_COVERED))?,
+            generation,
+            last_generation,
         })
     }
 
@@ -394,7 +405,28 @@ impl Maps {
     }
 
     pub fn set_config(&mut self, c: Config) -> Result<(), MapsError> {
-        self.config.set(0, c, 0).map_err(at(names::CONFIG))
+        self.config.set(0, c, 0).map_err(at(names::CONFIG))?;
+        self.bump().map_err(at(names::GENERATION))
+    }
+
+    /// Moves `GENERATION` on, after a write the programs' cached workload lookups may
+    /// depend on.
+    fn bump(&mut self) -> Result<(), MapError> {
+        let next = self.last_generation.wrapping_add(1).max(1);
+        self.generation.set(0, next, 0)?;
+        self.last_generation = next;
+        Ok(())
+    }
+
+    /// [`Maps::bump`] after a removal, which reports no error: a failure is logged (the
+    /// cache could otherwise keep a removed entry's answer).
+    fn bump_after_removal(&mut self) {
+        if let Err(e) = self.bump() {
+            tracing::error!(
+                "writing {}: {e}; cached workload lookups may be stale until the next write",
+                names::GENERATION
+            );
+        }
     }
 
     /// Kernel memory charged to the inner maps of the policies at `ids` (fdinfo `memlock`).
@@ -533,21 +565,27 @@ impl KernelStore for Maps {
     fn set_workload(&mut self, cgroup: u64, value: Workload) -> Result<(), StoreError> {
         self.workloads
             .insert(cgroup, value, 0)
-            .map_err(|e| kernel_error(names::WORKLOADS, "write", e, capacity::WORKLOADS))
+            .map_err(|e| kernel_error(names::WORKLOADS, "write", e, capacity::WORKLOADS))?;
+        self.bump()
+            .map_err(|e| kernel_error(names::GENERATION, "write", e, 1))
     }
 
     fn remove_workload(&mut self, cgroup: u64) {
         let _ = self.workloads.remove(&cgroup);
+        self.bump_after_removal();
     }
 
     fn set_link(&mut self, cgroup: u64, owner: u64) -> Result<(), StoreError> {
         self.cgroups
             .insert(cgroup, owner, 0)
-            .map_err(|e| kernel_error(names::CGROUPS, "write", e, capacity::CGROUPS))
+            .map_err(|e| kernel_error(names::CGROUPS, "write", e, capacity::CGROUPS))?;
+        self.bump()
+            .map_err(|e| kernel_error(names::GENERATION, "write", e, 1))
     }
 
     fn remove_link(&mut self, cgroup: u64) {
         let _ = self.cgroups.remove(&cgroup);
+        self.bump_after_removal();
     }
 
     fn set_pending(&mut self, uid: PodUid, value: Workload) -> Result<(), StoreError> {

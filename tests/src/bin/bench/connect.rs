@@ -1,24 +1,43 @@
-//! `bench connect`: connect() latency from a workload cgroup to a test host, with
-//! no program, with passthrough, and with the same entries as an nftables ruleset matched on
-//! the workload's cgroup, for 10, 10 000 and 1 000 000 IP and CIDR entries, allowed and
-//! denied, IPv4 and IPv6. Also the time to compile and apply the entries and the kernel memory
-//! the maps take. Writes `bench/results/connect.json` and `connect.md`.
+//! `bench connect`: connect() latency from a workload cgroup to a test host, each row paired
+//! against an unfiltered sibling cgroup in interleaved batches, for:
 //!
-//! `bench client ...` is the measuring process: the parent re-executes itself so the client
-//! sits in the workload cgroup and the client network namespace.
+//! - no program (the sibling against another sibling: the noise floor of the pairing),
+//! - an empty program on `connect4`/`connect6` (the floor: what any cgroup program costs),
+//! - passthrough and the same entries as nftables (`socket cgroupv2`), 10 / 10 000 /
+//!   1 000 000 IP and CIDR entries per family, IPv4 and IPv6, allowed and denied,
+//! - the Kubernetes layout: the workload cgroup 5 levels deep, the process in a child
+//!   cgroup, once found through `CGROUPS` and once through the ancestor walk.
+//!
+//! Two metrics per row (see `client.rs`): the `connect()` syscall alone and the full
+//! handshake. Also the time to compile and apply the entries and the kernel memory the maps
+//! take. Writes `connect.json` and `connect.md`; with `--profile`, the kernel's run-time
+//! statistics of the programs instead (`profile.json`, `profile.md`), which cost the
+//! programs time themselves and so are never collected in a timing run.
+//!
+//! A new row variant (a setting of the agent, a layout of cgroups) is a [`Variant`] and a
+//! few lines in [`run`].
+
+mod client;
+mod kernel;
+mod nft;
+mod stats;
 
 use std::{
     fmt::Write as _,
     fs,
     io::Write as _,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsFd as _, AsRawFd as _},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, ExitCode},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
-use passthrough_tests::{TestCgroup, Topology, agent::AgentRun, cgroup2_root};
+pub use client::client;
+use client::{BATCH, Outcome};
+use kernel::{EmptyProgram, Hook};
+use passthrough_tests::{TestCgroup, Topology, agent::AgentRun};
+use stats::{Metric, Sample};
 
 const ALLOWED_V4: &str = "198.51.100.10:80";
 const DENIED_V4: &str = "203.0.113.10:80";
@@ -27,107 +46,8 @@ const DENIED_V6: &str = "[2001:db8:2::20]:80";
 /// Entries per policy file, to stay under the 4 MiB policy file limit.
 const PER_FILE: usize = 40_000;
 
-// ---------------------------------------------------------------------------------------
-// the measuring client
-
-/// Connects timed in one cgroup before the client moves to the other.
-const BATCH: usize = 20;
-
-/// `client CGROUP BASELINE NETNS DEST COUNT`: enters the netns, then times COUNT connect()
-/// calls (after COUNT/10 unmeasured ones) in batches of [`BATCH`], alternately from CGROUP
-/// and, unless BASELINE is `-`, from the BASELINE cgroup (which has no program), so both see
-/// the same machine state. Prints the outcome in CGROUP, then `w BATCH NS` and `b BATCH NS`
-/// lines.
-pub fn client(args: &[String]) -> ExitCode {
-    let [cgroup, baseline, netns, dest, count] = args else {
-        eprintln!("usage: bench client CGROUP BASELINE NETNS DEST COUNT");
-        return ExitCode::from(2);
-    };
-    let baseline = (baseline != "-").then_some(baseline);
-    let count: usize = count.parse().unwrap_or(1000);
-    let dest: SocketAddr = match dest.parse() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("{dest}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let join = |cg: &str| {
-        fs::write(Path::new(cg).join("cgroup.procs"), b"0")
-            .map_err(|e| eprintln!("joining {cg}: {e}"))
-            .is_ok()
-    };
-    if !join(cgroup) || crate::enter_netns(netns).is_err() {
-        return ExitCode::from(2);
-    }
-    // One CPU for the whole run: a migration mid-run would split the sample in two modes.
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-    }
-    let mut out = String::new();
-    let mut outcome = "connected";
-    let mut in_baseline = false;
-    let total = if baseline.is_some() { 2 * count } else { count };
-    for i in 0..total + total / 10 {
-        if let Some(b) = baseline
-            && i % BATCH == 0
-        {
-            in_baseline = !in_baseline;
-            if !join(if in_baseline { b } else { cgroup }) {
-                return ExitCode::from(2);
-            }
-        }
-        let t0 = Instant::now();
-        let r = TcpStream::connect_timeout(&dest, Duration::from_secs(2));
-        let ns = t0.elapsed().as_nanos();
-        match r {
-            Ok(s) => {
-                // RST instead of FIN: no TIME_WAIT, so ports never run out.
-                let linger = libc::linger {
-                    l_onoff: 1,
-                    l_linger: 0,
-                };
-                // SAFETY: setsockopt with a valid fd and a correctly sized option value.
-                unsafe {
-                    libc::setsockopt(
-                        s.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_LINGER,
-                        (&raw const linger).cast(),
-                        size_of::<libc::linger>() as libc::socklen_t,
-                    );
-                }
-            }
-            Err(e) if in_baseline => {
-                eprintln!("connect {dest} with no program: {e}");
-                return ExitCode::from(1);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => outcome = "EPERM",
-            // nftables' `reject with tcp reset` answers the SYN with a reset.
-            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => outcome = "ECONNREFUSED",
-            Err(e) => {
-                eprintln!("connect {dest}: {e}");
-                return ExitCode::from(1);
-            }
-        }
-        if i >= total / 10 {
-            let side = if in_baseline { 'b' } else { 'w' };
-            let _ = writeln!(out, "{side} {} {ns}", i / BATCH);
-        }
-    }
-    println!("{outcome}");
-    print!("{out}");
-    ExitCode::SUCCESS
-}
-
-// ---------------------------------------------------------------------------------------
-// the benchmark
-
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub enum Kind {
     Ip,
     Cidr,
 }
@@ -137,6 +57,54 @@ impl Kind {
         match self {
             Kind::Ip => "IP",
             Kind::Cidr => "CIDR",
+        }
+    }
+}
+
+/// What decides the workload's connects in a row.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    NoProgram,
+    EmptyProgram,
+    Passthrough,
+    Nftables,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::NoProgram => "no program",
+            Backend::EmptyProgram => "empty program",
+            Backend::Passthrough => "passthrough",
+            Backend::Nftables => "nftables",
+        }
+    }
+}
+
+/// How a row differs from the plain case of its backend.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// The workload is a cgroup one level below the root; the client is in it.
+    Plain,
+    /// The workload cgroup 5 levels deep (a kubelet's layout), the client in a child cgroup
+    /// of it that existed when the agent started: the agent wrote its `CGROUPS` entry.
+    DeepKnown,
+    /// As `DeepKnown`, the child created after the agent started: the programs walk the
+    /// ancestors, unless the agent has learnt of it by then (the row says which).
+    DeepNew,
+    /// The allowed path with the flow table off (`flows.enabled: false`): against the plain
+    /// rows (the table on, the default), each paired with the same no-program baseline, the
+    /// difference is the table's cost.
+    FlowsOff,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Plain => "",
+            Variant::DeepKnown => "depth 5, child cgroup known",
+            Variant::DeepNew => "depth 5, child cgroup new",
+            Variant::FlowsOff => "flow table off",
         }
     }
 }
@@ -207,226 +175,175 @@ fn policy_files(kind: Kind, entries: &[(bool, String)]) -> Vec<(String, String)>
         .collect()
 }
 
-/// The same entries as an nftables ruleset on the workload's cgroup.
-fn nft_ruleset(entries: &[(bool, String)], cgroup: &Path) -> String {
-    let root = Path::new("/sys/fs/cgroup");
-    // nft resolves cgroupv2 paths below /sys/fs/cgroup (also on hybrid hosts) and needs the
-    // cgroup's level in the v2 hierarchy.
-    let rel = cgroup.strip_prefix(root).unwrap_or(cgroup);
-    let level = cgroup
-        .strip_prefix(cgroup2_root())
-        .map(|p| p.components().count())
-        .unwrap_or(1);
-    let mut s = String::from(
-        "table inet ptbench {\n  set allow4 { type ipv4_addr . inet_service; flags interval; }\n  set allow6 { type ipv6_addr . inet_service; flags interval; }\n",
-    );
-    let _ = write!(
-        s,
-        "  chain out {{\n    type filter hook output priority 0; policy accept;\n    socket cgroupv2 level {level} \"{}\" jump workload\n  }}\n  chain workload {{\n    ip daddr . tcp dport @allow4 accept\n    ip6 daddr . tcp dport @allow6 accept\n    meta l4proto tcp reject with tcp reset\n  }}\n}}\n",
-        rel.display()
-    );
-    for (v6, chunk) in [false, true].iter().flat_map(|v6| {
-        let list: Vec<&String> = entries
-            .iter()
-            .filter(|e| e.0 == *v6)
-            .map(|e| &e.1)
-            .collect();
-        list.chunks(10_000)
-            .map(|c| (*v6, c.to_vec()))
-            .collect::<Vec<_>>()
-    }) {
-        let set = if v6 { "allow6" } else { "allow4" };
-        let items: Vec<String> = chunk.iter().map(|e| format!("{e} . 80")).collect();
-        let _ = writeln!(
-            s,
-            "add element inet ptbench {set} {{ {} }}",
-            items.join(", ")
-        );
-    }
-    s
-}
-
-#[derive(serde::Serialize, Clone)]
+#[derive(serde::Serialize)]
 struct Row {
     backend: &'static str,
+    variant: &'static str,
     kind: &'static str,
     entries: usize,
     family: &'static str,
     path: &'static str,
     outcome: String,
-    median_ns: u64,
-    p99_ns: u64,
+    /// Connects from the workload cgroup (as many again from the baseline).
     samples: usize,
-    /// Median of the connects interleaved with these from a cgroup with no program.
-    baseline_median_ns: Option<u64>,
-    /// Median over adjacent batch pairs of (batch median / baseline batch median - 1):
-    /// robust to the machine changing speed during the run.
-    overhead_pct: Option<f64>,
+    /// The `connect()` syscall alone, non-blocking.
+    syscall: Metric,
+    /// `socket()` to established (or refused).
+    handshake: Metric,
+    /// Whether the client's cgroup has a `CGROUPS` entry, else a `CALLERS` miss walks the
+    /// ancestors (Kubernetes rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workload_lookup: Option<&'static str>,
+    /// `--profile` only: the kernel's run time of the family's connect program, ns per run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    program_ns_per_run: Option<f64>,
 }
 
-/// Median and 99th percentile of a sample.
-fn stats(mut ns: Vec<u64>) -> Option<(u64, u64)> {
-    if ns.is_empty() {
-        return None;
-    }
-    ns.sort_unstable();
-    Some((
-        ns[ns.len() / 2],
-        ns[(ns.len() * 99 / 100).min(ns.len() - 1)],
-    ))
+/// Where a row's connects come from and what they go through.
+struct Site<'a> {
+    /// The client's cgroup.
+    client: &'a Path,
+    /// Its unfiltered sibling, for the interleaved baseline.
+    baseline: &'a Path,
+    /// The cgroup the programs are attached to (for `--profile`).
+    attached: &'a Path,
+}
+
+/// One row to measure.
+struct Case {
+    backend: Backend,
+    variant: Variant,
+    kind: Option<Kind>,
+    entries: usize,
+    v6: bool,
+    allowed: bool,
 }
 
 struct Ctx {
     topo: Topology,
     count: usize,
+    profile: bool,
     rows: Vec<Row>,
-    /// A cgroup with no program, for the interleaved baseline.
-    plain: TestCgroup,
-}
-
-struct Measured {
-    outcome: String,
-    median_ns: u64,
-    p99_ns: u64,
-    baseline_median_ns: Option<u64>,
-    overhead_pct: Option<f64>,
-}
-
-/// The paired overhead estimate of [`Row::overhead_pct`], from `(side, batch, ns)` samples.
-fn paired_overhead(samples: &[(bool, usize, u64)]) -> Option<f64> {
-    let mut batches: std::collections::BTreeMap<usize, (bool, Vec<u64>)> = Default::default();
-    for &(baseline, batch, ns) in samples {
-        batches
-            .entry(batch)
-            .or_insert((baseline, Vec::new()))
-            .1
-            .push(ns);
-    }
-    let medians: Vec<(bool, u64)> = batches
-        .into_values()
-        .filter_map(|(b, ns)| stats(ns).map(|(m, _)| (b, m)))
-        .collect();
-    let mut ratios: Vec<f64> = medians
-        .windows(2)
-        .filter(|w| w[0].0 != w[1].0)
-        .map(|w| {
-            let (prog, base) = if w[0].0 {
-                (w[1].1, w[0].1)
-            } else {
-                (w[0].1, w[1].1)
-            };
-            prog as f64 / base as f64 - 1.0
-        })
-        .collect();
-    if ratios.is_empty() {
-        return None;
-    }
-    ratios.sort_by(f64::total_cmp);
-    Some(ratios[ratios.len() / 2] * 100.0)
 }
 
 impl Ctx {
-    fn measure(&mut self, cg: &TestCgroup, dest: &str, paired: bool) -> Measured {
-        let out = Command::new(std::env::current_exe().expect("exe"))
-            .args(["client"])
-            .arg(cg.path())
-            .arg(if paired {
-                self.plain.path().as_os_str()
-            } else {
-                "-".as_ref()
-            })
-            .arg(self.topo.client_netns_path())
-            .args([dest, &self.count.to_string()])
-            .output()
-            .expect("client");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut lines = text.lines();
-        let outcome = lines.next().unwrap_or("error").to_string();
-        let (mut w, mut b, mut all) = (Vec::new(), Vec::new(), Vec::new());
-        for l in lines {
-            let mut f = l.split(' ');
-            let (Some(side), Some(Ok(batch)), Some(Ok(ns))) = (
-                f.next(),
-                f.next().map(str::parse::<usize>),
-                f.next().map(str::parse::<u64>),
-            ) else {
-                continue;
-            };
-            if side == "b" { &mut b } else { &mut w }.push(ns);
-            all.push((side == "b", batch, ns));
-        }
-        match stats(w) {
-            Some((median_ns, p99_ns)) if out.status.success() => Measured {
-                outcome,
-                median_ns,
-                p99_ns,
-                baseline_median_ns: stats(b).map(|(m, _)| m),
-                overhead_pct: paired_overhead(&all),
-            },
-            _ => Measured {
-                outcome: format!("error: {}", String::from_utf8_lossy(&out.stderr).trim()),
-                median_ns: 0,
-                p99_ns: 0,
-                baseline_median_ns: None,
-                overhead_pct: None,
-            },
-        }
-    }
-
-    #[allow(clippy::too_many_arguments, reason = "one row of the results table")]
-    fn row(
-        &mut self,
-        cg: &TestCgroup,
-        backend: &'static str,
-        kind: &'static str,
-        entries: usize,
-        v6: bool,
-        allowed: bool,
-    ) {
-        let dest = match (v6, allowed) {
+    /// Runs the client for one row, returns the row (also printed as it comes).
+    fn row(&mut self, case: Case, site: &Site<'_>) -> &mut Row {
+        let dest = match (case.v6, case.allowed) {
             (false, true) => ALLOWED_V4,
             (false, false) => DENIED_V4,
             (true, true) => ALLOWED_V6,
             (true, false) => DENIED_V6,
         };
-        // An allowed connect is compared with the same connect from a cgroup with no
-        // program, interleaved in one run; a denied one never reaches the network.
-        let m = self.measure(cg, dest, allowed && backend != "no program");
+        let hook = if case.v6 {
+            Hook::Connect6
+        } else {
+            Hook::Connect4
+        };
+        let stats_before = self
+            .profile
+            .then(|| kernel::total_stats(site.attached, hook).ok())
+            .flatten();
+        let out = Command::new(std::env::current_exe().expect("exe"))
+            .arg("client")
+            .arg(site.client)
+            .arg(site.baseline)
+            .arg(self.topo.client_netns_path())
+            .args([dest, &self.count.to_string()])
+            .output()
+            .expect("client");
+        let program_ns_per_run = stats_before.and_then(|before| {
+            kernel::total_stats(site.attached, hook)
+                .ok()?
+                .ns_per_run_since(before)
+        });
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (mut sys, mut hs) = (Vec::new(), Vec::new());
+        let mut outcomes: Vec<Outcome> = Vec::new();
+        for l in text.lines() {
+            let f: Vec<&str> = l.split(' ').collect();
+            let [side, batch, s, h, o] = f[..] else {
+                continue;
+            };
+            let (Ok(batch), Ok(s), Ok(h), Some(o)) =
+                (batch.parse(), s.parse(), h.parse(), Outcome::parse(o))
+            else {
+                continue;
+            };
+            let baseline = side == "b";
+            sys.push(Sample {
+                baseline,
+                batch,
+                ns: s,
+            });
+            hs.push(Sample {
+                baseline,
+                batch,
+                ns: h,
+            });
+            if !baseline && !outcomes.contains(&o) {
+                outcomes.push(o);
+            }
+        }
+        let outcome = if !out.status.success() || sys.is_empty() {
+            format!("error: {}", String::from_utf8_lossy(&out.stderr).trim())
+        } else {
+            outcomes
+                .iter()
+                .map(|o| o.name())
+                .collect::<Vec<_>>()
+                .join(" + ")
+        };
         let row = Row {
-            backend,
-            kind,
-            entries,
-            family: if v6 { "IPv6" } else { "IPv4" },
-            path: if allowed { "allowed" } else { "denied" },
-            outcome: m.outcome,
-            median_ns: m.median_ns,
-            p99_ns: m.p99_ns,
+            backend: case.backend.name(),
+            variant: case.variant.name(),
+            kind: case.kind.map_or("-", Kind::name),
+            entries: case.entries,
+            family: if case.v6 { "IPv6" } else { "IPv4" },
+            path: if case.allowed { "allowed" } else { "denied" },
+            outcome,
             samples: self.count,
-            baseline_median_ns: m.baseline_median_ns,
-            overhead_pct: m.overhead_pct,
+            syscall: Metric::of(&sys),
+            handshake: Metric::of(&hs),
+            workload_lookup: None,
+            program_ns_per_run,
         };
         eprintln!(
-            "{:<12} {:<5} {:>9} {:<5} {:<8} {:<13} median {:>7.1} µs  p99 {:>7.1} µs  {}",
+            "{:<13} {:<27} {:<4} {:>7} {:<4} {:<7} {:<12} syscall {:>6.2} µs {:>+6.1} % ±{:.1}  handshake {:>6.1} µs {:>+6.1} % ±{:.1}{}",
             row.backend,
+            row.variant,
             row.kind,
             row.entries,
             row.family,
             row.path,
             row.outcome,
-            row.median_ns as f64 / 1000.0,
-            row.p99_ns as f64 / 1000.0,
-            row.vs_baseline()
+            row.syscall.median_ns as f64 / 1000.0,
+            row.syscall.overhead_pct,
+            row.syscall.noise_pct,
+            row.handshake.median_ns as f64 / 1000.0,
+            row.handshake.overhead_pct,
+            row.handshake.noise_pct,
+            row.program_ns_per_run
+                .map_or_else(String::new, |n| format!("  program {n:.0} ns/run")),
         );
         self.rows.push(row);
+        self.rows.last_mut().expect("just pushed")
     }
-}
 
-impl Row {
-    /// The interleaved baseline's median and the paired overhead, when the row has them.
-    fn vs_baseline(&self) -> String {
-        match (self.baseline_median_ns, self.overhead_pct) {
-            (Some(b), Some(o)) => format!("{:.1} µs, {o:+.1} %", b as f64 / 1000.0),
-            _ => String::new(),
+    /// The four rows of a backend's entries: both families, allowed and denied.
+    fn four(&mut self, backend: Backend, kind: Kind, n: usize, site: &Site<'_>) {
+        for v6 in [false, true] {
+            for allowed in [true, false] {
+                let case = Case {
+                    backend,
+                    variant: Variant::Plain,
+                    kind: Some(kind),
+                    entries: n,
+                    v6,
+                    allowed,
+                };
+                self.row(case, site);
+            }
         }
     }
 }
@@ -462,46 +379,91 @@ fn maps_memlock(bpffs: &Path) -> u64 {
     total
 }
 
-fn nft(topo: &Topology, args: &[&str], stdin: Option<&str>) -> Result<(), String> {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", topo.client_netns_path().display()))
-        .arg("nft")
-        .args(args);
-    if let Some(text) = stdin {
-        let file = std::env::temp_dir().join(format!("ptbench-{}.nft", std::process::id()));
-        fs::write(&file, text).map_err(|e| e.to_string())?;
-        cmd.args(["-f"]).arg(&file);
-        let out = cmd.output().map_err(|e| e.to_string());
-        let _ = fs::remove_file(&file);
-        let out = out?;
-        return if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        };
-    }
-    let out = cmd.output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+/// Whether the agent's `CGROUPS` map has an entry for `cgroup`: the programs' one-lookup
+/// path, else the ancestor walk.
+fn in_cgroups_map(bpffs: &Path, cgroup: &TestCgroup) -> bool {
+    let path =
+        passthrough::agent::loader::maps_dir(bpffs).join(passthrough_common::map_names::CGROUPS);
+    let Ok(data) = aya::maps::MapData::from_pin(&path) else {
+        return false;
+    };
+    let Ok(map) = aya::maps::HashMap::<_, u64, u64>::try_from(aya::maps::Map::HashMap(data)) else {
+        return false;
+    };
+    map.get(&cgroup.id(), 0).is_ok()
 }
 
-pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
+/// The Kubernetes rows: the workload cgroup 5 levels deep, the client in a child of it, the
+/// baseline in a sibling pod's child at the same depth.
+fn deep_rows(ctx: &mut Ctx) {
+    let top = TestCgroup::new();
+    let pod = top.nested("kubepods/burstable/node/pod-a");
+    let known = pod.child("ctr-known");
+    let sibling = top.nested("kubepods/burstable/node/pod-b/ctr");
+    let list = entries(Kind::Ip, 10);
+    let files = policy_files(Kind::Ip, &list);
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let agent = AgentRun::start(&ctx.topo, &[(&pod, &[][..])], &refs, "");
+    let fresh = pod.child("ctr-new");
+    for (variant, child) in [(Variant::DeepKnown, &known), (Variant::DeepNew, &fresh)] {
+        for v6 in [false, true] {
+            let before = in_cgroups_map(agent.bpffs(), child);
+            let site = Site {
+                client: child.path(),
+                baseline: sibling.path(),
+                attached: pod.path(),
+            };
+            let case = Case {
+                backend: Backend::Passthrough,
+                variant,
+                kind: Some(Kind::Ip),
+                entries: 10,
+                v6,
+                allowed: true,
+            };
+            let row = ctx.row(case, &site);
+            let after = in_cgroups_map(agent.bpffs(), child);
+            // With no `CGROUPS` entry, a `CALLERS` miss walks the ancestors.
+            row.workload_lookup = Some(match (before, after) {
+                (true, true) => "CGROUPS entry",
+                (false, false) => "no CGROUPS entry: walk on a cache miss",
+                _ => "CGROUPS entry written during the row",
+            });
+        }
+    }
+    drop(agent);
+}
+
+pub fn run(quick: bool, profile: bool, out_dir: &Path) -> ExitCode {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("the benchmark loads eBPF programs and creates namespaces: run it as root");
         return ExitCode::from(2);
     }
+    let started = Instant::now();
     let sizes: &[usize] = if quick {
         &[10, 10_000]
     } else {
         &[10, 10_000, 1_000_000]
     };
-    let count = if quick { 5000 } else { 20_000 };
+    let count = if quick { 4000 } else { 20_000 };
+    // Held for the whole run: the kernel counts run time only while a holder exists.
+    let _stats = if profile {
+        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                eprintln!("BPF_ENABLE_STATS: {e} (needs Linux 5.8 and CAP_SYS_ADMIN)");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let topo = Topology::new();
-    let hosts: Vec<SocketAddr> = [ALLOWED_V4, ALLOWED_V6]
+    let hosts: Vec<SocketAddr> = [ALLOWED_V4, ALLOWED_V6, DENIED_V4, DENIED_V6]
         .iter()
         .map(|s| s.parse().expect("addr"))
         .collect();
@@ -509,16 +471,57 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
     let mut ctx = Ctx {
         topo,
         count,
+        profile,
         rows: Vec::new(),
-        plain: TestCgroup::new(),
     };
     let mut applies = Vec::new();
-
-    // Baseline: no program on the cgroup.
+    // The unfiltered sibling every row is paired against.
     let plain = TestCgroup::new();
+
+    // The noise floor of the pairing: no program on either side.
+    let other = TestCgroup::new();
     for v6 in [false, true] {
-        ctx.row(&plain, "no program", "-", 0, v6, true);
+        let case = Case {
+            backend: Backend::NoProgram,
+            variant: Variant::Plain,
+            kind: None,
+            entries: 0,
+            v6,
+            allowed: true,
+        };
+        let site = Site {
+            client: other.path(),
+            baseline: plain.path(),
+            attached: other.path(),
+        };
+        ctx.row(case, &site);
     }
+    // The floor of any cgroup program: one that only returns "allow".
+    match EmptyProgram::attach(other.path()) {
+        Ok(empty) => {
+            for v6 in [false, true] {
+                let case = Case {
+                    backend: Backend::EmptyProgram,
+                    variant: Variant::Plain,
+                    kind: None,
+                    entries: 0,
+                    v6,
+                    allowed: true,
+                };
+                let site = Site {
+                    client: other.path(),
+                    baseline: plain.path(),
+                    attached: other.path(),
+                };
+                ctx.row(case, &site);
+            }
+            drop(empty);
+        }
+        Err(e) => eprintln!("the empty program did not load: {e}"),
+    }
+    drop(other);
+
+    deep_rows(&mut ctx);
 
     for &kind in &[Kind::Ip, Kind::Cidr] {
         for &n in sizes {
@@ -534,46 +537,47 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
             let agent = AgentRun::start(&ctx.topo, &[(&cg, &[][..])], &refs, "");
             let apply = t0.elapsed();
             let memlock = maps_memlock(agent.bpffs());
-            for v6 in [false, true] {
-                for allowed in [true, false] {
-                    ctx.row(&cg, "passthrough", kind.name(), n, v6, allowed);
-                }
+            let site = Site {
+                client: cg.path(),
+                baseline: plain.path(),
+                attached: cg.path(),
+            };
+            ctx.four(Backend::Passthrough, kind, n, &site);
+            if n == sizes[0] {
+                flows_off_rows(&mut ctx, kind, n, &refs, plain.path());
             }
             drop(agent);
             drop(cg);
-            if n == sizes[0] {
-                flows_off_rows(&mut ctx, kind, n, &refs);
-            }
-            // nftables
-            let cg = TestCgroup::new();
-            let ruleset = nft_ruleset(&list, cg.path());
-            let t0 = Instant::now();
-            let loaded = nft(&ctx.topo, &[], Some(&ruleset));
-            let nft_ms = t0.elapsed();
-            let nft_load_ms = match loaded {
-                Ok(()) => {
-                    for v6 in [false, true] {
-                        for allowed in [true, false] {
-                            ctx.row(&cg, "nftables", kind.name(), n, v6, allowed);
-                        }
+            // nftables (its cost is not what --profile looks at)
+            let mut nft_load_ms = None;
+            if !profile {
+                let cg = TestCgroup::new();
+                let ruleset = nft::ruleset(kind, &list, cg.path());
+                let t0 = Instant::now();
+                match nft::nft(&ctx.topo, &[], Some(&ruleset)) {
+                    Ok(()) => {
+                        nft_load_ms = Some(t0.elapsed().as_millis());
+                        let site = Site {
+                            client: cg.path(),
+                            baseline: plain.path(),
+                            attached: cg.path(),
+                        };
+                        ctx.four(Backend::Nftables, kind, n, &site);
                     }
-                    Some(nft_ms.as_millis())
-                }
-                Err(e) => {
-                    eprintln!(
+                    Err(e) => eprintln!(
                         "nftables with {n} {} entries did not load: {e}",
                         kind.name()
-                    );
-                    None
+                    ),
                 }
-            };
-            let _ = nft(&ctx.topo, &["delete", "table", "inet", "ptbench"], None);
+                nft::flush(&ctx.topo);
+            }
             eprintln!(
-                "{} x{n}: passthrough applied in {} ms ({} KiB of maps), nftables loaded in {} ms",
+                "{} x{n}: passthrough applied in {} ms ({} KiB of maps), nftables loaded in {} ms; {} s so far",
                 kind.name(),
                 apply.as_millis(),
                 memlock / 1024,
-                nft_ms.as_millis()
+                nft_load_ms.map_or_else(|| "-".into(), |m| m.to_string()),
+                started.elapsed().as_secs()
             );
             applies.push(Apply {
                 kind: kind.name(),
@@ -585,69 +589,104 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
         }
     }
 
-    if let Err(e) = write_results(out_dir, &ctx.rows, &applies, quick) {
+    let name = if profile { "profile" } else { "connect" };
+    if let Err(e) = write_results(
+        out_dir,
+        name,
+        &ctx.rows,
+        &applies,
+        quick,
+        started.elapsed().as_secs(),
+    ) {
         eprintln!("writing results: {e}");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }
 
-/// The allowed path again with the flow table off (`flows.enabled: false`): beside the
-/// `passthrough` rows (the table on, the default), each paired with the same no-program
-/// baseline in its own run, the difference of the two overheads is the table's cost.
-fn flows_off_rows(ctx: &mut Ctx, kind: Kind, n: usize, policies: &[(&str, &str)]) {
-    let cg = TestCgroup::new();
-    let agent = AgentRun::start(
-        &ctx.topo,
-        &[(&cg, &[][..])],
-        policies,
-        "flows: {enabled: false}\n",
-    );
-    for v6 in [false, true] {
-        ctx.row(&cg, "passthrough, flows off", kind.name(), n, v6, true);
+fn pct(m: &Metric) -> String {
+    if m.overhead_pct.is_nan() {
+        String::new()
+    } else {
+        format!("{:+.1} % ±{:.1}", m.overhead_pct, m.noise_pct)
     }
-    drop(agent);
 }
 
-fn write_results(dir: &Path, rows: &[Row], applies: &[Apply], quick: bool) -> std::io::Result<()> {
+fn write_results(
+    dir: &Path,
+    name: &str,
+    rows: &[Row],
+    applies: &[Apply],
+    quick: bool,
+    seconds: u64,
+) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let json = serde_json::json!({
         "kernel": kernel.trim(),
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpus": cpus,
         "quick": quick,
+        "batch": BATCH,
+        "seconds": seconds,
         "connect": rows,
         "apply": applies,
     });
+    let json_path: PathBuf = dir.join(format!("{name}.json"));
     fs::write(
-        dir.join("connect.json"),
+        &json_path,
         serde_json::to_string_pretty(&json).unwrap_or_default(),
     )?;
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# connect() latency\n\nKernel {}, {} CPUs. Each row: {} connect() calls from a process in the workload cgroup to a test host over a veth (allowed) or refused (denied); median and p99 in µs. For an allowed row the same process also makes as many connects from a cgroup with no program, interleaved in batches of {BATCH}, so the overhead column compares like with like. `passthrough` rows record every connect in the flow table (the default); `passthrough, flows off` rows are the same policy with `flows.enabled: false`: the difference of their overheads is the flow table's cost on the allowed path.\n",
+        "# connect() latency{}\n\nKernel {}, {cpus} CPUs, {seconds} s{}. Each row: {} connect() calls from a process in the workload cgroup to a test host over a veth, and as many from an unfiltered sibling cgroup, interleaved in batches of {BATCH}. Two metrics: **syscall**, the non-blocking `connect()` call alone (it returns once the SYN is queued, so it is what the hooks cost), and **handshake**, `socket()` until the connection is established or refused. Overhead: the median over adjacent batch pairs of (batch median / sibling batch median - 1); ± is the half-width of its ~95 % interval (1.58 IQR / sqrt(pairs)), the run's noise. Denied rows are paired with allowed connects from the sibling, so a negative figure means refusing is cheaper than connecting.\n",
+        if name == "profile" {
+            " (profile: kernel.bpf_stats_enabled on)"
+        } else {
+            ""
+        },
         kernel.trim(),
-        json["cpus"],
+        if quick { ", --quick" } else { "" },
         rows.first().map_or(0, |r| r.samples)
     );
-    md.push_str("| backend | kind | entries/family | family | path | outcome | median µs | p99 µs | no program, same run: median µs, overhead |\n|---|---|---:|---|---|---|---:|---:|---|\n");
+    md.push_str("| backend | variant | kind | entries/family | family | path | outcome | syscall median µs | syscall overhead | handshake median µs | handshake overhead |");
+    let profiled = rows.iter().any(|r| r.program_ns_per_run.is_some());
+    md.push_str(if profiled {
+        " program ns/run |\n|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|\n"
+    } else {
+        "\n|---|---|---|---:|---|---|---|---:|---:|---:|---:|\n"
+    });
     for r in rows {
-        let _ = writeln!(
+        let variant = match r.workload_lookup {
+            Some(l) => format!("{} ({l})", r.variant),
+            None => r.variant.to_string(),
+        };
+        let _ = write!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} |",
+            "| {} | {variant} | {} | {} | {} | {} | {} | {:.2} | {} | {:.1} | {} |",
             r.backend,
             r.kind,
             r.entries,
             r.family,
             r.path,
             r.outcome,
-            r.median_ns as f64 / 1000.0,
-            r.p99_ns as f64 / 1000.0,
-            r.vs_baseline()
+            r.syscall.median_ns as f64 / 1000.0,
+            pct(&r.syscall),
+            r.handshake.median_ns as f64 / 1000.0,
+            pct(&r.handshake),
         );
+        if profiled {
+            let _ = write!(
+                md,
+                " {} |",
+                r.program_ns_per_run
+                    .map_or_else(String::new, |n| format!("{n:.0}"))
+            );
+        }
+        md.push('\n');
     }
-    md.push_str("\n# Applying the entries\n\n| kind | entries/family | passthrough: files to enforced (ms) | BPF map memory (KiB) | nftables load (ms) |\n|---|---:|---:|---:|---:|\n");
+    md.push_str("\n# Applying the entries\n\n| kind | entries/family | passthrough: files to enforced (ms) | BPF map memory (KiB) | nftables load, one `nft -f` (ms) |\n|---|---:|---:|---:|---:|\n");
     for a in applies {
         let _ = writeln!(
             md,
@@ -657,11 +696,46 @@ fn write_results(dir: &Path, rows: &[Row], applies: &[Apply], quick: bool) -> st
             a.passthrough_apply_ms,
             a.passthrough_map_memlock_bytes / 1024,
             a.nft_load_ms
-                .map_or_else(|| "did not load".to_string(), |m| m.to_string())
+                .map_or_else(|| "not run".to_string(), |m| m.to_string())
         );
     }
-    let mut f = fs::File::create(dir.join("connect.md"))?;
+    let md_path = dir.join(format!("{name}.md"));
+    let mut f = fs::File::create(&md_path)?;
     f.write_all(md.as_bytes())?;
-    eprintln!("wrote {}", dir.join("connect.md").display());
+    eprintln!("wrote {} and {}", md_path.display(), json_path.display());
     Ok(())
+}
+
+/// The allowed rows of `kind` at `n` entries again, from an agent with the flow table off.
+fn flows_off_rows(
+    ctx: &mut Ctx,
+    kind: Kind,
+    n: usize,
+    policies: &[(&str, &str)],
+    baseline: &std::path::Path,
+) {
+    let cg = TestCgroup::new();
+    let agent = AgentRun::start(
+        &ctx.topo,
+        &[(&cg, &[][..])],
+        policies,
+        "flows: {enabled: false}\n",
+    );
+    let site = Site {
+        client: cg.path(),
+        baseline,
+        attached: cg.path(),
+    };
+    for v6 in [false, true] {
+        let case = Case {
+            backend: Backend::Passthrough,
+            variant: Variant::FlowsOff,
+            kind: Some(kind),
+            entries: n,
+            v6,
+            allowed: true,
+        };
+        ctx.row(case, &site);
+    }
+    drop(agent);
 }

@@ -1,8 +1,8 @@
 //! `cargo xtask bench <which>`: kernel-level benchmarks of passthrough, each against what an
 //! operator would use instead, in the test topology. Results go to `bench/results/`.
 //!
-//! - `bench connect [--quick] [--out DIR]`: `connect()` latency and policy apply time
-//!   (see `connect.rs`).
+//! - `bench connect [--quick] [--profile] [--out DIR]`: `connect()` latency and policy apply
+//!   time; with `--profile`, the programs' run time per call instead (see `connect.rs`).
 //! - `bench proxy [--quick] [--out DIR]`: the peek proxy's setup latency and throughput
 //!   (see `proxy.rs`).
 //! - `bench reload [--quick] [--out DIR]`: the agent's core with a million entries per
@@ -36,6 +36,7 @@ fn enter_netns(netns: &str) -> Result<(), ()> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let profile = args.iter().any(|a| a == "--profile");
     let out = args
         .iter()
         .position(|a| a == "--out")
@@ -44,7 +45,7 @@ fn main() -> ExitCode {
     match args.get(1).map(String::as_str) {
         Some("client") => connect::client(&args[2..]),
         Some("proxy-client") => proxy::client(&args[2..]),
-        Some("connect") => connect::run(quick, &out),
+        Some("connect") => connect::run(quick, profile, &out),
         Some("proxy") => proxy::run(quick, &out),
         Some("reload-client") => reload::client(&args[2..]),
         Some("reload") => reload::run(quick, &out),
@@ -52,7 +53,9 @@ fn main() -> ExitCode {
         Some("kube-first") => kubernetes::first(&args[2..]),
         Some("kubernetes") => kubernetes::run(quick, &out),
         _ => {
-            eprintln!("usage: bench connect|proxy|reload|kubernetes [--quick] [--out DIR]");
+            eprintln!(
+                "usage: bench connect|proxy|reload|kubernetes [--quick] [--profile] [--out DIR]"
+            );
             ExitCode::from(2)
         }
     }
