@@ -328,7 +328,9 @@ fn the_lru_bound_holds_under_100000_destinations_and_evictions_are_exact() {
         &topo,
         &[(&w, &[][..])],
         &[("web.yaml", WEB)],
-        &format!("flows: {{capacity: {CAPACITY}, interval: 24h}}\n"),
+        // The proxy off: the flood's destinations include the Domain entry's port, which
+        // would otherwise be sent to the proxy instead of refused.
+        &format!("flows: {{capacity: {CAPACITY}, interval: 24h}}\nproxy: {{enabled: false}}\n"),
     );
     let report = topo.flood_distinct(&w, sa("203.0.113.100:1"), N);
     assert_eq!(report["eperm"], N, "every connect denied: {report}");
