@@ -116,6 +116,71 @@ pub struct LoadedImage {
     pub reference: String,
     /// The manifest digest the archive's index gives it.
     pub digest: String,
+    _cgroups: PodmanCgroups,
+}
+
+/// The `libpod_parent` cgroups podman creates for containers (one per cgroup hierarchy with
+/// the cgroupfs manager) that were not there when the guard was made: removed on drop.
+pub struct PodmanCgroups(Vec<PathBuf>);
+
+impl PodmanCgroups {
+    pub fn new() -> Self {
+        Self(
+            podman_parent_cgroups()
+                .into_iter()
+                .filter(|p| !p.exists())
+                .collect(),
+        )
+    }
+}
+
+impl Default for PodmanCgroups {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PodmanCgroups {
+    fn drop(&mut self) {
+        // Empty once the containers are gone (podman leaves a `conmon` child in each, and a
+        // container's conmon exits shortly after it); one that still holds a process after
+        // that is left alone.
+        for _ in 0..20 {
+            for parent in &self.0 {
+                remove_empty_cgroups(parent);
+            }
+            if self.0.iter().all(|p| !p.exists()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Removes `dir` and the cgroups below it, deepest first; `rmdir` refuses any that still
+/// holds a process.
+fn remove_empty_cgroups(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_empty_cgroups(&entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// The `libpod_parent` directory of every cgroup (v1 and v2) mount, from mountinfo.
+fn podman_parent_cgroups() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let (fields, fs) = line.split_once(" - ")?;
+            let fs_type = fs.split(' ').next()?;
+            let mount_point = fields.split(' ').nth(4)?;
+            (fs_type == "cgroup" || fs_type == "cgroup2")
+                .then(|| PathBuf::from(mount_point).join("libpod_parent"))
+        })
+        .collect()
 }
 
 impl LoadedImage {
@@ -130,8 +195,13 @@ impl LoadedImage {
             .expect("the index names the image")
             .to_string();
         let digest = manifest["digest"].as_str().expect("digest").to_string();
+        let cgroups = PodmanCgroups::new();
         check(podman().arg("load").arg("--input").arg(&archive));
-        Self { reference, digest }
+        Self {
+            reference,
+            digest,
+            _cgroups: cgroups,
+        }
     }
 
     /// `podman image inspect --format`.

@@ -7,7 +7,9 @@ use std::{fs, path::Path, time::Duration};
 use passthrough_tests::{
     ProbeOptions, TestCgroup, Topology,
     agent::{AgentRun, Expect, sa},
-    container::{LoadedImage, VERSION, archive_member, check, image_archive, podman},
+    container::{
+        LoadedImage, PodmanCgroups, VERSION, archive_member, check, image_archive, podman,
+    },
 };
 
 #[test]
@@ -48,6 +50,7 @@ fn podman_loads_the_archive_under_its_name_and_digest() {
 
 #[test]
 fn the_archive_also_loads_as_a_docker_archive_with_the_same_image_id() {
+    let _cgroups = PodmanCgroups::new();
     // Docker before 25 reads manifest.json, not index.json: it names the same config and
     // layer blobs, so the image is the same one.
     let archive = image_archive();
