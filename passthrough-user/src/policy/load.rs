@@ -419,6 +419,19 @@ fn typed<T: for<'de> Deserialize<'de>>(
     })
 }
 
+/// The policies of a YAML text that must hold only valid documents (unit tests).
+#[cfg(test)]
+pub(crate) fn test_policies(text: &str) -> Vec<Policy> {
+    parse_documents("t.yaml", text)
+        .expect("yaml")
+        .into_iter()
+        .map(|d| match d {
+            Document::Policy(p) => *p,
+            Document::Invalid(e) => panic!("{e:?}"),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -531,18 +531,7 @@ pub fn merged_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::load::{Document, parse_documents};
-
-    fn policies(text: &str) -> Vec<Policy> {
-        parse_documents("t.yaml", text)
-            .expect("yaml")
-            .into_iter()
-            .map(|d| match d {
-                Document::Policy(p) => *p,
-                Document::Invalid(e) => panic!("{e:?}"),
-            })
-            .collect()
-    }
+    use crate::policy::load::test_policies as policies;
 
     fn workload(tags: &[(&str, &str)]) -> Workload {
         Workload {

@@ -210,18 +210,7 @@ pub fn conflicts(policies: &[Policy], opts: &SelectOptions) -> Vec<(Conflict, Wo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::load::{Document, parse_documents};
-
-    fn policies(text: &str) -> Vec<Policy> {
-        parse_documents("t.yaml", text)
-            .expect("yaml")
-            .into_iter()
-            .map(|d| match d {
-                Document::Policy(p) => *p,
-                Document::Invalid(e) => panic!("{e:?}"),
-            })
-            .collect()
-    }
+    use crate::policy::load::test_policies as policies;
 
     fn found(text: &str) -> Vec<String> {
         conflicts(&policies(text), &SelectOptions::default())

@@ -195,18 +195,7 @@ mod tests {
     use passthrough_common::Reason;
 
     use super::*;
-    use crate::policy::load::{Document, parse_documents};
-
-    fn policies(text: &str) -> Vec<Policy> {
-        parse_documents("t.yaml", text)
-            .expect("yaml")
-            .into_iter()
-            .map(|d| match d {
-                Document::Policy(p) => *p,
-                Document::Invalid(e) => panic!("{e:?}"),
-            })
-            .collect()
-    }
+    use crate::policy::load::test_policies as policies;
 
     fn web() -> Workload {
         Workload {
