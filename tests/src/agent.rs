@@ -7,6 +7,7 @@ use std::{
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -49,13 +50,22 @@ impl Expect {
     }
 }
 
-/// A `passthrough run` process inside the topology's client namespace.
+/// How long [`AgentRun::wait_ready`] waits, in seconds: 30 for the tests; a benchmark that
+/// loads millions of entries raises it with [`set_ready_patience`].
+static READY_PATIENCE_SECS: AtomicU64 = AtomicU64::new(30);
+
+/// Sets how long every later [`AgentRun::wait_ready`] of this process waits.
+pub fn set_ready_patience(patience: Duration) {
+    READY_PATIENCE_SECS.store(patience.as_secs().max(1), Ordering::Relaxed);
+}
+
 /// A workload's tags.
 type WorkloadTags<'a> = &'a [(&'a str, &'a str)];
 
 /// A workload of the config: its cgroup, its tags, and lines of its own config.
 type WorkloadLines<'a> = (&'a Path, &'a [(&'a str, &'a str)], &'a str);
 
+/// A `passthrough run` process inside the topology's client namespace.
 pub struct AgentRun {
     dir: tempfile::TempDir,
     config: PathBuf,
@@ -279,12 +289,13 @@ impl AgentRun {
     }
 
     pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let patience = Duration::from_secs(READY_PATIENCE_SECS.load(Ordering::Relaxed));
+        let deadline = Instant::now() + patience;
         while !self.is_ready() {
             assert!(self.is_running(), "agent exited:\n{}", self.log());
             assert!(
                 Instant::now() < deadline,
-                "agent not ready in 30 s:\n{}",
+                "agent not ready in {patience:?}:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));

@@ -35,6 +35,8 @@ fn enter_netns(netns: &str) -> Result<(), ()> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    // A million entries per family take longer to load than a test's policy.
+    passthrough_tests::agent::set_ready_patience(std::time::Duration::from_secs(300));
     let quick = args.iter().any(|a| a == "--quick");
     let profile = args.iter().any(|a| a == "--profile");
     let out = args
