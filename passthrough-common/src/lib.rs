@@ -42,6 +42,7 @@ pub mod map_names {
     pub const KERNEL_COVERED: &str = "KERNEL_COVERED";
     pub const FLOWS: &str = "FLOWS";
     pub const FLOW_INSERTS: &str = "FLOW_INSERTS";
+    pub const FLOW_MEMO: &str = "FLOW_MEMO";
     pub const GENERATION: &str = "GENERATION";
     pub const CALLERS: &str = "CALLERS";
 }
@@ -97,6 +98,9 @@ pub mod capacity {
     /// Slots of the programs' per-CPU cache of callers' workloads (`CALLERS`), a power of
     /// two: a cgroup id maps to slot `id % CALLERS`.
     pub const CALLERS: u32 = 256;
+    /// Slots of the programs' per-CPU write-combining buffer in front of `FLOWS`
+    /// (`FLOW_MEMO`), a power of two: a flow maps to slot `hash % FLOW_MEMO`.
+    pub const FLOW_MEMO: u32 = 256;
 }
 
 /// The merged `passthroughMode` of a workload, as the kernel reads it.
@@ -493,7 +497,9 @@ pub struct FlowValue {
     /// `bpf_ktime_get_boot_ns` when the entry was created: tells a re-created entry (after an
     /// eviction) from the one the agent read before.
     pub first_ns: u64,
-    /// `bpf_ktime_get_boot_ns` of the latest connect.
+    /// `bpf_ktime_get_coarse_ns` (`CLOCK_MONOTONIC` at the last tick) of the latest
+    /// connect: coarse, because a precise clock read per connect costs more than the rest of
+    /// the record.
     pub last_ns: u64,
     /// The [`Reason`] of the latest connect, before audit mode (`ToProxy` for a hand-off).
     pub reason: u8,
@@ -502,6 +508,40 @@ pub struct FlowValue {
     pub _pad: [u8; 6],
 }
 const _: () = assert!(size_of::<FlowValue>() == 32);
+
+/// Value of the per-CPU `FLOW_MEMO` array: the connects of one flow a CPU has counted since
+/// it last added them to that flow's `FLOWS` entry. A repeated connect to the same
+/// destination raises `pending` here, in memory no other CPU touches, instead of looking the
+/// flow up in `FLOWS`; the pending connects are added to `FLOWS` when the slot is taken for
+/// another flow, when `pending` reaches [`FLOW_MEMO_FLUSH_COUNT`], or on the first connect
+/// [`FLOW_MEMO_FLUSH_NS`] after the last addition. The agent reads both, `FLOWS` first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowMemo {
+    /// 1 while a program on this CPU updates the slot (taken with a compare-and-exchange):
+    /// a program that preempted the holder records in `FLOWS` directly.
+    pub busy: u64,
+    /// Connects counted here and not yet in `FLOWS`.
+    pub pending: u32,
+    /// The [`Reason`] of the latest of them, and whether audit mode let it through.
+    pub reason: u8,
+    pub audit: u8,
+    pub _pad: [u8; 2],
+    pub key: FlowKey,
+    /// `first_ns` of the `FLOWS` entry the pending connects belong to (0: a free slot).
+    pub first_ns: u64,
+    /// Coarse monotonic time the pending connects were last added to `FLOWS`.
+    pub flushed_ns: u64,
+    /// Coarse monotonic time of the latest connect counted here.
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<FlowMemo>() == 72);
+
+/// [`FlowMemo::pending`] at which the connects are added to `FLOWS`.
+pub const FLOW_MEMO_FLUSH_COUNT: u32 = 4_096;
+/// Nanoseconds after which a slot's next connect adds its pending ones to `FLOWS` (which
+/// also keeps a busy flow recently used for the LRU).
+pub const FLOW_MEMO_FLUSH_NS: u64 = 1_000_000_000;
 
 /// Indexes of the per-CPU `FLOW_INSERTS` array.
 pub mod flow_counter {
@@ -678,6 +718,7 @@ mod pod {
     unsafe impl aya::Pod for PodWatch {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for FlowMemo {}
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@ use aya_ebpf::{
 };
 use passthrough_common::{
     CidrV4Data, CidrV6Data, Config, DnsV4Data, DnsV6Data, DomainPortKey, ExactV4Key, ExactV6Key,
-    FlowKey, FlowValue, OrigDst, POD_WATCH_PREFIX, PodUid, PodWatch, Reason, RuleRef, Workload,
-    capacity, flow_counter,
+    FlowKey, FlowMemo, FlowValue, OrigDst, POD_WATCH_PREFIX, PodUid, PodWatch, Reason, RuleRef,
+    Workload, capacity, flow_counter,
 };
 
 use crate::workload::CachedCaller;
@@ -169,3 +169,8 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(capacity::
 /// Written by the connect programs only.
 #[map]
 pub static FLOW_INSERTS: PerCpuArray<u64> = PerCpuArray::pinned(flow_counter::COUNT, 0);
+
+/// Per CPU, flow hash % [`capacity::FLOW_MEMO`] -> [`FlowMemo`]: connects counted but not
+/// yet added to `FLOWS` (`flow.rs`). Read, never written, by the agent.
+#[map]
+pub static FLOW_MEMO: PerCpuArray<FlowMemo> = PerCpuArray::pinned(capacity::FLOW_MEMO, 0);

@@ -157,16 +157,34 @@ pub fn rfc3339(t: SystemTime) -> String {
     format!("{t:.3}")
 }
 
+/// The kernel clock a program's timestamp was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelClock {
+    /// `bpf_ktime_get_boot_ns`: `CLOCK_BOOTTIME`.
+    Boot,
+    /// `bpf_ktime_get_coarse_ns`: `CLOCK_MONOTONIC`, at the last tick.
+    MonotonicCoarse,
+}
+
 /// Wall-clock time of a `bpf_ktime_get_boot_ns` value.
 pub fn wall_time(boot_ns: u64) -> SystemTime {
+    wall_time_of(KernelClock::Boot, boot_ns)
+}
+
+/// Wall-clock time of a program's timestamp `ns` read from `clock`.
+pub fn wall_time_of(clock: KernelClock, ns: u64) -> SystemTime {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    let id = match clock {
+        KernelClock::Boot => libc::CLOCK_BOOTTIME,
+        KernelClock::MonotonicCoarse => libc::CLOCK_MONOTONIC_COARSE,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    let now_boot = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-    let ago = now_boot.saturating_sub(Duration::from_nanos(boot_ns));
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    let now = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    let ago = now.saturating_sub(Duration::from_nanos(ns));
     SystemTime::now() - ago
 }
 

@@ -18,7 +18,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use passthrough_common::{FlowKey, FlowValue, Reason, unmapped_v4};
+use passthrough_common::{FlowKey, FlowMemo, FlowValue, Reason, unmapped_v4};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -26,7 +26,7 @@ use crate::{
         AppliedPolicies, AppliedPolicy, EventRecord, EventSource, FlowRecord, FlowSource,
         FlowTableStats, FlowsReport, Verdict,
     },
-    events::{NameSink, rfc3339, wall_time},
+    events::{KernelClock, NameSink, rfc3339, wall_time_of},
     policy::{decide::decide, document::to_resource},
     view::SharedView,
 };
@@ -38,6 +38,30 @@ pub struct KernelRead {
     /// `FLOW_INSERTS`, summed over CPUs.
     pub inserted: u64,
     pub raced: u64,
+}
+
+/// Adds the connects the CPUs' `FLOW_MEMO` slots hold to the `FLOWS` entries they belong
+/// to (same key, same `first_ns`), the latest connect's time and reason with them. A slot
+/// whose entry is gone (evicted, or re-created since) is left out: the program adds its
+/// connects to the table when it next touches the slot, and they are counted then.
+pub fn add_pending(entries: &mut HashMap<FlowKey, FlowValue>, slots: &[FlowMemo]) {
+    for m in slots {
+        if m.first_ns == 0 || m.pending == 0 {
+            continue;
+        }
+        let Some(v) = entries.get_mut(&m.key) else {
+            continue;
+        };
+        if v.first_ns != m.first_ns {
+            continue;
+        }
+        v.count += u64::from(m.pending);
+        if m.last_ns >= v.last_ns {
+            v.last_ns = m.last_ns;
+            v.reason = m.reason;
+            v.audit = m.audit;
+        }
+    }
 }
 
 /// The kernel table, as the agent's map handle reads it.
@@ -188,12 +212,18 @@ impl FlowLog {
                 }
             }
         };
-        self.merge(read, SystemTime::now(), wall_time);
+        self.merge(read, SystemTime::now(), wall_time_of);
         self.save();
     }
 
-    /// Merges one reading of the kernel table, `wall` turning boot times into wall times.
-    fn merge(&self, read: KernelRead, now: SystemTime, wall: impl Fn(u64) -> SystemTime) {
+    /// Merges one reading of the kernel table, `wall` turning the programs' timestamps into
+    /// wall times (`first_ns` is boot time, `last_ns` coarse monotonic time).
+    fn merge(
+        &self,
+        read: KernelRead,
+        now: SystemTime,
+        wall: impl Fn(KernelClock, u64) -> SystemTime,
+    ) {
         let view = self.view.current();
         let horizon = unix_ms(now).saturating_sub(duration_ms(self.settings.window));
         let mut s = lock(&self.state);
@@ -208,18 +238,23 @@ impl FlowLog {
         };
         let mut kernel = HashMap::with_capacity(read.entries.len());
         for (k, v) in &read.entries {
-            let delta = match s.kernel.get(k) {
-                Some(seen) if seen.first_ns == v.first_ns => v.count.saturating_sub(seen.count),
-                _ => v.count,
+            // A reading may miss connects on their way from a CPU's memo slot to the table
+            // (never count them twice): an entry's count only ever rises, so a lower
+            // reading than the last is that, and the connects are counted when they show.
+            let (delta, count) = match s.kernel.get(k) {
+                Some(seen) if seen.first_ns == v.first_ns => {
+                    (v.count.saturating_sub(seen.count), v.count.max(seen.count))
+                }
+                _ => (v.count, v.count),
             };
             kernel.insert(
                 *k,
                 Seen {
                     first_ns: v.first_ns,
-                    count: v.count,
+                    count,
                 },
             );
-            let last = unix_ms(wall(v.last_ns));
+            let last = unix_ms(wall(KernelClock::MonotonicCoarse, v.last_ns));
             if delta == 0 || last < horizon {
                 continue;
             }
@@ -248,8 +283,8 @@ impl FlowLog {
                 reason,
                 rule,
                 count: delta,
-                first: rfc3339(wall(v.first_ns)),
-                last: rfc3339(wall(v.last_ns)),
+                first: rfc3339(wall(KernelClock::Boot, v.first_ns)),
+                last: rfc3339(wall(KernelClock::MonotonicCoarse, v.last_ns)),
                 last_unix_ms: last,
             };
             upsert(&mut s.flows, record);
@@ -465,8 +500,8 @@ mod tests {
     }
 
     /// Boot time 0 is one hour ago plus a minute; boot ns are seconds here.
-    fn wall(now: SystemTime) -> impl Fn(u64) -> SystemTime {
-        move |ns| now - Duration::from_secs(3660) + Duration::from_secs(ns)
+    fn wall(now: SystemTime) -> impl Fn(KernelClock, u64) -> SystemTime {
+        move |_, ns| now - Duration::from_secs(3660) + Duration::from_secs(ns)
     }
 
     fn counts(log: &FlowLog) -> Vec<(SocketAddr, u64)> {
@@ -541,5 +576,67 @@ mod tests {
         let kept: Vec<u16> = counts(&log).iter().map(|(d, _)| d.port()).collect();
         assert_eq!(kept, [3, 4]);
         assert_eq!(log.report(None, None).history_dropped, 1);
+    }
+
+    fn slot(k: FlowKey, first_ns: u64, pending: u32, last_ns: u64) -> FlowMemo {
+        FlowMemo {
+            busy: 0,
+            pending,
+            reason: Reason::IpEntry as u8,
+            audit: 0,
+            _pad: [0; 2],
+            key: k,
+            first_ns,
+            flushed_ns: 0,
+            last_ns,
+        }
+    }
+
+    #[test]
+    fn memo_slots_add_to_their_own_entry_only() {
+        let mut entries: HashMap<FlowKey, FlowValue> = [
+            (key(1, 443), value(100, 3, 200)),
+            (key(2, 443), value(500, 1, 500)),
+        ]
+        .into_iter()
+        .collect();
+        add_pending(
+            &mut entries,
+            &[
+                // Two CPUs' slots for the first flow: both add, the later one's reason wins.
+                slot(key(1, 443), 100, 4, 250),
+                slot(key(1, 443), 100, 2, 240),
+                // A slot of an entry since re-created (first_ns 400, now 500): left out.
+                slot(key(2, 443), 400, 9, 600),
+                // A slot whose entry is gone, and a free one: left out.
+                slot(key(3, 443), 100, 5, 600),
+                slot(key(1, 443), 0, 5, 600),
+            ],
+        );
+        let one = entries[&key(1, 443)];
+        assert_eq!((one.count, one.last_ns), (9, 250));
+        assert_eq!(one.reason, Reason::IpEntry as u8);
+        assert_eq!(entries[&key(2, 443)].count, 1);
+        assert_eq!(entries.len(), 2);
+    }
+
+    #[test]
+    fn a_reading_that_missed_connects_in_flight_counts_them_once_later() {
+        let log = FlowLog::new(settings(100), crate::view::channel().1);
+        let now = SystemTime::now();
+        let read = |count| KernelRead {
+            entries: vec![(key(10, 443), value(100, count, 200))],
+            inserted: 1,
+            raced: 0,
+        };
+        // 8 (5 in the table, 3 in a slot); then 6 (the slot's 3 on their way: missed);
+        // then 10: 10 in all, not 12.
+        for c in [8, 6, 10] {
+            log.merge(read(c), now, wall(now));
+        }
+        assert_eq!(
+            counts(&log),
+            [("203.0.113.10:443".parse().expect("addr"), 10)]
+        );
     }
 }

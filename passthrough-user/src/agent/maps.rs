@@ -17,8 +17,8 @@ use aya::{
 use ipnet::IpNet;
 use passthrough_common::{
     CidrV4Data, CidrV6Data, Config, DNS_FIXED_BITS, DnsV4Data, DnsV6Data, DomainPortKey,
-    ExactV4Key, ExactV6Key, FlowKey, FlowValue, PodUid, PodWatch, Reason, RuleRef, Workload,
-    capacity, flow_counter, map_names as names,
+    ExactV4Key, ExactV6Key, FlowKey, FlowMemo, FlowValue, PodUid, PodWatch, Reason, RuleRef,
+    Workload, capacity, flow_counter, map_names as names,
 };
 
 use super::{
@@ -159,6 +159,7 @@ impl Counters {
 pub struct FlowTable {
     flows: HashMap<MapData, FlowKey, FlowValue>,
     inserts: PerCpuArray<MapData, u64>,
+    memo: PerCpuArray<MapData, FlowMemo>,
 }
 
 impl FlowTable {
@@ -167,9 +168,11 @@ impl FlowTable {
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
         let flows = take(names::FLOWS)?;
         let inserts = take(names::FLOW_INSERTS)?;
+        let memo = take(names::FLOW_MEMO)?;
         Ok(Self {
             flows: HashMap::try_from(flows).map_err(at(names::FLOWS))?,
             inserts: PerCpuArray::try_from(inserts).map_err(at(names::FLOW_INSERTS))?,
+            memo: PerCpuArray::try_from(memo).map_err(at(names::FLOW_MEMO))?,
         })
     }
 
@@ -183,7 +186,9 @@ impl FlowTable {
 
 impl crate::flows::KernelFlows for FlowTable {
     /// Every entry, each once (an iteration that restarts after a concurrent eviction may
-    /// meet an entry twice; the later reading wins).
+    /// meet an entry twice; the later reading wins), with the connects the CPUs' `FLOW_MEMO`
+    /// slots hold for it. `FLOWS` is read first: a slot's connects added to `FLOWS` in
+    /// between are then missed once, never counted twice.
     fn read(&mut self) -> Result<crate::flows::KernelRead, String> {
         let inserted = self.counter(flow_counter::INSERTED)?;
         let raced = self.counter(flow_counter::RACED)?;
@@ -198,6 +203,15 @@ impl crate::flows::KernelFlows for FlowTable {
                 Err(e) => return Err(format!("map {}: reading entries: {e}", names::FLOWS)),
             }
         }
+        let mut slots = Vec::new();
+        for index in 0..capacity::FLOW_MEMO {
+            let values = self
+                .memo
+                .get(&index, 0)
+                .map_err(|e| format!("map {}: reading slot {index}: {e}", names::FLOW_MEMO))?;
+            slots.extend(values.iter().copied());
+        }
+        crate::flows::add_pending(&mut seen, &slots);
         Ok(crate::flows::KernelRead {
             entries: seen.into_iter().collect(),
             inserted,

@@ -543,11 +543,13 @@ pub fn run(quick: bool, profile: bool, out_dir: &Path) -> ExitCode {
                 attached: cg.path(),
             };
             ctx.four(Backend::Passthrough, kind, n, &site);
+            // Stopped before the next agent starts: both would serve the same admin port,
+            // and the next one's readiness would be this one's.
+            drop(agent);
+            drop(cg);
             if n == sizes[0] {
                 flows_off_rows(&mut ctx, kind, n, &refs, plain.path());
             }
-            drop(agent);
-            drop(cg);
             // nftables (its cost is not what --profile looks at)
             let mut nft_load_ms = None;
             if !profile {
