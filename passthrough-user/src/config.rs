@@ -764,9 +764,8 @@ impl AgentConfig {
             let n = p
                 .spec
                 .default
-                .append_match
+                .matches()
                 .iter()
-                .flatten()
                 .filter(|m| m.kind == "Domain")
                 .count();
             if n > 0 {

@@ -21,6 +21,7 @@ pub mod migrate;
 pub mod model;
 pub mod overlap;
 pub mod prescan;
+pub mod rules;
 pub mod set;
 pub mod simulate;
 pub mod tables;
