@@ -247,22 +247,35 @@ fn inner(
     })
 }
 
-/// Fills an inner map.
+/// Fills an inner map, one batch of keys and values in memory at a time (a million entries
+/// laid out whole would be tens of MiB more at the agent's peak).
 fn fill<K: Copy, V: Copy>(
     map: &'static str,
     data: &MapData,
-    entries: impl Iterator<Item = (K, V)>,
+    mut entries: impl Iterator<Item = (K, V)>,
     cancel: &Cancel,
 ) -> Result<(), StoreError> {
-    let (keys, values): (Vec<K>, Vec<V>) = entries.unzip();
-    syscall::update_all(data.fd().as_fd(), &keys, &values, cancel).map_err(|e| match e {
-        UpdateError::Cancelled => StoreError::Cancelled,
-        UpdateError::Kernel(source) => StoreError::Kernel {
-            map,
-            op: "write",
-            source,
-        },
-    })
+    let mut keys = Vec::with_capacity(syscall::BATCH);
+    let mut values = Vec::with_capacity(syscall::BATCH);
+    loop {
+        keys.clear();
+        values.clear();
+        for (k, v) in entries.by_ref().take(syscall::BATCH) {
+            keys.push(k);
+            values.push(v);
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        syscall::update_all(data.fd().as_fd(), &keys, &values, cancel).map_err(|e| match e {
+            UpdateError::Cancelled => StoreError::Cancelled,
+            UpdateError::Kernel(source) => StoreError::Kernel {
+                map,
+                op: "write",
+                source,
+            },
+        })?;
+    }
 }
 
 impl Maps {

@@ -39,6 +39,7 @@ use crate::{
     k8s::{KubeProblem, KubeState},
     policy::{
         Severity,
+        cache::FileCache,
         compile::{CompiledPolicy, EffectiveMode, compile},
         decide::Exemptions,
         merge::{Merged, PolicyRef, SelectOptions, merged_for},
@@ -126,6 +127,8 @@ pub struct Agent {
     /// This reconcile's compiled policies by merged configuration: the workloads one
     /// Mesh-wide policy selects alike compile once, not once each.
     compiled: std::cell::RefCell<Vec<(Merged, CompiledPolicy)>>,
+    /// The policy files as last read: a reconcile reads and parses only those that changed.
+    files: FileCache,
     /// The policy set of the last reconcile that applied one (for `simulate`).
     applied_policies: Arc<proxy_view::Applied>,
     /// The flow record (`flows`), fed by the flow reader and the proxy's decisions.
@@ -242,6 +245,7 @@ impl Agent {
             kernel_covered: BTreeMap::new(),
             pod_watch: PodWatchStatus::Inactive,
             compiled: std::cell::RefCell::default(),
+            files: FileCache::default(),
             applied_policies: Arc::default(),
             flows,
         };
@@ -371,8 +375,13 @@ impl Agent {
         let started = std::time::Instant::now();
         self.compiled.get_mut().clear();
         let opts = self.config.select_options();
-        let mut set =
-            PolicySet::load_with(&self.config.policies, self.kube.policies.clone(), &opts);
+        let mut set = PolicySet::load_cached(
+            &self.config.policies,
+            self.kube.policies.clone(),
+            &opts,
+            &mut self.files,
+        );
+        let loaded = started.elapsed();
         let now = jiff::Timestamp::now();
         let at = format!("{now:.0}");
         self.report_kube_problems(&set);
@@ -453,6 +462,8 @@ impl Agent {
         });
         self.publish_proxy_view();
         drop(set);
+        // What this pass compiled is held by the workloads that use it; the rest goes now.
+        self.compiled.get_mut().clear();
         release_freed_memory();
         if changed {
             self.generation += 1;
@@ -461,6 +472,8 @@ impl Agent {
         // Where a reconcile's time goes (docs/architecture.md, "Change propagation").
         tracing::debug!(
             workloads = self.workloads.len(),
+            files_parsed = self.files.parsed_last,
+            load_us = loaded.as_micros(),
             compute_us = computed.as_micros(),
             write_us = (applied - computed).as_micros(),
             after_us = (started.elapsed() - applied).as_micros(),

@@ -7,6 +7,7 @@
 //! Nothing here needs root or touches the kernel.
 
 pub mod bind;
+pub mod cache;
 pub mod compile;
 pub mod containment;
 pub mod decide;
