@@ -166,7 +166,12 @@ impl Agent {
     /// check of `passthrough validate --config` ([`config::Preflight`]): an error stops the
     /// start, warnings are logged.
     pub fn start(config_path: &Path) -> Result<Self, AgentError> {
-        let preflight = config::Preflight::run(config_path, &config::Environment::this_machine());
+        let mut files = FileCache::default();
+        let preflight = config::Preflight::run_cached(
+            config_path,
+            &config::Environment::this_machine(),
+            &mut files,
+        );
         for w in preflight.warnings() {
             tracing::warn!("{w}");
         }
@@ -245,7 +250,7 @@ impl Agent {
             kernel_covered: BTreeMap::new(),
             pod_watch: PodWatchStatus::Inactive,
             compiled: std::cell::RefCell::default(),
-            files: FileCache::default(),
+            files,
             applied_policies: Arc::default(),
             flows,
         };
