@@ -142,13 +142,8 @@ const CORE_NICE: libc::c_int = 10;
 fn lower_priority() {
     // SAFETY: gettid has no preconditions; setpriority on one's own thread id only changes
     // that thread's nice value (Linux applies PRIO_PROCESS to the thread named).
-    let rc = unsafe {
-        libc::setpriority(
-            libc::PRIO_PROCESS,
-            libc::gettid() as libc::id_t,
-            CORE_NICE,
-        )
-    };
+    let rc =
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, CORE_NICE) };
     if rc != 0 {
         tracing::warn!(
             "could not lower the core thread's priority (setpriority: {}): a large reconcile competes with the proxy for CPU",

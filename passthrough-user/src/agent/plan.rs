@@ -98,7 +98,10 @@ impl Applied {
 /// One kernel operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Install { id: PolicyId, tables: Arc<Tables> },
+    Install {
+        id: PolicyId,
+        tables: Arc<Tables>,
+    },
     /// Changes an installed policy in place to `tables`: its entries that go are deleted,
     /// then the new ones written. For a small change of a large policy (one entry of a
     /// million) this is a few map operations instead of a new policy of a million entries.
@@ -109,13 +112,30 @@ pub enum Op {
         tables: Arc<Tables>,
         patch: Arc<Patch>,
     },
-    SetWorkload { cgroup: u64, value: KernelWorkload },
-    SetLink { cgroup: u64, owner: u64 },
-    RemoveLink { cgroup: u64 },
-    RemoveWorkload { cgroup: u64 },
-    SetPending { uid: PodUid, value: KernelWorkload },
-    RemovePending { uid: PodUid },
-    RemovePolicy { id: PolicyId },
+    SetWorkload {
+        cgroup: u64,
+        value: KernelWorkload,
+    },
+    SetLink {
+        cgroup: u64,
+        owner: u64,
+    },
+    RemoveLink {
+        cgroup: u64,
+    },
+    RemoveWorkload {
+        cgroup: u64,
+    },
+    SetPending {
+        uid: PodUid,
+        value: KernelWorkload,
+    },
+    RemovePending {
+        uid: PodUid,
+    },
+    RemovePolicy {
+        id: PolicyId,
+    },
 }
 
 /// No free policy id is left.
@@ -529,18 +549,33 @@ mod tests {
         let after = large(PATCH_FROM as u32, Some(3));
         let mut store = FakeStore::default();
         let mut applied = Applied::default();
-        converge(&desired(&[(10, &before), (11, &before)]), &mut store, &mut applied);
+        converge(
+            &desired(&[(10, &before), (11, &before)]),
+            &mut store,
+            &mut applied,
+        );
         store.log.clear();
-        let ops = converge(&desired(&[(10, &after), (11, &after)]), &mut store, &mut applied);
+        let ops = converge(
+            &desired(&[(10, &after), (11, &after)]),
+            &mut store,
+            &mut applied,
+        );
         assert_eq!(store.log, ["patch 1"], "{ops:?}");
         let Some(Op::Patch { patch, .. }) = ops.first() else {
             panic!("a patch: {ops:?}");
         };
         assert_eq!((patch.removed.len(), patch.written.len()), (1, 1));
-        assert_eq!(store.installed[&1], *after, "the kernel holds the new tables");
+        assert_eq!(
+            store.installed[&1], *after,
+            "the kernel holds the new tables"
+        );
         assert_eq!(applied.policies[&1].tables.as_deref(), Some(&*after));
         // Nothing left to do.
-        assert!(plan(&desired(&[(10, &after), (11, &after)]), &applied).expect("plan").is_empty());
+        assert!(
+            plan(&desired(&[(10, &after), (11, &after)]), &applied)
+                .expect("plan")
+                .is_empty()
+        );
     }
 
     #[test]
@@ -549,15 +584,27 @@ mod tests {
         let after = large(PATCH_FROM as u32, Some(3));
         let mut store = FakeStore::default();
         let mut applied = Applied::default();
-        converge(&desired(&[(10, &before), (11, &before)]), &mut store, &mut applied);
+        converge(
+            &desired(&[(10, &before), (11, &before)]),
+            &mut store,
+            &mut applied,
+        );
         store.log.clear();
         // 11 keeps the old tables: patching them would change its policy too.
-        converge(&desired(&[(10, &after), (11, &before)]), &mut store, &mut applied);
+        converge(
+            &desired(&[(10, &after), (11, &before)]),
+            &mut store,
+            &mut applied,
+        );
         assert_eq!(store.log, ["install 2", "set 10 -> 2"]);
         // A change that makes a table grow is installed anew too.
         store.log.clear();
         let grown = large(PATCH_FROM as u32 + 1, None);
-        converge(&desired(&[(10, &after), (11, &grown)]), &mut store, &mut applied);
+        converge(
+            &desired(&[(10, &after), (11, &grown)]),
+            &mut store,
+            &mut applied,
+        );
         assert_eq!(store.log, ["install 3", "set 11 -> 3", "remove policy 1"]);
     }
 

@@ -176,6 +176,7 @@ impl Agent {
             tracing::warn!("{w}");
         }
         let config = preflight.into_config()?;
+        tracing::debug!(peak_kib = peak_kib(), "preflight done");
         let cgroup_root = cgroup::cgroup2_root().map_err(|e| AgentError::Other(e.to_string()))?;
         let redirects = config.proxy().map_or(0, |p| {
             u32::try_from(p.max_connections.saturating_mul(4)).unwrap_or(u32::MAX)
@@ -387,6 +388,7 @@ impl Agent {
             &mut self.files,
         );
         let loaded = started.elapsed();
+        let loaded_hwm = peak_kib();
         let now = jiff::Timestamp::now();
         let at = format!("{now:.0}");
         self.report_kube_problems(&set);
@@ -452,6 +454,7 @@ impl Agent {
         let mut desired = self.desired(&wanted);
         self.add_pending(&mut desired, pending);
         let computed = started.elapsed();
+        let computed_hwm = peak_kib();
         let changed = self.apply(desired, &mut wanted, &mut problems);
         let applied = started.elapsed();
         self.attach_all();
@@ -482,6 +485,9 @@ impl Agent {
             compute_us = computed.as_micros(),
             write_us = (applied - computed).as_micros(),
             after_us = (started.elapsed() - applied).as_micros(),
+            peak_kib_loaded = loaded_hwm,
+            peak_kib_computed = computed_hwm,
+            peak_kib = peak_kib(),
             "reconciled"
         );
         self.last_reload.insert(ReloadReport {
@@ -1302,6 +1308,18 @@ fn dns_networks(sets: &[Option<Vec<IpNet>>]) -> Vec<Vec<IpNet>> {
 
 /// Gives the memory a reconcile freed (the parsed policy files) back to the system: the
 /// allocator keeps it otherwise, and a large policy set would hold the agent at its peak.
+/// The process's peak resident memory so far (`VmHWM`), for the reconcile's debug line.
+fn peak_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages of the allocator's heaps to the kernel.

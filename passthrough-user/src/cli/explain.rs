@@ -274,9 +274,7 @@ fn explanation(
     peeked: Option<Peeked>,
     verdict: Verdict,
 ) -> Explanation {
-    let rule = verdict
-        .rule
-        .and_then(|r| compiled.rules.get(r as usize));
+    let rule = verdict.rule.and_then(|r| compiled.rules.get(r as usize));
     let candidates = if verdict.action == Action::Proxy {
         [destination.port(), passthrough_common::PORT_ANY]
             .iter()

@@ -18,10 +18,10 @@ use std::{
 };
 
 use super::{
-    kuma::{Admission, KumaVersion},
-    load::{self, Document, LoadError, Listed},
-    model::{Policy, Source},
     Violation,
+    kuma::{Admission, KumaVersion},
+    load::{self, Document, Listed, LoadError},
+    model::{Policy, Source},
 };
 
 /// How long a file must have been left alone, when read, for its times to vouch for it.
@@ -348,7 +348,9 @@ mod tests {
         PolicySet::load_cached(&paths, Vec::new(), &opts, &mut cache);
         assert_eq!(cache.parsed_last, 1);
         // Same size, same modification time: only the content tells.
-        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).expect("mtime");
+        let mtime = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .expect("mtime");
         std::fs::write(&path, policy("a", "198.51.100.9")).expect("write");
         std::fs::File::options()
             .write(true)
@@ -357,7 +359,10 @@ mod tests {
             .expect("set mtime");
         let set = PolicySet::load_cached(&paths, Vec::new(), &opts, &mut cache);
         assert_eq!(cache.parsed_last, 1);
-        assert_eq!(set.policies[0].spec.default.matches()[0].value, "198.51.100.9");
+        assert_eq!(
+            set.policies[0].spec.default.matches()[0].value,
+            "198.51.100.9"
+        );
         // Read again, same content: not parsed again.
         PolicySet::load_cached(&paths, Vec::new(), &opts, &mut cache);
         assert_eq!(cache.parsed_last, 0);

@@ -447,7 +447,8 @@ pub fn conflict_violations(conf: &Conf, admission: Admission) -> Vec<Violation> 
 
 /// The exact Domain entries without a port: what Kuma 3 stops applying in a stored policy.
 fn portless_domains(conf: &Conf) -> BTreeSet<usize> {
-    conf.matches().iter()
+    conf.matches()
+        .iter()
         .enumerate()
         .filter(|(_, m)| needs_port(m))
         .map(|(i, _)| i)

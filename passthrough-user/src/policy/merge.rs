@@ -467,11 +467,7 @@ pub fn merge_as(selected: &[&Policy], kuma: KumaVersion) -> Result<Merged, Vec<C
             }
         }
         if let Some(matches) = &p.spec.default.append_match {
-            entries.push_policy(
-                Arc::new(PolicyRef::of(p)),
-                matches,
-                &p.spec.default.dropped,
-            );
+            entries.push_policy(Arc::new(PolicyRef::of(p)), matches, &p.spec.default.dropped);
         }
     }
     let conflicts = l7_conflicts(&entries, kuma);
@@ -502,7 +498,7 @@ pub fn l7_conflicts(entries: &Rules, kuma: KumaVersion) -> Vec<Conflict> {
         let port = e.entry.port.unwrap_or(0);
         let scope = match kuma {
             KumaVersion::V2 => String::new(),
-            KumaVersion::V3 => kuma3::l7_scope(&e.entry),
+            KumaVersion::V3 => kuma3::l7_scope(e.entry),
         };
         match first_l7.get(&(port, scope.clone())) {
             Some(first) if first.entry.protocol != e.entry.protocol => out.push(Conflict {

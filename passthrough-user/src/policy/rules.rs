@@ -248,8 +248,7 @@ mod tests {
         assert_ne!(shared, other);
         assert_eq!(
             serde_json::to_value(&shared).expect("json"),
-            serde_json::to_value(shared.iter().map(Rule::owned).collect::<Vec<_>>())
-                .expect("json")
+            serde_json::to_value(shared.iter().map(Rule::owned).collect::<Vec<_>>()).expect("json")
         );
     }
 }

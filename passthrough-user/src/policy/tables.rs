@@ -90,7 +90,12 @@ impl TablesBuilder {
 
 /// The changes that turn one sorted table into another: the keys to delete (rule 0) and
 /// the entries to write (new keys, and keys whose rule changed).
-fn diff<K: Ord + Copy>(old: &[(K, u32)], new: &[(K, u32)], removed: &mut Vec<(K, u32)>, written: &mut Vec<(K, u32)>) {
+fn diff<K: Ord + Copy>(
+    old: &[(K, u32)],
+    new: &[(K, u32)],
+    removed: &mut Vec<(K, u32)>,
+    written: &mut Vec<(K, u32)>,
+) {
     let (mut i, mut j) = (0, 0);
     while i < old.len() || j < new.len() {
         match (old.get(i), new.get(j)) {
@@ -174,11 +179,26 @@ impl Tables {
         }
         let mut p = Patch::default();
         let (r, w) = (&mut p.removed, &mut p.written);
-        diff(&self.exact_v4, &to.exact_v4, &mut r.exact_v4, &mut w.exact_v4);
-        diff(&self.exact_v6, &to.exact_v6, &mut r.exact_v6, &mut w.exact_v6);
+        diff(
+            &self.exact_v4,
+            &to.exact_v4,
+            &mut r.exact_v4,
+            &mut w.exact_v4,
+        );
+        diff(
+            &self.exact_v6,
+            &to.exact_v6,
+            &mut r.exact_v6,
+            &mut w.exact_v6,
+        );
         diff(&self.cidr_v4, &to.cidr_v4, &mut r.cidr_v4, &mut w.cidr_v4);
         diff(&self.cidr_v6, &to.cidr_v6, &mut r.cidr_v6, &mut w.cidr_v6);
-        diff(&self.domain_ports, &to.domain_ports, &mut r.domain_ports, &mut w.domain_ports);
+        diff(
+            &self.domain_ports,
+            &to.domain_ports,
+            &mut r.domain_ports,
+            &mut w.domain_ports,
+        );
         (p.len() <= limit).then_some(p)
     }
 
@@ -302,7 +322,12 @@ mod tests {
         );
         assert_eq!(p.len(), 3);
         assert!(old.patch_to(&new, 2).is_none(), "over the limit");
-        let bigger = build(&[("10.0.0.1", 0), ("10.0.0.2", 1), ("10.0.0.3", 2), ("10.0.0.4", 3)]);
+        let bigger = build(&[
+            ("10.0.0.1", 0),
+            ("10.0.0.2", 1),
+            ("10.0.0.3", 2),
+            ("10.0.0.4", 3),
+        ]);
         assert!(old.patch_to(&bigger, 10).is_none(), "a table that grows");
         assert!(old.patch_to(&old, 10).expect("no change").is_empty());
     }
