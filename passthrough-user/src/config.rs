@@ -16,6 +16,7 @@ use crate::{
     policy::{
         Severity,
         bind::DomainCheck,
+        cache::FileCache,
         describe, hints,
         kuma::{Admission, KumaVersion},
         load::DEFAULT_MAX_FILE_BYTES,
@@ -764,9 +765,8 @@ impl AgentConfig {
             let n = p
                 .spec
                 .default
-                .append_match
+                .matches()
                 .iter()
-                .flatten()
                 .filter(|m| m.kind == "Domain")
                 .count();
             if n > 0 {
@@ -1165,6 +1165,12 @@ pub struct Preflight {
 impl Preflight {
     /// Checks `path` on the machine `env` describes.
     pub fn run(path: &Path, env: &Environment) -> Self {
+        Self::run_cached(path, env, &mut FileCache::default())
+    }
+
+    /// [`Preflight::run`], keeping what it read of the policy files in `files`: the agent's
+    /// first reconcile then parses none of them again.
+    pub fn run_cached(path: &Path, env: &Environment, files: &mut FileCache) -> Self {
         let file = path.display().to_string();
         let config = match AgentConfig::parse(path) {
             Ok(c) => c,
@@ -1186,7 +1192,8 @@ impl Preflight {
             .cloned()
             .collect();
         let opts = config.select_options();
-        let policies = (!present.is_empty()).then(|| PolicySet::load(&present, &opts));
+        let policies = (!present.is_empty())
+            .then(|| PolicySet::load_cached(&present, Vec::new(), &opts, files));
         if let Some(set) = &policies
             && config.kubernetes.is_none()
             && config.default_mode != Some(DefaultMode::None)

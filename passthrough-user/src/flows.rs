@@ -266,7 +266,7 @@ impl FlowLog {
             let rule = w.and_then(|w| {
                 let d = decide(&w.policy, &view.exemptions, dest, None);
                 (d.would_deny.unwrap_or(d.reason) == reason && reason != Reason::ToProxy)
-                    .then(|| d.rule.and_then(|r| w.policy.rules.get(r as usize)))
+                    .then(|| d.rule.and_then(|r| w.policy.rules.at(r as usize)))
                     .flatten()
                     .map(|e| format!("{}/appendMatch[{}]", e.policy.name, e.index))
             });

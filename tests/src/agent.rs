@@ -486,7 +486,7 @@ impl AgentRun {
 }
 
 fn rule_of(c: &CompiledPolicy, v: &Verdict) -> Option<MergedEntry> {
-    v.rule.and_then(|r| c.rules.get(r as usize).cloned())
+    v.rule.and_then(|r| c.rules.get(r as usize))
 }
 
 impl Drop for AgentRun {

@@ -132,7 +132,28 @@ impl Core {
     }
 }
 
+/// The nice value of the core thread and of the threads it starts (they inherit it).
+const CORE_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's scheduling priority to [`CORE_NICE`]: a reconcile of a large
+/// policy is seconds of CPU, and on a small node it must not delay the peek proxy's
+/// connections or the admin endpoint (both stay at the default priority). Failing to
+/// lower it only costs latency, so it is logged, not fatal.
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions; setpriority on one's own thread id only changes
+    // that thread's nice value (Linux applies PRIO_PROCESS to the thread named).
+    let rc =
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, CORE_NICE) };
+    if rc != 0 {
+        tracing::warn!(
+            "could not lower the core thread's priority (setpriority: {}): a large reconcile competes with the proxy for CPU",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 fn run(mut agent: Agent, rx: &mpsc::Receiver<Input>, publish: &watch::Sender<Arc<Snapshot>>) {
+    lower_priority();
     agent.reconcile();
     publish.send_replace(Arc::new(agent.snapshot()));
     while let Ok(first) = rx.recv() {

@@ -25,7 +25,7 @@ use super::{
     store::{Cancel, KernelState, KernelStore, PolicyId, StoreError},
     syscall::{self, UpdateError},
 };
-use crate::policy::tables::Tables;
+use crate::policy::tables::{Patch, Tables};
 
 /// A map could not be opened; names the map.
 #[derive(Debug, thiserror::Error)]
@@ -247,22 +247,63 @@ fn inner(
     })
 }
 
-/// Fills an inner map.
+/// Fills an inner map, one batch of keys and values in memory at a time (a million entries
+/// laid out whole would be tens of MiB more at the agent's peak).
 fn fill<K: Copy, V: Copy>(
     map: &'static str,
     data: &MapData,
-    entries: impl Iterator<Item = (K, V)>,
+    mut entries: impl Iterator<Item = (K, V)>,
     cancel: &Cancel,
 ) -> Result<(), StoreError> {
-    let (keys, values): (Vec<K>, Vec<V>) = entries.unzip();
-    syscall::update_all(data.fd().as_fd(), &keys, &values, cancel).map_err(|e| match e {
-        UpdateError::Cancelled => StoreError::Cancelled,
-        UpdateError::Kernel(source) => StoreError::Kernel {
-            map,
-            op: "write",
+    let mut keys = Vec::with_capacity(syscall::BATCH);
+    let mut values = Vec::with_capacity(syscall::BATCH);
+    loop {
+        keys.clear();
+        values.clear();
+        for (k, v) in entries.by_ref().take(syscall::BATCH) {
+            keys.push(k);
+            values.push(v);
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        syscall::update_all(data.fd().as_fd(), &keys, &values, cancel).map_err(|e| match e {
+            UpdateError::Cancelled => StoreError::Cancelled,
+            UpdateError::Kernel(source) => StoreError::Kernel {
+                map,
+                op: "write",
+                source,
+            },
+        })?;
+    }
+}
+
+/// Deletes `removed` from the inner map of `outer` at `id`, then writes `written` (nothing
+/// to do leaves the map alone).
+fn patch_inner<K: Copy, V: Copy>(
+    outer: &Outer,
+    id: PolicyId,
+    removed: impl ExactSizeIterator<Item = K>,
+    written: impl ExactSizeIterator<Item = (K, V)>,
+) -> Result<(), StoreError> {
+    if removed.len() == 0 && written.len() == 0 {
+        return Ok(());
+    }
+    let Some(inner) = outer.get(id) else {
+        return Err(StoreError::Kernel {
+            map: outer.name,
+            op: "patch",
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        });
+    };
+    for k in removed {
+        syscall::delete(inner.fd().as_fd(), &k).map_err(|source| StoreError::Kernel {
+            map: outer.name,
+            op: "delete",
             source,
-        },
-    })
+        })?;
+    }
+    fill(outer.name, &inner, written, &Cancel::default())
 }
 
 impl Maps {
@@ -568,6 +609,45 @@ impl KernelStore for Maps {
             placed.push(outer);
         }
         Ok(())
+    }
+
+    fn patch_policy(
+        &mut self,
+        id: PolicyId,
+        _tables: &Tables,
+        patch: &Patch,
+    ) -> Result<(), StoreError> {
+        let (r, w) = (&patch.removed, &patch.written);
+        patch_inner(
+            &self.exact_v4,
+            id,
+            r.exact_v4_entries().map(|(k, _)| k),
+            w.exact_v4_entries(),
+        )?;
+        patch_inner(
+            &self.exact_v6,
+            id,
+            r.exact_v6_entries().map(|(k, _)| k),
+            w.exact_v6_entries(),
+        )?;
+        patch_inner(
+            &self.cidr_v4,
+            id,
+            r.cidr_v4_entries().map(|(p, d, _)| Key::new(p, d)),
+            w.cidr_v4_entries().map(|(p, d, v)| (Key::new(p, d), v)),
+        )?;
+        patch_inner(
+            &self.cidr_v6,
+            id,
+            r.cidr_v6_entries().map(|(p, d, _)| Key::new(p, d)),
+            w.cidr_v6_entries().map(|(p, d, v)| (Key::new(p, d), v)),
+        )?;
+        patch_inner(
+            &self.domain_ports,
+            id,
+            r.domain_port_entries().map(|(k, _)| k),
+            w.domain_port_entries(),
+        )
     }
 
     fn remove_policy(&mut self, id: PolicyId) {

@@ -16,7 +16,14 @@ use std::{
 use passthrough_common::{PodUid, Workload as KernelWorkload, capacity};
 
 use super::store::{Cancel, KernelState, KernelStore, NO_POLICY, PolicyId, StoreError};
-use crate::policy::tables::Tables;
+use crate::policy::tables::{Patch, Tables};
+
+/// The largest change made in place ([`Op::Patch`]), also at most an eighth of the policy:
+/// more is installed anew.
+pub const PATCH_MAX: usize = 65_536;
+/// The smallest policy changed in place: a smaller one is installed anew, which is cheap and
+/// switches every entry at once.
+pub const PATCH_FROM: usize = 4096;
 
 /// What one workload cgroup should get.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,14 +98,44 @@ impl Applied {
 /// One kernel operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Install { id: PolicyId, tables: Arc<Tables> },
-    SetWorkload { cgroup: u64, value: KernelWorkload },
-    SetLink { cgroup: u64, owner: u64 },
-    RemoveLink { cgroup: u64 },
-    RemoveWorkload { cgroup: u64 },
-    SetPending { uid: PodUid, value: KernelWorkload },
-    RemovePending { uid: PodUid },
-    RemovePolicy { id: PolicyId },
+    Install {
+        id: PolicyId,
+        tables: Arc<Tables>,
+    },
+    /// Changes an installed policy in place to `tables`: its entries that go are deleted,
+    /// then the new ones written. For a small change of a large policy (one entry of a
+    /// million) this is a few map operations instead of a new policy of a million entries.
+    /// In between, a connect is decided by the old or the new entry for each key, never by
+    /// one that is in neither.
+    Patch {
+        id: PolicyId,
+        tables: Arc<Tables>,
+        patch: Arc<Patch>,
+    },
+    SetWorkload {
+        cgroup: u64,
+        value: KernelWorkload,
+    },
+    SetLink {
+        cgroup: u64,
+        owner: u64,
+    },
+    RemoveLink {
+        cgroup: u64,
+    },
+    RemoveWorkload {
+        cgroup: u64,
+    },
+    SetPending {
+        uid: PodUid,
+        value: KernelWorkload,
+    },
+    RemovePending {
+        uid: PodUid,
+    },
+    RemovePolicy {
+        id: PolicyId,
+    },
 }
 
 /// No free policy id is left.
@@ -114,8 +151,8 @@ pub struct TooManyPolicies {
 /// The operations that bring `applied` to `desired`, in the order they must run.
 pub fn plan(desired: &Desired, applied: &Applied) -> Result<Vec<Op>, TooManyPolicies> {
     let mut installs = Vec::new();
-    // Distinct tables -> the id they get: an installed equal one, or a free id.
-    let mut chosen: Vec<(Arc<Tables>, PolicyId)> = Vec::new();
+    // Distinct tables -> the id they get: a patched one, an installed equal one, or a free id.
+    let mut chosen: Vec<(Arc<Tables>, PolicyId)> = patches(desired, applied, &mut installs);
     let mut taken: BTreeSet<PolicyId> = applied.policies.keys().copied().collect();
     let mut next_free = 1;
     let mut id_for =
@@ -220,6 +257,65 @@ pub fn plan(desired: &Desired, applied: &Applied) -> Result<Vec<Op>, TooManyPoli
     Ok(ops)
 }
 
+/// The installed policies to change in place: those whose users (every workload and pending
+/// pod pointing at it) all want the same other tables, which no other policy has, when the
+/// change is small ([`Tables::patch_to`]) and nothing wants the old tables any more.
+fn patches(
+    desired: &Desired,
+    applied: &Applied,
+    ops: &mut Vec<Op>,
+) -> Vec<(Arc<Tables>, PolicyId)> {
+    let mut out: Vec<(Arc<Tables>, PolicyId)> = Vec::new();
+    let wanted: Vec<(Option<&KernelWorkload>, &Arc<Tables>)> = desired
+        .workloads
+        .iter()
+        .map(|(c, w)| (applied.workloads.get(c), &w.tables))
+        .chain(
+            desired
+                .pending
+                .iter()
+                .map(|(u, w)| (applied.pending.get(u), &w.tables)),
+        )
+        .collect();
+    for (&id, p) in &applied.policies {
+        let Some(old) = &p.tables else { continue };
+        let users: Vec<&Arc<Tables>> = wanted
+            .iter()
+            .filter(|(now, _)| now.is_some_and(|w| w.policy == id))
+            .map(|(_, t)| *t)
+            .collect();
+        let pointing = applied
+            .workloads
+            .values()
+            .chain(applied.pending.values())
+            .filter(|w| w.policy == id)
+            .count();
+        let Some(&new) = users.first() else { continue };
+        if users.len() != pointing
+            || users.iter().any(|t| *t != new)
+            || new.is_empty()
+            || **new == **old
+            || wanted.iter().any(|(_, t)| ***t == **old)
+            || applied.find(new).is_some()
+            || out.iter().any(|(t, _)| t == new)
+        {
+            continue;
+        }
+        if old.len() < PATCH_FROM {
+            continue;
+        }
+        if let Some(patch) = old.patch_to(new, PATCH_MAX.min(old.len() / 8)) {
+            ops.push(Op::Patch {
+                id,
+                tables: new.clone(),
+                patch: Arc::new(patch),
+            });
+            out.push((new.clone(), id));
+        }
+    }
+    out
+}
+
 /// A step that failed, and what it kept.
 #[derive(Debug)]
 pub struct Failure {
@@ -270,6 +366,24 @@ pub fn execute(
                 }
                 Err(error) => {
                     failed.insert(id);
+                    out.failures.push(Failure {
+                        cgroup: None,
+                        error,
+                    });
+                }
+            },
+            Op::Patch { id, tables, patch } => match store.patch_policy(id, &tables, &patch) {
+                Ok(()) => {
+                    applied.policies.insert(
+                        id,
+                        AppliedPolicy {
+                            tables: Some(tables),
+                        },
+                    );
+                }
+                Err(error) => {
+                    // Part of it may be written: its contents are unknown until replaced.
+                    applied.policies.insert(id, AppliedPolicy { tables: None });
                     out.failures.push(Failure {
                         cgroup: None,
                         error,
@@ -414,6 +528,84 @@ mod tests {
 
     fn uid(n: u8) -> PodUid {
         PodUid { bytes: [n; 16] }
+    }
+
+    /// `n` entries 10.x.y.z, with `changed` replaced by 198.51.100.1.
+    fn large(n: u32, changed: Option<u32>) -> Arc<Tables> {
+        let mut b = TablesBuilder::default();
+        for rule in 0..n {
+            let addr = match changed {
+                Some(c) if c == rule => [198, 51, 100, 1].into(),
+                _ => (0x0a00_0000 + rule).into(),
+            };
+            b.exact_v4(addr, 80, rule);
+        }
+        Arc::new(b.build())
+    }
+
+    #[test]
+    fn one_entry_changed_in_a_large_policy_is_patched_in_place_not_reinstalled() {
+        let before = large(PATCH_FROM as u32, None);
+        let after = large(PATCH_FROM as u32, Some(3));
+        let mut store = FakeStore::default();
+        let mut applied = Applied::default();
+        converge(
+            &desired(&[(10, &before), (11, &before)]),
+            &mut store,
+            &mut applied,
+        );
+        store.log.clear();
+        let ops = converge(
+            &desired(&[(10, &after), (11, &after)]),
+            &mut store,
+            &mut applied,
+        );
+        assert_eq!(store.log, ["patch 1"], "{ops:?}");
+        let Some(Op::Patch { patch, .. }) = ops.first() else {
+            panic!("a patch: {ops:?}");
+        };
+        assert_eq!((patch.removed.len(), patch.written.len()), (1, 1));
+        assert_eq!(
+            store.installed[&1], *after,
+            "the kernel holds the new tables"
+        );
+        assert_eq!(applied.policies[&1].tables.as_deref(), Some(&*after));
+        // Nothing left to do.
+        assert!(
+            plan(&desired(&[(10, &after), (11, &after)]), &applied)
+                .expect("plan")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_shared_policy_one_workload_leaves_is_installed_anew_not_patched() {
+        let before = large(PATCH_FROM as u32, None);
+        let after = large(PATCH_FROM as u32, Some(3));
+        let mut store = FakeStore::default();
+        let mut applied = Applied::default();
+        converge(
+            &desired(&[(10, &before), (11, &before)]),
+            &mut store,
+            &mut applied,
+        );
+        store.log.clear();
+        // 11 keeps the old tables: patching them would change its policy too.
+        converge(
+            &desired(&[(10, &after), (11, &before)]),
+            &mut store,
+            &mut applied,
+        );
+        assert_eq!(store.log, ["install 2", "set 10 -> 2"]);
+        // A change that makes a table grow is installed anew too.
+        store.log.clear();
+        let grown = large(PATCH_FROM as u32 + 1, None);
+        converge(
+            &desired(&[(10, &after), (11, &grown)]),
+            &mut store,
+            &mut applied,
+        );
+        assert_eq!(store.log, ["install 3", "set 11 -> 3", "remove policy 1"]);
     }
 
     #[test]

@@ -39,6 +39,7 @@ use crate::{
     k8s::{KubeProblem, KubeState},
     policy::{
         Severity,
+        cache::FileCache,
         compile::{CompiledPolicy, EffectiveMode, compile},
         decide::Exemptions,
         merge::{Merged, PolicyRef, SelectOptions, merged_for},
@@ -126,6 +127,8 @@ pub struct Agent {
     /// This reconcile's compiled policies by merged configuration: the workloads one
     /// Mesh-wide policy selects alike compile once, not once each.
     compiled: std::cell::RefCell<Vec<(Merged, CompiledPolicy)>>,
+    /// The policy files as last read: a reconcile reads and parses only those that changed.
+    files: FileCache,
     /// The policy set of the last reconcile that applied one (for `simulate`).
     applied_policies: Arc<proxy_view::Applied>,
     /// The flow record (`flows`), fed by the flow reader and the proxy's decisions.
@@ -163,11 +166,17 @@ impl Agent {
     /// check of `passthrough validate --config` ([`config::Preflight`]): an error stops the
     /// start, warnings are logged.
     pub fn start(config_path: &Path) -> Result<Self, AgentError> {
-        let preflight = config::Preflight::run(config_path, &config::Environment::this_machine());
+        let mut files = FileCache::default();
+        let preflight = config::Preflight::run_cached(
+            config_path,
+            &config::Environment::this_machine(),
+            &mut files,
+        );
         for w in preflight.warnings() {
             tracing::warn!("{w}");
         }
         let config = preflight.into_config()?;
+        tracing::debug!(peak_kib = peak_kib(), "preflight done");
         let cgroup_root = cgroup::cgroup2_root().map_err(|e| AgentError::Other(e.to_string()))?;
         let redirects = config.proxy().map_or(0, |p| {
             u32::try_from(p.max_connections.saturating_mul(4)).unwrap_or(u32::MAX)
@@ -242,6 +251,7 @@ impl Agent {
             kernel_covered: BTreeMap::new(),
             pod_watch: PodWatchStatus::Inactive,
             compiled: std::cell::RefCell::default(),
+            files,
             applied_policies: Arc::default(),
             flows,
         };
@@ -371,8 +381,14 @@ impl Agent {
         let started = std::time::Instant::now();
         self.compiled.get_mut().clear();
         let opts = self.config.select_options();
-        let mut set =
-            PolicySet::load_with(&self.config.policies, self.kube.policies.clone(), &opts);
+        let mut set = PolicySet::load_cached(
+            &self.config.policies,
+            self.kube.policies.clone(),
+            &opts,
+            &mut self.files,
+        );
+        let loaded = started.elapsed();
+        let loaded_hwm = peak_kib();
         let now = jiff::Timestamp::now();
         let at = format!("{now:.0}");
         self.report_kube_problems(&set);
@@ -438,6 +454,7 @@ impl Agent {
         let mut desired = self.desired(&wanted);
         self.add_pending(&mut desired, pending);
         let computed = started.elapsed();
+        let computed_hwm = peak_kib();
         let changed = self.apply(desired, &mut wanted, &mut problems);
         let applied = started.elapsed();
         self.attach_all();
@@ -453,6 +470,8 @@ impl Agent {
         });
         self.publish_proxy_view();
         drop(set);
+        // What this pass compiled is held by the workloads that use it; the rest goes now.
+        self.compiled.get_mut().clear();
         release_freed_memory();
         if changed {
             self.generation += 1;
@@ -461,9 +480,14 @@ impl Agent {
         // Where a reconcile's time goes (docs/architecture.md, "Change propagation").
         tracing::debug!(
             workloads = self.workloads.len(),
+            files_parsed = self.files.parsed_last,
+            load_us = loaded.as_micros(),
             compute_us = computed.as_micros(),
             write_us = (applied - computed).as_micros(),
             after_us = (started.elapsed() - applied).as_micros(),
+            peak_kib_loaded = loaded_hwm,
+            peak_kib_computed = computed_hwm,
+            peak_kib = peak_kib(),
             "reconciled"
         );
         self.last_reload.insert(ReloadReport {
@@ -1284,6 +1308,18 @@ fn dns_networks(sets: &[Option<Vec<IpNet>>]) -> Vec<Vec<IpNet>> {
 
 /// Gives the memory a reconcile freed (the parsed policy files) back to the system: the
 /// allocator keeps it otherwise, and a large policy set would hold the agent at its peak.
+/// The process's peak resident memory so far (`VmHWM`), for the reconcile's debug line.
+fn peak_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages of the allocator's heaps to the kernel.

@@ -13,7 +13,7 @@ use std::{
 
 use passthrough_common::{PodUid, Workload as KernelWorkload};
 
-use crate::policy::tables::Tables;
+use crate::policy::tables::{Patch, Tables};
 
 /// Index of a compiled policy in the outer rule maps; 0 means "no entries".
 pub type PolicyId = u32;
@@ -95,6 +95,15 @@ pub trait KernelStore {
         tables: &Tables,
         cancel: &Cancel,
     ) -> Result<(), StoreError>;
+    /// Changes the installed policy at `id` in place: deletes `patch.removed`, then writes
+    /// `patch.written` (no table grows beyond what its inner map was created for), which
+    /// makes it `tables`.
+    fn patch_policy(
+        &mut self,
+        id: PolicyId,
+        tables: &Tables,
+        patch: &Patch,
+    ) -> Result<(), StoreError>;
     /// Takes the policy's inner maps out (the kernel frees them once unused).
     fn remove_policy(&mut self, id: PolicyId);
     /// Points a workload cgroup at its policy and mode: one map update.
@@ -156,6 +165,44 @@ impl KernelStore for FakeStore {
         self.log.push(format!("install {id}"));
         self.state.policies.insert(id);
         self.installed.insert(id, tables.clone());
+        Ok(())
+    }
+
+    fn patch_policy(
+        &mut self,
+        id: PolicyId,
+        tables: &Tables,
+        patch: &Patch,
+    ) -> Result<(), StoreError> {
+        let Some(t) = self.installed.get_mut(&id) else {
+            panic!("the planner patches only installed policies (policy {id})");
+        };
+        fn apply<K: Ord + Copy>(v: &mut Vec<(K, u32)>, removed: &[(K, u32)], written: &[(K, u32)]) {
+            v.retain(|(k, _)| !removed.iter().any(|(r, _)| r == k));
+            for &(k, rule) in written {
+                match v.iter_mut().find(|(have, _)| *have == k) {
+                    Some(e) => e.1 = rule,
+                    None => v.push((k, rule)),
+                }
+            }
+            v.sort_unstable();
+        }
+        let (r, w) = (&patch.removed, &patch.written);
+        apply(&mut t.exact_v4, &r.exact_v4, &w.exact_v4);
+        apply(&mut t.exact_v6, &r.exact_v6, &w.exact_v6);
+        apply(&mut t.cidr_v4, &r.cidr_v4, &w.cidr_v4);
+        apply(&mut t.cidr_v6, &r.cidr_v6, &w.cidr_v6);
+        apply(&mut t.domain_ports, &r.domain_ports, &w.domain_ports);
+        assert!(
+            t.exact_v4 == tables.exact_v4
+                && t.exact_v6 == tables.exact_v6
+                && t.cidr_v4 == tables.cidr_v4
+                && t.cidr_v6 == tables.cidr_v6
+                && t.domain_ports == tables.domain_ports,
+            "the patch makes the policy what the planner wants"
+        );
+        *t = tables.clone();
+        self.log.push(format!("patch {id}"));
         Ok(())
     }
 

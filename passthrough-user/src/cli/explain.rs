@@ -274,15 +274,13 @@ fn explanation(
     peeked: Option<Peeked>,
     verdict: Verdict,
 ) -> Explanation {
-    let rule = verdict
-        .rule
-        .and_then(|r| compiled.rules.get(r as usize).cloned());
+    let rule = verdict.rule.and_then(|r| compiled.rules.get(r as usize));
     let candidates = if verdict.action == Action::Proxy {
         [destination.port(), passthrough_common::PORT_ANY]
             .iter()
             .filter_map(|p| compiled.domains.get(p))
             .flatten()
-            .filter_map(|d| compiled.rules.get(d.rule as usize).cloned())
+            .filter_map(|d| compiled.rules.get(d.rule as usize))
             .collect()
     } else {
         Vec::new()

@@ -28,6 +28,7 @@ use crate::{
         decide::{Exemptions, host_name},
         kuma::{Admission, KumaVersion},
         merge::{MergedEntry, SelectOptions},
+        rules::Rule,
         set::PolicySet,
         simulate::{Setting, compiled_for},
     },
@@ -140,7 +141,7 @@ pub fn unused_entries(report: &FlowsReport) -> Result<BTreeMap<String, Vec<Merge
             .filter(|e| {
                 !names.contains(format!("{}/appendMatch[{}]", e.policy.name, e.index).as_str())
             })
-            .cloned()
+            .map(Rule::owned)
             .collect();
         if !unused.is_empty() {
             out.insert(workload.to_string(), unused);

@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use super::{
     kuma::KumaVersion,
-    merge::{Merged, MergedEntry, Mode},
+    merge::{Merged, Mode},
+    rules::Rules,
     tables::{Tables, TablesBuilder},
     validate::{parse_cidr, parse_ip},
 };
@@ -158,7 +159,7 @@ pub struct CompiledPolicy {
     pub mode: EffectiveMode,
     pub audit: bool,
     /// The merged appendMatch list; map values index into it.
-    pub rules: Arc<[MergedEntry]>,
+    pub rules: Rules,
     /// The kernel's tables: IP and CIDR entries, and the ports with Domain entries.
     pub tables: Arc<Tables>,
     /// Domain rules by port ([`PORT_ANY`] for entries without a port), for the proxy.
@@ -223,7 +224,7 @@ pub fn compile(merged: &Merged) -> Result<CompiledPolicy, CompileError> {
     let mut c = CompiledPolicy {
         mode,
         audit: merged.audit,
-        rules: merged.entries.clone().into(),
+        rules: merged.entries.clone(),
         tables: Arc::default(),
         domains: BTreeMap::new(),
         kuma: merged.kuma,
@@ -303,7 +304,7 @@ mod tests {
 
     use super::*;
     use crate::policy::{
-        merge::PolicyRef,
+        merge::{MergedEntry, PolicyRef},
         model::{Match, Source},
     };
 
@@ -329,7 +330,7 @@ mod tests {
             policies: vec![],
             mode: Some(mode),
             mode_from: None,
-            entries,
+            entries: entries.into_iter().collect(),
             audit: false,
             kuma: crate::policy::kuma::KumaVersion::V2,
         }

@@ -92,7 +92,7 @@ mod tests {
             policies: vec![],
             mode: Some(mode),
             mode_from: None,
-            entries: vec![],
+            entries: Default::default(),
             audit,
             kuma: crate::policy::kuma::KumaVersion::V2,
         })

@@ -303,10 +303,10 @@ mod tests {
                 .into(),
                 index: i,
                 entry: Match {
-                    kind: kind.to_string(),
-                    value: value.to_string(),
+                    kind: (*kind).into(),
+                    value: (*value).into(),
                     port: *port,
-                    protocol: protocol.to_string(),
+                    protocol: (*protocol).into(),
                 },
             })
             .collect();

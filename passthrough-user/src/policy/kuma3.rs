@@ -108,7 +108,7 @@ pub fn warnings(spec: &Spec, admission: Admission) -> Vec<Violation> {
         pruned(tr, &mut out);
     }
     if admission == Admission::Stored {
-        for (i, m) in spec.default.append_match.iter().flatten().enumerate() {
+        for (i, m) in spec.default.matches().iter().enumerate() {
             if m.kind == "CIDR"
                 && let Some(net) = hints::host_bits(&m.value)
             {
@@ -337,7 +337,7 @@ pub fn conflicts(conf: &Conf, skip: &BTreeSet<usize>) -> Vec<Conflict> {
     let mut out = Vec::new();
     let mut first_portless_l7: BTreeMap<String, (usize, &str)> = BTreeMap::new();
     let mut chains: BTreeMap<(&str, Option<u32>, IpNet), (usize, &Match)> = BTreeMap::new();
-    for (i, m) in conf.append_match.iter().flatten().enumerate() {
+    for (i, m) in conf.matches().iter().enumerate() {
         if skip.contains(&i) || m.port.is_some_and(|p| p == 0 || p > 65535) {
             continue;
         }
@@ -394,7 +394,7 @@ pub fn conflicts(conf: &Conf, skip: &BTreeSet<usize>) -> Vec<Conflict> {
 pub fn conflict_violations(conf: &Conf, admission: Admission) -> Vec<Violation> {
     // Entries without a port that need one are refused (apply) or dropped (stored) already.
     let skip = portless_domains(conf);
-    let matches: Vec<&Match> = conf.append_match.iter().flatten().collect();
+    let matches: Vec<&Match> = conf.matches().iter().collect();
     conflicts(conf, &skip)
         .into_iter()
         .map(|c| {
@@ -447,9 +447,8 @@ pub fn conflict_violations(conf: &Conf, admission: Admission) -> Vec<Violation> 
 
 /// The exact Domain entries without a port: what Kuma 3 stops applying in a stored policy.
 fn portless_domains(conf: &Conf) -> BTreeSet<usize> {
-    conf.append_match
+    conf.matches()
         .iter()
-        .flatten()
         .enumerate()
         .filter(|(_, m)| needs_port(m))
         .map(|(i, _)| i)

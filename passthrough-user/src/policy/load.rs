@@ -99,22 +99,45 @@ pub fn load_paths(paths: &[PathBuf], max_bytes: u64) -> Vec<FileResult> {
 /// [`load_paths`], and the files of the directories that were left out for their name
 /// (hidden files are not counted: they are never policies).
 pub fn load_paths_reporting(paths: &[PathBuf], max_bytes: u64) -> (Vec<FileResult>, Vec<PathBuf>) {
-    /// What one named path turned into: a file to read, or a directory that could not be
-    /// walked.
-    enum Item {
-        File(PathBuf),
-        Unwalkable(FileResult),
-    }
+    let (items, skipped) = list_paths(paths);
+    let files: Vec<&Path> = items
+        .iter()
+        .filter_map(|i| match i {
+            Listed::File(p) => Some(p.as_path()),
+            Listed::Unwalkable(_) => None,
+        })
+        .collect();
+    let mut loaded = in_parallel(&files, |f| load_file(f, max_bytes)).into_iter();
+    let out = items
+        .into_iter()
+        .filter_map(|i| match i {
+            Listed::File(_) => loaded.next(),
+            Listed::Unwalkable(r) => Some(r),
+        })
+        .collect();
+    (out, skipped)
+}
+
+/// What one named path turned into: a file to read, or a directory that could not be
+/// walked.
+pub(crate) enum Listed {
+    File(PathBuf),
+    Unwalkable(FileResult),
+}
+
+/// The files `paths` name, in order (directories walked as [`load_paths`] says), and the
+/// files of the directories that were left out for their name.
+pub(crate) fn list_paths(paths: &[PathBuf]) -> (Vec<Listed>, Vec<PathBuf>) {
     let mut items = Vec::new();
     let mut skipped = Vec::new();
     for path in paths {
         match fs::metadata(path) {
             Ok(meta) if meta.is_dir() => match scan_dir(path) {
                 Ok(scan) => {
-                    items.extend(scan.files.into_iter().map(Item::File));
+                    items.extend(scan.files.into_iter().map(Listed::File));
                     skipped.extend(scan.skipped);
                 }
-                Err(source) => items.push(Item::Unwalkable(FileResult {
+                Err(source) => items.push(Listed::Unwalkable(FileResult {
                     path: path.display().to_string(),
                     outcome: Err(LoadError::Io {
                         path: path.display().to_string(),
@@ -122,46 +145,31 @@ pub fn load_paths_reporting(paths: &[PathBuf], max_bytes: u64) -> (Vec<FileResul
                     }),
                 })),
             },
-            _ => items.push(Item::File(path.clone())),
+            _ => items.push(Listed::File(path.clone())),
         }
     }
-    let files: Vec<&Path> = items
-        .iter()
-        .filter_map(|i| match i {
-            Item::File(p) => Some(p.as_path()),
-            Item::Unwalkable(_) => None,
-        })
-        .collect();
-    let mut loaded = load_files_parallel(&files, max_bytes).into_iter();
-    let out = items
-        .into_iter()
-        .filter_map(|i| match i {
-            Item::File(_) => loaded.next(),
-            Item::Unwalkable(r) => Some(r),
-        })
-        .collect();
-    (out, skipped)
+    (items, skipped)
 }
 
-/// Reads and parses files on every available core, results in the order given. Parsing is
+/// `work` on every item on every available core, results in the order given. Parsing is
 /// most of a large policy set's load time and each file is independent.
-fn load_files_parallel(files: &[&Path], max_bytes: u64) -> Vec<FileResult> {
+pub(crate) fn in_parallel<I: Sync, R: Send>(items: &[I], work: impl Fn(&I) -> R + Sync) -> Vec<R> {
     let workers = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
-        .min(files.len());
+        .min(items.len());
     if workers <= 1 {
-        return files.iter().map(|f| load_file(f, max_bytes)).collect();
+        return items.iter().map(work).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<(usize, FileResult)> = std::thread::scope(|scope| {
+    let mut results: Vec<(usize, R)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| {
                     let mut mine = Vec::new();
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(file) = files.get(i) else { break };
-                        mine.push((i, load_file(file, max_bytes)));
+                        let Some(item) = items.get(i) else { break };
+                        mine.push((i, work(item)));
                     }
                     mine
                 })
@@ -230,7 +238,7 @@ pub fn load_file(path: &Path, max_bytes: u64) -> FileResult {
     }
 }
 
-fn read_text(path: &Path, name: &str, max_bytes: u64) -> Result<String, LoadError> {
+pub(crate) fn read_text(path: &Path, name: &str, max_bytes: u64) -> Result<String, LoadError> {
     let io = |source| LoadError::Io {
         path: name.to_string(),
         source,

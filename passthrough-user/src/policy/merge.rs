@@ -13,6 +13,7 @@ use super::{
     kuma3,
     load::DEFAULT_MAX_FILE_BYTES,
     model::{DEFAULT_SYSTEM_NAMESPACE, Format, Match, Policy, Source, labels},
+    rules::{Rule, Rules},
     workload::{ProxyType, Workload},
 };
 
@@ -407,7 +408,7 @@ pub struct Merged {
     /// The policy the mode came from; `None` when no selecting policy sets one (the mode is
     /// then Kuma's default, `Matched`).
     pub mode_from: Option<PolicyRef>,
-    pub entries: Vec<MergedEntry>,
+    pub entries: Rules,
     /// Whether any selecting policy carries `passthrough.io/audit: "true"`.
     pub audit: bool,
     /// The Kuma the policies were read for.
@@ -456,7 +457,7 @@ pub fn merge(selected: &[&Policy]) -> Result<Merged, Vec<Conflict>> {
 pub fn merge_as(selected: &[&Policy], kuma: KumaVersion) -> Result<Merged, Vec<Conflict>> {
     let mut mode = None;
     let mut mode_from = None;
-    let mut entries = Vec::new();
+    let mut entries = Rules::default();
     for p in selected {
         if let Some(m) = p.spec.default.passthrough_mode.as_deref() {
             // Validation has rejected any other value; a stronger policy overrides.
@@ -465,13 +466,8 @@ pub fn merge_as(selected: &[&Policy], kuma: KumaVersion) -> Result<Merged, Vec<C
                 mode_from = Some(PolicyRef::of(p));
             }
         }
-        let policy = Arc::new(PolicyRef::of(p));
-        for (index, entry) in p.spec.default.applied_matches() {
-            entries.push(MergedEntry {
-                policy: policy.clone(),
-                index,
-                entry: entry.clone(),
-            });
+        if let Some(matches) = &p.spec.default.append_match {
+            entries.push_policy(Arc::new(PolicyRef::of(p)), matches, &p.spec.default.dropped);
         }
     }
     let conflicts = l7_conflicts(&entries, kuma);
@@ -495,20 +491,20 @@ pub fn merge_as(selected: &[&Policy], kuma: KumaVersion) -> Result<Merged, Vec<C
 /// Entries that put a second L7 protocol on a port (0 = entries without a port), each
 /// reported once against the first entry of the port's first L7 protocol. Under Kuma 3 only
 /// entries of one scope conflict (`kuma3::l7_scope`: the port's domains, or one address).
-pub fn l7_conflicts(entries: &[MergedEntry], kuma: KumaVersion) -> Vec<Conflict> {
-    let mut first_l7: BTreeMap<(u32, String), &MergedEntry> = BTreeMap::new();
+pub fn l7_conflicts(entries: &Rules, kuma: KumaVersion) -> Vec<Conflict> {
+    let mut first_l7: BTreeMap<(u32, String), Rule<'_>> = BTreeMap::new();
     let mut out = Vec::new();
     for e in entries.iter().filter(|e| is_l7(&e.entry.protocol)) {
         let port = e.entry.port.unwrap_or(0);
         let scope = match kuma {
             KumaVersion::V2 => String::new(),
-            KumaVersion::V3 => kuma3::l7_scope(&e.entry),
+            KumaVersion::V3 => kuma3::l7_scope(e.entry),
         };
         match first_l7.get(&(port, scope.clone())) {
             Some(first) if first.entry.protocol != e.entry.protocol => out.push(Conflict {
                 port,
-                first: (*first).clone(),
-                second: e.clone(),
+                first: first.owned(),
+                second: e.owned(),
             }),
             Some(_) => {}
             None => {

@@ -700,8 +700,8 @@ fn migrate_matches(policy: &Policy, spec: &mut Mapping, opts: &Options, report: 
                         ),
                         meaning: Meaning::ChangedByKuma3 {
                             change: Kuma3Change::DomainPorts {
-                                value: m.value.clone(),
-                                protocol: m.protocol.clone(),
+                                value: m.value.to_string(),
+                                protocol: m.protocol.to_string(),
                                 ports,
                             },
                         },
@@ -735,7 +735,7 @@ fn migrate_matches(policy: &Policy, spec: &mut Mapping, opts: &Options, report: 
                 from: i,
                 value: item,
                 entry: Match {
-                    value: net.to_string(),
+                    value: net.to_string().into(),
                     ..m.clone()
                 },
             });
@@ -794,7 +794,7 @@ fn migrate_matches(policy: &Policy, spec: &mut Mapping, opts: &Options, report: 
     }
     let changed = out.len() != matches.len()
         || !drop.is_empty()
-        || out.iter().zip(matches).any(|(n, m)| n.entry != *m);
+        || out.iter().zip(matches.iter()).any(|(n, m)| n.entry != *m);
     if !changed {
         return;
     }

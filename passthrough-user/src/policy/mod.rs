@@ -7,6 +7,7 @@
 //! Nothing here needs root or touches the kernel.
 
 pub mod bind;
+pub mod cache;
 pub mod compile;
 pub mod containment;
 pub mod decide;
@@ -21,6 +22,7 @@ pub mod migrate;
 pub mod model;
 pub mod overlap;
 pub mod prescan;
+pub mod rules;
 pub mod set;
 pub mod simulate;
 pub mod tables;

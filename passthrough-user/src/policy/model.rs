@@ -8,6 +8,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
+    sync::Arc,
 };
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -197,8 +198,10 @@ pub struct Conf {
         skip_serializing_if = "Option::is_none"
     )]
     pub passthrough_mode: Option<String>,
+    /// Shared, never copied: the agent's parsed-file cache, the applied set and every compiled
+    /// policy's rules point at this one list (a large allow-list has a million entries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub append_match: Option<Vec<Match>>,
+    pub append_match: Option<Arc<[Match]>>,
     /// Indexes of `appendMatch` entries that Kuma 3 drops from a policy stored before the
     /// upgrade (an exact Domain without a port, the later match of a conflicting pair): kept in
     /// the list so that every other entry keeps its index, never merged. Not part of the
@@ -208,33 +211,41 @@ pub struct Conf {
 }
 
 impl Conf {
+    /// `appendMatch`, empty when not given.
+    pub fn matches(&self) -> &[Match] {
+        self.append_match.as_deref().unwrap_or_default()
+    }
+
     /// The entries that apply, with their index in `appendMatch`.
     pub fn applied_matches(&self) -> impl Iterator<Item = (usize, &Match)> {
-        self.append_match
+        self.matches()
             .iter()
-            .flatten()
             .enumerate()
             .filter(|(i, _)| !self.dropped.contains(i))
     }
 }
 
+/// The text of an `appendMatch` field: kept inline up to 24 bytes (every type, protocol,
+/// address and most names), so that a million entries are not three million allocations.
+pub type Text = compact_str::CompactString;
+
 /// One `spec.default.appendMatch[]` entry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Match {
-    #[serde(rename = "type", deserialize_with = "scalar")]
-    pub kind: String,
-    #[serde(deserialize_with = "scalar")]
-    pub value: String,
+    #[serde(rename = "type", deserialize_with = "scalar_text")]
+    pub kind: Text,
+    #[serde(deserialize_with = "scalar_text")]
+    pub value: Text,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
     /// Defaults to `tcp`, as the CRD and Kuma's REST API default it.
-    #[serde(default = "default_protocol", deserialize_with = "scalar")]
-    pub protocol: String,
+    #[serde(default = "default_protocol", deserialize_with = "scalar_text")]
+    pub protocol: Text,
 }
 
-fn default_protocol() -> String {
-    "tcp".into()
+fn default_protocol() -> Text {
+    Text::const_new("tcp")
 }
 
 impl fmt::Display for Match {
@@ -292,6 +303,35 @@ impl From<ScalarText> for String {
 fn scalar<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     ScalarText::deserialize(d)
         .map(String::from)
+        .map_err(|_| serde::de::Error::custom("expected a string"))
+}
+
+/// [`scalar`] into inline text: read from the parser's borrowed string, no allocation for a
+/// short one.
+fn scalar_text<'de, D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Text;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+            Ok(Text::new(v))
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Text, E> {
+            Ok(Text::new(v.to_string()))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Text, E> {
+            Ok(Text::new(v.to_string()))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Text, E> {
+            Ok(Text::new(v.to_string()))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Text, E> {
+            Ok(Text::new(v.to_string()))
+        }
+    }
+    d.deserialize_any(Visitor)
         .map_err(|_| serde::de::Error::custom("expected a string"))
 }
 

@@ -10,9 +10,10 @@ use serde::Serialize;
 
 use super::{
     Severity, Violation,
+    cache::{FileCache, FileRead, Outcome},
     kuma::{Admission, KumaVersion},
     kuma3,
-    load::{Document, LoadError, load_paths_reporting},
+    load::{Document, LoadError},
     merge::{Conflict, SelectOptions},
     model::{Format, Policy, Source},
     overlap,
@@ -264,16 +265,57 @@ impl PolicySet {
     /// Kuma 3 admitted them to, or that held them before the upgrade); the policies kept are
     /// what Kuma 3 applies ([`kuma3::effective`]).
     pub fn load_with(paths: &[PathBuf], extra: Vec<Document>, opts: &SelectOptions) -> Self {
+        Self::load_cached(paths, extra, opts, &mut FileCache::default())
+    }
+
+    /// [`PolicySet::load_with`], reading, parsing and validating only the files that
+    /// changed since `cache` saw them ([`FileCache`]); the result is the same.
+    pub fn load_cached(
+        paths: &[PathBuf],
+        extra: Vec<Document>,
+        opts: &SelectOptions,
+        cache: &mut FileCache,
+    ) -> Self {
         let mut set = PolicySet::default();
-        let (files, skipped) = load_paths_reporting(paths, opts.max_file_bytes);
-        for file in files {
+        let (kuma, admission) = (opts.kuma, opts.files);
+        let (files, skipped) = cache.load(paths, (kuma, admission, opts.max_file_bytes), |docs| {
+            let mut one = PolicySet::default();
+            one.add(docs, kuma, admission);
+            FileRead {
+                documents: one.documents,
+                policies: one.policies,
+                findings: one
+                    .problems
+                    .into_iter()
+                    .filter_map(|p| match p {
+                        Problem::Document {
+                            source,
+                            name,
+                            violations,
+                        } => Some((source, name, violations)),
+                        _ => None,
+                    })
+                    .collect(),
+            }
+        });
+        for (path, outcome) in files {
             set.files += 1;
-            match file.outcome {
-                Err(e) => set.problems.push(Problem::Unreadable(e)),
-                Ok(docs) if docs.is_empty() => {
-                    set.problems.push(Problem::Empty { path: file.path })
+            match outcome {
+                Outcome::Failed(e) => set.problems.push(Problem::Unreadable(e)),
+                Outcome::Read(read) if read.documents == 0 => {
+                    set.problems.push(Problem::Empty { path })
                 }
-                Ok(docs) => set.add(docs, opts.kuma, opts.files),
+                Outcome::Read(read) => {
+                    set.documents += read.documents;
+                    set.policies.extend(read.policies.iter().cloned());
+                    set.problems.extend(read.findings.iter().cloned().map(
+                        |(source, name, violations)| Problem::Document {
+                            source,
+                            name,
+                            violations,
+                        },
+                    ));
+                }
             }
         }
         for path in skipped {

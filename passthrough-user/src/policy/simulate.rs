@@ -84,7 +84,7 @@ pub fn judge(c: &CompiledPolicy, ex: &Exemptions, flow: &Flow) -> Outcome {
     };
     Outcome {
         class,
-        entry: verdict.rule.and_then(|r| c.rules.get(r as usize).cloned()),
+        entry: verdict.rule.and_then(|r| c.rules.get(r as usize)),
         verdict,
     }
 }

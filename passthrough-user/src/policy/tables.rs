@@ -88,6 +88,61 @@ impl TablesBuilder {
     }
 }
 
+/// The changes that turn one sorted table into another: the keys to delete (rule 0) and
+/// the entries to write (new keys, and keys whose rule changed).
+fn diff<K: Ord + Copy>(
+    old: &[(K, u32)],
+    new: &[(K, u32)],
+    removed: &mut Vec<(K, u32)>,
+    written: &mut Vec<(K, u32)>,
+) {
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(o), Some(n)) if o.0 == n.0 => {
+                if o.1 != n.1 {
+                    written.push(*n);
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(o), Some(n)) if o.0 < n.0 => {
+                removed.push((o.0, 0));
+                i += 1;
+            }
+            (Some(o), None) => {
+                removed.push((o.0, 0));
+                i += 1;
+            }
+            (_, Some(n)) => {
+                written.push(*n);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+}
+
+/// What changes in place when a policy's tables become others: the entries to delete,
+/// then those to write (see [`Tables::patch_to`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Patch {
+    /// Keys to delete (their rules are 0).
+    pub removed: Tables,
+    pub written: Tables,
+}
+
+impl Patch {
+    /// Map operations it takes.
+    pub fn len(&self) -> usize {
+        self.removed.len() + self.written.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 fn find<K: Ord>(v: &[(K, u32)], key: &K) -> Option<u32> {
     v.binary_search_by(|(k, _)| k.cmp(key)).ok().map(|i| v[i].1)
 }
@@ -104,6 +159,47 @@ impl Tables {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The in-place changes from these tables to `to`, when they are at most `limit` map
+    /// operations and no table grows (an inner map holds as many entries as it was created
+    /// for; a table that grows is installed anew).
+    pub fn patch_to(&self, to: &Tables, limit: usize) -> Option<Patch> {
+        let grows = to.exact_v4.len() > self.exact_v4.len()
+            || to.exact_v6.len() > self.exact_v6.len()
+            || to.cidr_v4.len() > self.cidr_v4.len()
+            || to.cidr_v6.len() > self.cidr_v6.len()
+            || to.domain_ports.len() > self.domain_ports.len();
+        if grows {
+            return None;
+        }
+        // A cheap bound first: tables of very different sizes are not a small change.
+        if self.len().abs_diff(to.len()) > limit {
+            return None;
+        }
+        let mut p = Patch::default();
+        let (r, w) = (&mut p.removed, &mut p.written);
+        diff(
+            &self.exact_v4,
+            &to.exact_v4,
+            &mut r.exact_v4,
+            &mut w.exact_v4,
+        );
+        diff(
+            &self.exact_v6,
+            &to.exact_v6,
+            &mut r.exact_v6,
+            &mut w.exact_v6,
+        );
+        diff(&self.cidr_v4, &to.cidr_v4, &mut r.cidr_v4, &mut w.cidr_v4);
+        diff(&self.cidr_v6, &to.cidr_v6, &mut r.cidr_v6, &mut w.cidr_v6);
+        diff(
+            &self.domain_ports,
+            &to.domain_ports,
+            &mut r.domain_ports,
+            &mut w.domain_ports,
+        );
+        (p.len() <= limit).then_some(p)
     }
 
     /// A digest of the contents: equal tables have equal digests (workloads share a policy
@@ -204,6 +300,36 @@ mod tests {
 
     fn net4(s: &str) -> Ipv4Net {
         s.parse().expect("net")
+    }
+
+    #[test]
+    fn a_patch_deletes_what_went_and_writes_what_is_new_or_renumbered() {
+        let ip = |s: &str| -> Ipv4Addr { s.parse().expect("ip") };
+        let build = |entries: &[(&str, u32)]| {
+            let mut b = TablesBuilder::default();
+            for (a, rule) in entries {
+                b.exact_v4(ip(a), 443, *rule);
+            }
+            b.build()
+        };
+        let old = build(&[("10.0.0.1", 0), ("10.0.0.2", 1), ("10.0.0.3", 2)]);
+        let new = build(&[("10.0.0.9", 0), ("10.0.0.2", 1), ("10.0.0.3", 5)]);
+        let p = old.patch_to(&new, 10).expect("a small change");
+        assert_eq!(p.removed.exact_v4, [((ip("10.0.0.1"), 443), 0)]);
+        assert_eq!(
+            p.written.exact_v4,
+            [((ip("10.0.0.3"), 443), 5), ((ip("10.0.0.9"), 443), 0)]
+        );
+        assert_eq!(p.len(), 3);
+        assert!(old.patch_to(&new, 2).is_none(), "over the limit");
+        let bigger = build(&[
+            ("10.0.0.1", 0),
+            ("10.0.0.2", 1),
+            ("10.0.0.3", 2),
+            ("10.0.0.4", 3),
+        ]);
+        assert!(old.patch_to(&bigger, 10).is_none(), "a table that grows");
+        assert!(old.patch_to(&old, 10).expect("no change").is_empty());
     }
 
     #[test]

@@ -105,7 +105,7 @@ pub fn validate_for(policy: &Policy, kuma: KumaVersion, admission: Admission) ->
 /// Warnings only: the policy is applied as Kuma would apply it.
 pub fn warnings(spec: &Spec) -> Vec<Violation> {
     let mut out = Vec::new();
-    for (i, m) in spec.default.append_match.iter().flatten().enumerate() {
+    for (i, m) in spec.default.matches().iter().enumerate() {
         if m.kind == "CIDR"
             && let Some(net) = hints::host_bits(&m.value)
         {
@@ -343,7 +343,7 @@ fn validate_conf(conf: &Conf, kuma: KumaVersion, admission: Admission, out: &mut
     let mut l7_of_port: BTreeMap<(u32, String), (&str, usize)> = BTreeMap::new();
     // Rule 4: (port, protocol, value) triples seen so far, with the first entry's index.
     let mut seen: BTreeMap<(u32, &str, &str), usize> = BTreeMap::new();
-    for (i, m) in conf.append_match.iter().flatten().enumerate() {
+    for (i, m) in conf.matches().iter().enumerate() {
         let at = |field: &str| format!("spec.default.appendMatch[{i}].{field}");
         let protocol = m.protocol.as_str();
         let value = m.value.as_str();

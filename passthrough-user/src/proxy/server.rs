@@ -33,7 +33,7 @@ use crate::{
         bind::{Binding, DomainCheck, bind, domain_check_for},
         compile::CompiledPolicy,
         decide::{Action, Peeked, Verdict, decide, peeked_host},
-        merge::MergedEntry,
+        rules::Rule,
     },
     view::SharedView,
 };
@@ -363,12 +363,12 @@ fn verdict_label(v: &Verdict) -> EventVerdict {
 }
 
 /// The entry of the merged appendMatch list a verdict names, if any.
-fn deciding_entry<'a>(c: &'a CompiledPolicy, v: &Verdict) -> Option<&'a MergedEntry> {
-    v.rule.and_then(|r| c.rules.get(r as usize))
+fn deciding_entry<'a>(c: &'a CompiledPolicy, v: &Verdict) -> Option<Rule<'a>> {
+    v.rule.and_then(|r| c.rules.at(r as usize))
 }
 
 /// An entry as `policy/appendMatch[i]`.
-fn entry_name(e: &MergedEntry) -> String {
+fn entry_name(e: Rule<'_>) -> String {
     format!("{}/appendMatch[{}]", e.policy.name, e.index)
 }
 

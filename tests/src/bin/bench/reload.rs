@@ -396,6 +396,10 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
     agent.signal(libc::SIGTERM);
     let exited = wait_for(Duration::from_secs(60), || !agent.is_running());
     r.sigterm_exit_ms = exited.map_or(u128::MAX, |_| t.elapsed().as_millis());
+    // Where each reconcile's time went (logged at debug level: RUST_LOG=passthrough=debug).
+    for line in agent.log().lines().filter(|l| l.contains("reconciled")) {
+        eprintln!("bench reload: {line}");
+    }
     drop(agent);
 
     match write_results(out_dir, &r, quick) {
