@@ -93,8 +93,10 @@ pub mod capacity {
     /// (`KERNEL_COVERED`).
     pub const KERNEL_COVERED: u32 = 4_096;
     /// Distinct flows (workload, destination, port, protocol) the kernel remembers
-    /// (`FLOWS`), least recently used first out. The agent sizes it from `flows.capacity`.
-    pub const FLOWS: u32 = 65_536;
+    /// (`FLOWS`), least recently used first out, between two readings of the agent (which
+    /// keeps the history). The agent sizes it from `flows.capacity`; the default keeps the
+    /// preallocated table near 2 MiB.
+    pub const FLOWS: u32 = 16_384;
     /// Slots of the programs' per-CPU cache of callers' workloads (`CALLERS`), a power of
     /// two: a cgroup id maps to slot `id % CALLERS`.
     pub const CALLERS: u32 = 256;
