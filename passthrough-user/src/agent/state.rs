@@ -413,6 +413,7 @@ impl Agent {
                     .map_or(0, |r| r.unenforceable_domains),
             });
         }
+        let loaded = started.elapsed();
         let mut problems = Vec::new();
         let mut wanted: Vec<Option<Wanted>> = Vec::with_capacity(self.workloads.len());
         for i in 0..self.workloads.len() {
@@ -432,13 +433,14 @@ impl Agent {
                 }
             }
         }
+        let merged = started.elapsed();
         self.attach_kubepods();
         self.take_covered();
         let pending = self.pending(&set, &opts);
         let mut desired = self.desired(&wanted);
         self.add_pending(&mut desired, pending);
         let computed = started.elapsed();
-        let changed = self.apply(desired, &mut wanted, &mut problems);
+        let (changed, planned) = self.apply(desired, &mut wanted, &mut problems);
         let applied = started.elapsed();
         self.attach_all();
         self.set_udp_flag();
@@ -461,8 +463,12 @@ impl Agent {
         // Where a reconcile's time goes (docs/architecture.md, "Change propagation").
         tracing::debug!(
             workloads = self.workloads.len(),
-            compute_us = computed.as_micros(),
-            write_us = (applied - computed).as_micros(),
+            load_us = loaded.as_micros(),
+            merge_us = (merged - loaded).as_micros(),
+            desired_us = (computed - merged).as_micros(),
+            plan_us = planned.as_micros(),
+            compute_us = (computed + planned).as_micros(),
+            write_us = (applied - computed - planned).as_micros(),
             after_us = (started.elapsed() - applied).as_micros(),
             "reconciled"
         );
@@ -483,23 +489,26 @@ impl Agent {
     }
 
     /// Plans and executes; records what each workload now has. `true` when the kernel
-    /// changed.
+    /// changed, and how long the planning took.
     fn apply(
         &mut self,
         desired: Desired,
         wanted: &mut [Option<Wanted>],
         problems: &mut Vec<String>,
-    ) -> bool {
-        let ops = match plan::plan(&desired, &self.kernel) {
+    ) -> (bool, std::time::Duration) {
+        let started = std::time::Instant::now();
+        let planned = plan::plan(&desired, &self.kernel);
+        let took = started.elapsed();
+        let ops = match planned {
             Ok(ops) => ops,
             Err(e) => {
                 tracing::error!("{e}");
                 problems.push(e.to_string());
-                return false;
+                return (false, took);
             }
         };
         if ops.is_empty() {
-            return false;
+            return (false, took);
         }
         let outcome = plan::execute(ops, &mut self.maps, &mut self.kernel, &self.cancel);
         if outcome.cancelled {
@@ -554,7 +563,7 @@ impl Agent {
                 });
             }
         }
-        changed || outcome.done > 0
+        (changed || outcome.done > 0, took)
     }
 
     /// One workload's desired kernel state.

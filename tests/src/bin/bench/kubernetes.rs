@@ -298,7 +298,7 @@ fn field(line: &str, key: &str) -> Option<f64> {
 fn stages_of(log: &str, accepted: f64, before: usize) -> Vec<(&'static str, f64)> {
     // The first reconcile that started after the change (one already running when it
     // arrived cannot have applied it).
-    let Some((start, compute, write, after)) = log
+    let Some((start, compute, write, after, rec_line)) = log
         .lines()
         .filter(|l| l.contains(" reconciled "))
         .skip(before)
@@ -309,7 +309,13 @@ fn stages_of(log: &str, accepted: f64, before: usize) -> Vec<(&'static str, f64)
                 field(rec, "write_us")?,
                 field(rec, "after_us")?,
             );
-            Some((end - (compute + write + after) / 1e6, compute, write, after))
+            Some((
+                end - (compute + write + after) / 1e6,
+                compute,
+                write,
+                after,
+                Some(rec),
+            ))
         })
         .find(|(start, ..)| *start >= accepted)
     else {
@@ -334,6 +340,17 @@ fn stages_of(log: &str, accepted: f64, before: usize) -> Vec<(&'static str, f64)
         ));
     }
     out.push(("agent: compile and plan", ms(compute / 1e6)));
+    // Its parts, where the agent's line has them.
+    for (key, stage) in [
+        ("load_us", "- the policy set"),
+        ("merge_us", "- each workload's cgroup, merge and compile"),
+        ("desired_us", "- desired state (links, pending pods)"),
+        ("plan_us", "- plan"),
+    ] {
+        if let Some(us) = rec_line.and_then(|l| field(l, key)) {
+            out.push((stage, ms(us / 1e6)));
+        }
+    }
     out.push((
         "agent: map writes (every WORKLOADS update)",
         ms(write / 1e6),
