@@ -20,6 +20,7 @@ use passthrough_common::{
 use super::{
     loader::{self, Loader},
     maps::{Counters, Maps, MapsError},
+    memo::{Chosen, Memo},
     plan::{self, Desired, DesiredWorkload},
     snapshot::{Snapshot, Watched},
     store::{Cancel, KernelStore as _, NO_POLICY, PolicyId},
@@ -39,9 +40,9 @@ use crate::{
     k8s::{KubeProblem, KubeState},
     policy::{
         Severity,
-        compile::{CompiledPolicy, EffectiveMode, compile},
+        compile::{CompiledPolicy, EffectiveMode},
         decide::Exemptions,
-        merge::{Merged, PolicyRef, SelectOptions, merged_for},
+        merge::{PolicyRef, SelectOptions},
         set::{Finding, PolicySet},
     },
     proxy::server::Stats as ProxyStats,
@@ -53,7 +54,7 @@ use crate::{
 struct Applied {
     cgroup_id: u64,
     containment: Containment,
-    compiled: CompiledPolicy,
+    compiled: Arc<CompiledPolicy>,
     policies: Vec<PolicyRef>,
     mode_from: Option<PolicyRef>,
     /// Its policy's id in the kernel's rule maps.
@@ -123,17 +124,14 @@ pub struct Agent {
     kernel_covered: BTreeMap<u64, PodUid>,
     /// Whether the `cgroup_mkdir` program covers new pod cgroups.
     pod_watch: PodWatchStatus,
-    /// This reconcile's compiled policies by merged configuration: the workloads one
-    /// Mesh-wide policy selects alike compile once, not once each.
-    compiled: std::cell::RefCell<Vec<(Merged, CompiledPolicy)>>,
+    /// This reconcile's compiled policies by the policies that select a workload: the
+    /// workloads one Mesh-wide policy selects alike merge and compile once, not once each.
+    compiled: std::cell::RefCell<Memo>,
     /// The policy set of the last reconcile that applied one (for `simulate`).
     applied_policies: Arc<proxy_view::Applied>,
     /// The flow record (`flows`), fed by the flow reader and the proxy's decisions.
     pub(crate) flows: Arc<FlowLog>,
 }
-
-/// Distinct merged configurations a reconcile remembers the compilation of.
-const COMPILED_KEPT: usize = 64;
 
 /// Errors that stop the agent from starting.
 #[derive(Debug, thiserror::Error)]
@@ -576,7 +574,8 @@ impl Agent {
                 wc.cgroup.display()
             )
         })?;
-        let (merged, compiled) = self.compiled_for(&wc.identity(), wc.audit, set, opts)?;
+        let chosen = self.compiled_for(&wc.identity(), wc.audit, set, opts)?;
+        let compiled = chosen.compiled.clone();
         let containment = wc.containment(&self.config);
         let k = self.kernel_entry(compiled.mode.kernel(), compiled.audit, &containment);
         Ok(Wanted {
@@ -591,8 +590,8 @@ impl Agent {
                 cgroup_id,
                 containment,
                 compiled,
-                policies: merged.policies,
-                mode_from: merged.mode_from,
+                policies: chosen.policies.clone(),
+                mode_from: chosen.mode_from.clone(),
                 policy: NO_POLICY,
                 generation: 0,
             },
@@ -606,35 +605,17 @@ impl Agent {
         audit: bool,
         set: &PolicySet,
         opts: &SelectOptions,
-    ) -> Result<(Merged, CompiledPolicy), String> {
-        let merged = merged_for(&set.policies, identity, opts).map_err(|conflicts| {
-            let text: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
-            format!("{}; keeping the last good state", text.join("; "))
-        })?;
-        let known = self
-            .compiled
-            .borrow()
-            .iter()
-            .find(|(m, _)| *m == merged)
-            .map(|(_, c)| c.clone());
-        let mut compiled = match known {
-            Some(c) => c,
-            None => {
-                let c = compile(&merged).map_err(|e| e.to_string())?;
-                let mut kept = self.compiled.borrow_mut();
-                if kept.len() < COMPILED_KEPT {
-                    kept.push((merged.clone(), c.clone()));
+    ) -> Result<Arc<Chosen>, String> {
+        let default_none = self.config.default_mode == Some(DefaultMode::None);
+        let agent_audit = self.config.audit;
+        self.compiled
+            .borrow_mut()
+            .get(&set.policies, identity, audit, opts, |c, audit| {
+                if c.mode == EffectiveMode::Unfiltered && default_none {
+                    c.mode = EffectiveMode::None;
                 }
-                c
-            }
-        };
-        if compiled.mode == EffectiveMode::Unfiltered
-            && self.config.default_mode == Some(DefaultMode::None)
-        {
-            compiled.mode = EffectiveMode::None;
-        }
-        compiled.audit |= self.config.audit || audit;
-        Ok((merged, compiled))
+                c.audit |= agent_audit || audit;
+            })
     }
 
     /// The entries of the pods reported without a cgroup yet, for `PENDING_PODS`. A pod
@@ -648,7 +629,8 @@ impl Agent {
         }
         for p in &self.kube.pending {
             match self.compiled_for(&p.identity, false, set, opts) {
-                Ok((_, compiled)) => {
+                Ok(chosen) => {
+                    let compiled = &chosen.compiled;
                     let k = self.kernel_entry(compiled.mode.kernel(), compiled.audit, &containment);
                     out.insert(
                         p.uid,
@@ -871,7 +853,7 @@ impl Agent {
                                 .map(|(k, v)| (k.clone(), v.clone()))
                                 .collect(),
                             identity: w.config.identity(),
-                            policy: Arc::new(a.compiled.clone()),
+                            policy: a.compiled.clone(),
                         },
                     ))
                 })
