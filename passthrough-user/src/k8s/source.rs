@@ -192,25 +192,25 @@ async fn client(kubeconfig: Option<&Path>) -> Result<Client, String> {
     Client::try_from(config).map_err(|e| e.to_string())
 }
 
-/// Runs until the agent goes away. `root` is where pod cgroups are looked up.
+/// Runs until the agent goes away (`send` says `false`). `root` is where pod cgroups are
+/// looked up. Each state goes straight to `send` (the agent's core queue, which never
+/// blocks): no task or channel in between to wake on the way.
 pub async fn run(
     node: String,
     root: PathBuf,
     kubeconfig: Option<PathBuf>,
     problems: Arc<Problems>,
-    tx: mpsc::Sender<KubeState>,
+    send: impl Fn(KubeState) -> bool,
 ) {
     let client = match client(kubeconfig.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
-            let _ = tx
-                .send(KubeState {
-                    error: Some(format!(
-                        "no Kubernetes client (in-cluster service account or KUBECONFIG): {e}"
-                    )),
-                    ..KubeState::default()
-                })
-                .await;
+            send(KubeState {
+                error: Some(format!(
+                    "no Kubernetes client (in-cluster service account or KUBECONFIG): {e}"
+                )),
+                ..KubeState::default()
+            });
             return;
         }
     };
@@ -351,7 +351,7 @@ pub async fn run(
             took_us = gathered.elapsed().as_micros(),
             "Kubernetes state computed"
         );
-        if tx.send(state).await.is_err() {
+        if !send(state) {
             return;
         }
     }
