@@ -460,8 +460,15 @@ mod tests {
         let ops = converge(&on(&new), &mut store, &mut applied);
         assert_eq!(store.batches, [250], "one batch of every flip");
         assert_eq!(store.log.first().map(String::as_str), Some("install 2"));
-        assert_eq!(store.log.last().map(String::as_str), Some("remove policy 1"));
-        assert_eq!(ops.len(), 252, "one install, 250 flips, one removal: {ops:?}");
+        assert_eq!(
+            store.log.last().map(String::as_str),
+            Some("remove policy 1")
+        );
+        assert_eq!(
+            ops.len(),
+            252,
+            "one install, 250 flips, one removal: {ops:?}"
+        );
         assert!(
             !ops.iter().any(|o| matches!(o, Op::SetLink { .. })),
             "the links did not change"

@@ -102,10 +102,7 @@ pub trait KernelStore {
     /// [`KernelStore::set_workload`] for each entry, one result each, in order. The maps
     /// write them in one batch (a policy change that flips 250 pods is one system call, not
     /// 500); each entry is still one atomic update.
-    fn set_workloads(
-        &mut self,
-        entries: &[(u64, KernelWorkload)],
-    ) -> Vec<Result<(), StoreError>> {
+    fn set_workloads(&mut self, entries: &[(u64, KernelWorkload)]) -> Vec<Result<(), StoreError>> {
         entries
             .iter()
             .map(|&(cgroup, value)| self.set_workload(cgroup, value))
@@ -197,10 +194,7 @@ impl KernelStore for FakeStore {
         Ok(())
     }
 
-    fn set_workloads(
-        &mut self,
-        entries: &[(u64, KernelWorkload)],
-    ) -> Vec<Result<(), StoreError>> {
+    fn set_workloads(&mut self, entries: &[(u64, KernelWorkload)]) -> Vec<Result<(), StoreError>> {
         self.batches.push(entries.len());
         entries
             .iter()

@@ -265,7 +265,11 @@ mod tests {
         let root = tree(&[&pod]);
         let mut cache = PodCgroups::new(root.path().to_path_buf());
         assert_eq!(cache.get(UID), Some(root.path().join(&pod)));
-        assert_eq!(cache.get(UID), Some(root.path().join(&pod)), "from the cache");
+        assert_eq!(
+            cache.get(UID),
+            Some(root.path().join(&pod)),
+            "from the cache"
+        );
         // The kubelet removed it and the pod came back as Guaranteed: searched again.
         fs::remove_dir(root.path().join(&pod)).expect("rmdir");
         assert_eq!(cache.get(UID), None);

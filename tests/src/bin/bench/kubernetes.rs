@@ -126,8 +126,7 @@ fn pipe() -> Option<(fs::File, fs::File)> {
 /// child closes its inherited ends of the `earlier` probes' pipes, or closing a poke pipe
 /// would never end its probe.
 fn spawn_probe(cgroup: &str, dest: &SocketAddr, earlier: &[Probe]) -> Option<Probe> {
-    use std::os::fd::AsRawFd as _;
-    use std::io::Read as _;
+    use std::{io::Read as _, os::fd::AsRawFd as _};
     let (poke_r, poke_w) = pipe()?;
     let (answer_r, answer_w) = pipe()?;
     // SAFETY: the client is single-threaded; the child only uses the fds it inherited and
@@ -201,7 +200,10 @@ pub fn client(args: &[String]) -> ExitCode {
         match spawn_probe(cg, &dest, &probes) {
             Some(p) => probes.push(p),
             None => {
-                eprintln!("forking the probe of {cg}: {}", std::io::Error::last_os_error());
+                eprintln!(
+                    "forking the probe of {cg}: {}",
+                    std::io::Error::last_os_error()
+                );
                 return ExitCode::from(2);
             }
         }
@@ -235,7 +237,10 @@ fn cycle(probes: &mut [Probe], cgroups: &[String], dest: &SocketAddr, seconds: u
         for (i, p) in probes.iter_mut().enumerate() {
             let mut msg = [0u8; 9];
             if p.answer.read_exact(&mut msg).is_err() {
-                eprintln!("the probe of {} did not answer (could it join?)", cgroups[i]);
+                eprintln!(
+                    "the probe of {} did not answer (could it join?)",
+                    cgroups[i]
+                );
                 return ExitCode::from(2);
             }
             let at = u64::from_ne_bytes(msg[1..].try_into().unwrap_or_default());
