@@ -473,8 +473,8 @@ impl Maps {
         Ok(())
     }
 
-    /// [`Maps::bump`] after a removal, which reports no error: a failure is logged (the
-    /// cache could otherwise keep a removed entry's answer).
+    /// [`Maps::bump`] after a removal or a batch, which report no error of their own: a
+    /// failure is logged (the cache could otherwise keep an old entry's answer).
     fn bump_after_removal(&mut self) {
         if let Err(e) = self.bump() {
             tracing::error!(
@@ -662,6 +662,30 @@ impl KernelStore for Maps {
             .map_err(|e| kernel_error(names::WORKLOADS, "write", e, capacity::WORKLOADS))?;
         self.bump()
             .map_err(|e| kernel_error(names::GENERATION, "write", e, 1))
+    }
+
+    fn set_workloads(&mut self, entries: &[(u64, Workload)]) -> Vec<Result<(), StoreError>> {
+        use aya::maps::IterableMap as _;
+        if entries.len() < 2 {
+            return entries
+                .iter()
+                .map(|&(cgroup, value)| self.set_workload(cgroup, value))
+                .collect();
+        }
+        let (keys, values): (Vec<u64>, Vec<Workload>) = entries.iter().copied().unzip();
+        let fd = self.workloads.map().fd().as_fd();
+        match syscall::update_all(fd, &keys, &values, &Cancel::default()) {
+            Ok(()) => {
+                // Once for the whole batch; a failure is logged (the entries are written).
+                self.bump_after_removal();
+                entries.iter().map(|_| Ok(())).collect()
+            }
+            // Some entry was refused (a full map): one by one, so each gets its own result.
+            Err(_) => entries
+                .iter()
+                .map(|&(cgroup, value)| self.set_workload(cgroup, value))
+                .collect(),
+        }
     }
 
     fn remove_workload(&mut self, cgroup: u64) {

@@ -19,6 +19,7 @@ pub mod admin;
 pub mod core;
 pub mod loader;
 pub mod maps;
+pub mod memo;
 pub mod plan;
 pub mod podwatch;
 pub mod run;

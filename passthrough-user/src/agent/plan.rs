@@ -345,12 +345,23 @@ pub fn execute(
 ) -> Outcome {
     let mut out = Outcome::default();
     let mut failed: BTreeSet<PolicyId> = BTreeSet::new();
-    for op in ops {
+    let mut ops = ops.into_iter().peekable();
+    while let Some(op) = ops.next() {
         if cancel.is_cancelled() {
             out.cancelled = true;
             break;
         }
         match op {
+            // A run of workload flips (the planner puts them together) goes in one call.
+            Op::SetWorkload { cgroup, value } => {
+                let mut run = vec![(cgroup, value)];
+                while let Some(&Op::SetWorkload { cgroup, value }) = ops.peek() {
+                    run.push((cgroup, value));
+                    ops.next();
+                }
+                set_workloads(&run, store, applied, &failed, &mut out);
+                continue;
+            }
             Op::Install { id, tables } => match store.install_policy(id, &tables, cancel) {
                 Ok(()) => {
                     applied.policies.insert(
@@ -390,28 +401,6 @@ pub fn execute(
                     });
                 }
             },
-            Op::SetWorkload { cgroup, value } => {
-                if failed.contains(&value.policy) {
-                    out.failures.push(Failure {
-                        cgroup: Some(cgroup),
-                        error: StoreError::Full {
-                            map: "policy",
-                            capacity: 0,
-                            what: "its new policy could not be installed; it keeps its last good state",
-                        },
-                    });
-                    continue;
-                }
-                match store.set_workload(cgroup, value) {
-                    Ok(()) => {
-                        applied.workloads.insert(cgroup, value);
-                    }
-                    Err(error) => out.failures.push(Failure {
-                        cgroup: Some(cgroup),
-                        error,
-                    }),
-                }
-            }
             Op::SetLink { cgroup, owner } => match store.set_link(cgroup, owner) {
                 Ok(()) => {
                     applied.links.insert(cgroup, owner);
@@ -469,6 +458,44 @@ pub fn execute(
         out.done += 1;
     }
     out
+}
+
+/// Flips the workloads of `run`, each to a policy that is in place: one whose install failed
+/// leaves its workloads on their current policy.
+fn set_workloads(
+    run: &[(u64, KernelWorkload)],
+    store: &mut impl KernelStore,
+    applied: &mut Applied,
+    failed: &BTreeSet<PolicyId>,
+    out: &mut Outcome,
+) {
+    let (ready, refused): (Vec<_>, Vec<_>) = run
+        .iter()
+        .copied()
+        .partition(|(_, v)| !failed.contains(&v.policy));
+    for (cgroup, _) in refused {
+        out.failures.push(Failure {
+            cgroup: Some(cgroup),
+            error: StoreError::Full {
+                map: "policy",
+                capacity: 0,
+                what: "its new policy could not be installed; it keeps its last good state",
+            },
+        });
+    }
+    let results = store.set_workloads(&ready);
+    for ((cgroup, value), result) in ready.into_iter().zip(results) {
+        match result {
+            Ok(()) => {
+                applied.workloads.insert(cgroup, value);
+            }
+            Err(error) => out.failures.push(Failure {
+                cgroup: Some(cgroup),
+                error,
+            }),
+        }
+        out.done += 1;
+    }
 }
 
 #[cfg(test)]
@@ -606,6 +633,59 @@ mod tests {
             &mut applied,
         );
         assert_eq!(store.log, ["install 3", "set 11 -> 3", "remove policy 1"]);
+    }
+
+    #[test]
+    fn a_policy_change_of_250_workloads_installs_once_and_flips_them_in_one_batch() {
+        let (old, new) = (tables(&[1]), tables(&[2]));
+        let cgroups: Vec<u64> = (100..350).collect();
+        let on = |t: &Arc<Tables>| {
+            let mut d = desired(&cgroups.iter().map(|c| (*c, t)).collect::<Vec<_>>());
+            d.links = cgroups.iter().map(|c| (*c, *c)).collect();
+            d
+        };
+        let mut store = FakeStore::default();
+        let mut applied = Applied::default();
+        converge(&on(&old), &mut store, &mut applied);
+        store.log.clear();
+        store.batches.clear();
+        let ops = converge(&on(&new), &mut store, &mut applied);
+        assert_eq!(store.batches, [250], "one batch of every flip");
+        assert_eq!(store.log.first().map(String::as_str), Some("install 2"));
+        assert_eq!(
+            store.log.last().map(String::as_str),
+            Some("remove policy 1")
+        );
+        assert_eq!(
+            ops.len(),
+            252,
+            "one install, 250 flips, one removal: {ops:?}"
+        );
+        assert!(
+            !ops.iter().any(|o| matches!(o, Op::SetLink { .. })),
+            "the links did not change"
+        );
+        assert!(plan(&on(&new), &applied).expect("plan").is_empty());
+    }
+
+    #[test]
+    fn a_batch_with_a_refused_entry_keeps_that_workload_on_its_policy() {
+        let (old, new) = (tables(&[1]), tables(&[2]));
+        let mut store = FakeStore::default();
+        let mut applied = Applied::default();
+        converge(&desired(&[(1, &old), (2, &old)]), &mut store, &mut applied);
+        store.fail_set.insert(2);
+        let ops = plan(&desired(&[(1, &new), (2, &new)]), &applied).expect("plan");
+        let out = execute(ops, &mut store, &mut applied, &Cancel::default());
+        assert_eq!(out.failures.len(), 1);
+        assert_eq!(out.failures[0].cgroup, Some(2));
+        assert_eq!(applied.workloads[&1].policy, 2);
+        assert_eq!(applied.workloads[&2].policy, 1, "kept its last good state");
+        assert!(
+            applied.policies.contains_key(&1),
+            "the old policy stays while a workload points at it"
+        );
+        assert_eq!(store.read(), kernel_of(&applied));
     }
 
     #[test]

@@ -18,7 +18,6 @@ use super::{
 use crate::{
     config::ProxyConfig,
     events,
-    k8s::KubeState,
     policy::bind::needs_resolver,
     proxy::{
         netns::{Netns, pid_in_cgroup},
@@ -128,22 +127,14 @@ fn kubernetes_source(agent: &Agent) -> Option<KubeSource> {
 
 /// Starts the Kubernetes source; its updates go to the core.
 fn start_kubernetes(k: KubeSource, inputs: Inputs) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<KubeState>(4);
     tracing::info!(node = %k.node, root = %k.root.display(), "watching Kubernetes for this node's pods and MeshPassthrough objects");
     tokio::spawn(crate::k8s::source::run(
         k.node,
         k.root,
         k.kubeconfig,
         k.problems,
-        tx,
+        move |state| inputs.send(Input::Kubernetes(Box::new(state))),
     ));
-    tokio::spawn(async move {
-        while let Some(state) = rx.recv().await {
-            if !inputs.send(Input::Kubernetes(Box::new(state))) {
-                return;
-            }
-        }
-    });
 }
 
 /// Takes a map that no other part of the agent holds out of the loaded object, as its type.

@@ -20,6 +20,7 @@ use passthrough_common::{
 use super::{
     loader::{self, Loader},
     maps::{Counters, Maps, MapsError},
+    memo::{Chosen, Memo},
     plan::{self, Desired, DesiredWorkload},
     snapshot::{Snapshot, Watched},
     store::{Cancel, KernelStore as _, NO_POLICY, PolicyId},
@@ -40,9 +41,9 @@ use crate::{
     policy::{
         Severity,
         cache::FileCache,
-        compile::{CompiledPolicy, EffectiveMode, compile},
+        compile::{CompiledPolicy, EffectiveMode},
         decide::Exemptions,
-        merge::{Merged, PolicyRef, SelectOptions, merged_for},
+        merge::{PolicyRef, SelectOptions},
         set::{Finding, PolicySet},
     },
     proxy::server::Stats as ProxyStats,
@@ -54,7 +55,7 @@ use crate::{
 struct Applied {
     cgroup_id: u64,
     containment: Containment,
-    compiled: CompiledPolicy,
+    compiled: Arc<CompiledPolicy>,
     policies: Vec<PolicyRef>,
     mode_from: Option<PolicyRef>,
     /// Its policy's id in the kernel's rule maps.
@@ -124,9 +125,9 @@ pub struct Agent {
     kernel_covered: BTreeMap<u64, PodUid>,
     /// Whether the `cgroup_mkdir` program covers new pod cgroups.
     pod_watch: PodWatchStatus,
-    /// This reconcile's compiled policies by merged configuration: the workloads one
-    /// Mesh-wide policy selects alike compile once, not once each.
-    compiled: std::cell::RefCell<Vec<(Merged, CompiledPolicy)>>,
+    /// This reconcile's compiled policies by the policies that select a workload: the
+    /// workloads one Mesh-wide policy selects alike merge and compile once, not once each.
+    compiled: std::cell::RefCell<Memo>,
     /// The policy files as last read: a reconcile reads and parses only those that changed.
     files: FileCache,
     /// The policy set of the last reconcile that applied one (for `simulate`).
@@ -134,9 +135,6 @@ pub struct Agent {
     /// The flow record (`flows`), fed by the flow reader and the proxy's decisions.
     pub(crate) flows: Arc<FlowLog>,
 }
-
-/// Distinct merged configurations a reconcile remembers the compilation of.
-const COMPILED_KEPT: usize = 64;
 
 /// Errors that stop the agent from starting.
 #[derive(Debug, thiserror::Error)]
@@ -448,6 +446,7 @@ impl Agent {
                 }
             }
         }
+        let merged = started.elapsed();
         self.attach_kubepods();
         self.take_covered();
         let pending = self.pending(&set, &opts);
@@ -455,7 +454,7 @@ impl Agent {
         self.add_pending(&mut desired, pending);
         let computed = started.elapsed();
         let computed_hwm = peak_kib();
-        let changed = self.apply(desired, &mut wanted, &mut problems);
+        let (changed, planned) = self.apply(desired, &mut wanted, &mut problems);
         let applied = started.elapsed();
         self.attach_all();
         self.set_udp_flag();
@@ -482,8 +481,11 @@ impl Agent {
             workloads = self.workloads.len(),
             files_parsed = self.files.parsed_last,
             load_us = loaded.as_micros(),
-            compute_us = computed.as_micros(),
-            write_us = (applied - computed).as_micros(),
+            merge_us = (merged - loaded).as_micros(),
+            desired_us = (computed - merged).as_micros(),
+            plan_us = planned.as_micros(),
+            compute_us = (computed + planned).as_micros(),
+            write_us = (applied - computed - planned).as_micros(),
             after_us = (started.elapsed() - applied).as_micros(),
             peak_kib_loaded = loaded_hwm,
             peak_kib_computed = computed_hwm,
@@ -507,23 +509,26 @@ impl Agent {
     }
 
     /// Plans and executes; records what each workload now has. `true` when the kernel
-    /// changed.
+    /// changed, and how long the planning took.
     fn apply(
         &mut self,
         desired: Desired,
         wanted: &mut [Option<Wanted>],
         problems: &mut Vec<String>,
-    ) -> bool {
-        let ops = match plan::plan(&desired, &self.kernel) {
+    ) -> (bool, std::time::Duration) {
+        let started = std::time::Instant::now();
+        let planned = plan::plan(&desired, &self.kernel);
+        let took = started.elapsed();
+        let ops = match planned {
             Ok(ops) => ops,
             Err(e) => {
                 tracing::error!("{e}");
                 problems.push(e.to_string());
-                return false;
+                return (false, took);
             }
         };
         if ops.is_empty() {
-            return false;
+            return (false, took);
         }
         let outcome = plan::execute(ops, &mut self.maps, &mut self.kernel, &self.cancel);
         if outcome.cancelled {
@@ -578,7 +583,7 @@ impl Agent {
                 });
             }
         }
-        changed || outcome.done > 0
+        (changed || outcome.done > 0, took)
     }
 
     /// One workload's desired kernel state.
@@ -591,7 +596,8 @@ impl Agent {
                 wc.cgroup.display()
             )
         })?;
-        let (merged, compiled) = self.compiled_for(&wc.identity(), wc.audit, set, opts)?;
+        let chosen = self.compiled_for(&wc.identity(), wc.audit, set, opts)?;
+        let compiled = chosen.compiled.clone();
         let containment = wc.containment(&self.config);
         let k = self.kernel_entry(compiled.mode.kernel(), compiled.audit, &containment);
         Ok(Wanted {
@@ -606,8 +612,8 @@ impl Agent {
                 cgroup_id,
                 containment,
                 compiled,
-                policies: merged.policies,
-                mode_from: merged.mode_from,
+                policies: chosen.policies.clone(),
+                mode_from: chosen.mode_from.clone(),
                 policy: NO_POLICY,
                 generation: 0,
             },
@@ -621,35 +627,17 @@ impl Agent {
         audit: bool,
         set: &PolicySet,
         opts: &SelectOptions,
-    ) -> Result<(Merged, CompiledPolicy), String> {
-        let merged = merged_for(&set.policies, identity, opts).map_err(|conflicts| {
-            let text: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
-            format!("{}; keeping the last good state", text.join("; "))
-        })?;
-        let known = self
-            .compiled
-            .borrow()
-            .iter()
-            .find(|(m, _)| *m == merged)
-            .map(|(_, c)| c.clone());
-        let mut compiled = match known {
-            Some(c) => c,
-            None => {
-                let c = compile(&merged).map_err(|e| e.to_string())?;
-                let mut kept = self.compiled.borrow_mut();
-                if kept.len() < COMPILED_KEPT {
-                    kept.push((merged.clone(), c.clone()));
+    ) -> Result<Arc<Chosen>, String> {
+        let default_none = self.config.default_mode == Some(DefaultMode::None);
+        let agent_audit = self.config.audit;
+        self.compiled
+            .borrow_mut()
+            .get(&set.policies, identity, audit, opts, |c, audit| {
+                if c.mode == EffectiveMode::Unfiltered && default_none {
+                    c.mode = EffectiveMode::None;
                 }
-                c
-            }
-        };
-        if compiled.mode == EffectiveMode::Unfiltered
-            && self.config.default_mode == Some(DefaultMode::None)
-        {
-            compiled.mode = EffectiveMode::None;
-        }
-        compiled.audit |= self.config.audit || audit;
-        Ok((merged, compiled))
+                c.audit |= agent_audit || audit;
+            })
     }
 
     /// The entries of the pods reported without a cgroup yet, for `PENDING_PODS`. A pod
@@ -663,7 +651,8 @@ impl Agent {
         }
         for p in &self.kube.pending {
             match self.compiled_for(&p.identity, false, set, opts) {
-                Ok((_, compiled)) => {
+                Ok(chosen) => {
+                    let compiled = &chosen.compiled;
                     let k = self.kernel_entry(compiled.mode.kernel(), compiled.audit, &containment);
                     out.insert(
                         p.uid,
@@ -886,7 +875,7 @@ impl Agent {
                                 .map(|(k, v)| (k.clone(), v.clone()))
                                 .collect(),
                             identity: w.config.identity(),
-                            policy: Arc::new(a.compiled.clone()),
+                            policy: a.compiled.clone(),
                         },
                     ))
                 })

@@ -108,6 +108,15 @@ pub trait KernelStore {
     fn remove_policy(&mut self, id: PolicyId);
     /// Points a workload cgroup at its policy and mode: one map update.
     fn set_workload(&mut self, cgroup: u64, value: KernelWorkload) -> Result<(), StoreError>;
+    /// [`KernelStore::set_workload`] for each entry, one result each, in order. The maps
+    /// write them in one batch (a policy change that flips 250 pods is one system call, not
+    /// 500); each entry is still one atomic update.
+    fn set_workloads(&mut self, entries: &[(u64, KernelWorkload)]) -> Vec<Result<(), StoreError>> {
+        entries
+            .iter()
+            .map(|&(cgroup, value)| self.set_workload(cgroup, value))
+            .collect()
+    }
     fn remove_workload(&mut self, cgroup: u64);
     /// Records the workload of a cgroup (the one-lookup path).
     fn set_link(&mut self, cgroup: u64, owner: u64) -> Result<(), StoreError>;
@@ -133,6 +142,8 @@ pub struct FakeStore {
     pub cancel_during: Option<(PolicyId, Cancel)>,
     /// Every call, in order, for tests that check the order of effects.
     pub log: Vec<String>,
+    /// The size of each `set_workloads` batch.
+    pub batches: Vec<usize>,
 }
 
 impl KernelStore for FakeStore {
@@ -228,6 +239,14 @@ impl KernelStore for FakeStore {
         self.log.push(format!("set {cgroup} -> {}", value.policy));
         self.state.workloads.insert(cgroup, value);
         Ok(())
+    }
+
+    fn set_workloads(&mut self, entries: &[(u64, KernelWorkload)]) -> Vec<Result<(), StoreError>> {
+        self.batches.push(entries.len());
+        entries
+            .iter()
+            .map(|&(cgroup, value)| self.set_workload(cgroup, value))
+            .collect()
     }
 
     fn remove_workload(&mut self, cgroup: u64) {

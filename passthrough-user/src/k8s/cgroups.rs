@@ -20,6 +20,7 @@
 //! root, never the root itself.
 
 use std::{
+    collections::{HashMap, HashSet},
     fs,
     path::{Component, Path, PathBuf},
 };
@@ -120,6 +121,44 @@ fn is_uid(s: &str) -> bool {
     }
 }
 
+/// Pod UID -> its cgroup directory, as last found below one root: a pod's cgroup keeps its
+/// path for the pod's life (the kubelet names it after the UID and the QoS class, which never
+/// change), so a pod seen before costs one `lstat` to confirm its directory is still there
+/// instead of the several of [`pod_cgroup`]'s search. A directory that went is searched for
+/// again (and forgotten if it is not found).
+#[derive(Debug)]
+pub struct PodCgroups {
+    root: PathBuf,
+    known: HashMap<String, PathBuf>,
+}
+
+impl PodCgroups {
+    pub fn new(root: PathBuf) -> Self {
+        Self {
+            root,
+            known: HashMap::new(),
+        }
+    }
+
+    /// The pod's cgroup directory, as [`pod_cgroup`] finds it.
+    pub fn get(&mut self, uid: &str) -> Option<PathBuf> {
+        if let Some(path) = self.known.get(uid) {
+            if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+                return Some(path.clone());
+            }
+            self.known.remove(uid);
+        }
+        let found = pod_cgroup(&self.root, uid)?;
+        self.known.insert(uid.to_owned(), found.clone());
+        Some(found)
+    }
+
+    /// Forgets the pods not in `uids` (those that left the API server's list).
+    pub fn keep_only(&mut self, uids: &HashSet<&str>) {
+        self.known.retain(|uid, _| uids.contains(uid.as_str()));
+    }
+}
+
 /// `root/rel` if every component of `rel` is a real directory, not a symlink.
 fn real_dir(root: &Path, rel: &str) -> Option<PathBuf> {
     let mut path = root.to_path_buf();
@@ -216,6 +255,30 @@ mod tests {
             "kubepods/besteffort/pod00000000-0000-0000-0000-000000000000",
         ]);
         assert_eq!(found(&root, UID).as_deref(), Some(pod_dir));
+    }
+
+    #[test]
+    fn a_known_pods_cgroup_is_found_again_and_a_removed_one_is_forgotten() {
+        let pod = format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{SYSTEMD_UID}.slice"
+        );
+        let root = tree(&[&pod]);
+        let mut cache = PodCgroups::new(root.path().to_path_buf());
+        assert_eq!(cache.get(UID), Some(root.path().join(&pod)));
+        assert_eq!(
+            cache.get(UID),
+            Some(root.path().join(&pod)),
+            "from the cache"
+        );
+        // The kubelet removed it and the pod came back as Guaranteed: searched again.
+        fs::remove_dir(root.path().join(&pod)).expect("rmdir");
+        assert_eq!(cache.get(UID), None);
+        assert!(cache.known.is_empty(), "a cgroup that went is forgotten");
+        let guaranteed = format!("kubepods.slice/kubepods-pod{SYSTEMD_UID}.slice");
+        fs::create_dir_all(root.path().join(&guaranteed)).expect("mkdir");
+        assert_eq!(cache.get(UID), Some(root.path().join(&guaranteed)));
+        cache.keep_only(&HashSet::new());
+        assert!(cache.known.is_empty(), "pods that left are forgotten");
     }
 
     #[test]

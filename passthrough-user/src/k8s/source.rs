@@ -30,7 +30,7 @@ use kube::{
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{KubeProblem, KubeState, PendingPod, cgroups::pod_cgroup, pods};
+use super::{KubeProblem, KubeState, PendingPod, cgroups::PodCgroups, pods};
 use crate::{
     config::WorkloadConfig,
     policy::{
@@ -150,7 +150,10 @@ const FEEDS: usize = 5;
 enum Item {
     /// The collection was (re)listed completely.
     Listed(Feed),
-    Changed,
+    /// An object of the collection changed.
+    Changed(Feed),
+    /// A pod cgroup may have appeared (inotify, or the periodic look).
+    Cgroups,
     Failed(String),
     /// The collection's API does not exist (a CRD that is not installed).
     Absent(Feed),
@@ -166,7 +169,7 @@ where
     stream
         .map(move |r| match r {
             Ok(watcher::Event::InitDone) => Item::Listed(which),
-            Ok(_) => Item::Changed,
+            Ok(_) => Item::Changed(which),
             Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
                 Item::Absent(which)
             }
@@ -189,25 +192,25 @@ async fn client(kubeconfig: Option<&Path>) -> Result<Client, String> {
     Client::try_from(config).map_err(|e| e.to_string())
 }
 
-/// Runs until the agent goes away. `root` is where pod cgroups are looked up.
+/// Runs until the agent goes away (`send` says `false`). `root` is where pod cgroups are
+/// looked up. Each state goes straight to `send` (the agent's core queue, which never
+/// blocks): no task or channel in between to wake on the way.
 pub async fn run(
     node: String,
     root: PathBuf,
     kubeconfig: Option<PathBuf>,
     problems: Arc<Problems>,
-    tx: mpsc::Sender<KubeState>,
+    send: impl Fn(KubeState) -> bool,
 ) {
     let client = match client(kubeconfig.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
-            let _ = tx
-                .send(KubeState {
-                    error: Some(format!(
-                        "no Kubernetes client (in-cluster service account or KUBECONFIG): {e}"
-                    )),
-                    ..KubeState::default()
-                })
-                .await;
+            send(KubeState {
+                error: Some(format!(
+                    "no Kubernetes client (in-cluster service account or KUBECONFIG): {e}"
+                )),
+                ..KubeState::default()
+            });
             return;
         }
     };
@@ -271,11 +274,15 @@ pub async fn run(
     let mut listed: Vec<Feed> = Vec::new();
     let mut error: Option<String> = None;
     let mut waiting_for_cgroups = false;
+    let mut cgroups = PodCgroups::new(root);
+    // The pods' part of the last state sent: a batch of policy changes only reuses it, so a
+    // policy change reaches the agent without the pods being looked at again.
+    let mut last_pods: Option<KubeState> = None;
     loop {
         let item = tokio::select! {
             i = items.next() => i,
-            Some(()) = new_cgroups.recv() => Some(Item::Changed),
-            () = tokio::time::sleep(CGROUP_RETRY), if waiting_for_cgroups => Some(Item::Changed),
+            Some(()) = new_cgroups.recv() => Some(Item::Cgroups),
+            () = tokio::time::sleep(CGROUP_RETRY), if waiting_for_cgroups => Some(Item::Cgroups),
         };
         let Some(first) = item else { return };
         let mut batch = vec![first];
@@ -290,7 +297,12 @@ pub async fn run(
             batch.push(i);
         }
         let gathered = std::time::Instant::now();
+        let mut pods_changed = false;
         for i in batch {
+            pods_changed |= !matches!(
+                i,
+                Item::Changed(Feed::Policies) | Item::Listed(Feed::Policies)
+            );
             match i {
                 Item::Listed(f) => {
                     if !listed.contains(&f) {
@@ -298,7 +310,7 @@ pub async fn run(
                     }
                     error = None;
                 }
-                Item::Changed => {}
+                Item::Changed(_) | Item::Cgroups => {}
                 Item::Absent(f) => {
                     // No Kuma here: membership comes from the injection labels.
                     if f == Feed::Dataplanes {
@@ -315,36 +327,44 @@ pub async fn run(
             }
         }
         let dataplanes = kuma_manages.then_some(&dataplanes);
-        let (state, missing_cgroups) =
-            desired(&pods, &namespaces, &services, &policies, dataplanes, &root);
-        tracing::debug!(
-            pods = state.workloads.len(),
-            pending = state.pending.len(),
-            took_us = gathered.elapsed().as_micros(),
-            "Kubernetes state computed"
-        );
-        waiting_for_cgroups = missing_cgroups;
+        let pod_part = match last_pods.take() {
+            Some(p) if !pods_changed => p,
+            _ => {
+                let (p, missing) =
+                    pod_state(&pods, &namespaces, &services, dataplanes, &mut cgroups);
+                waiting_for_cgroups = missing;
+                p
+            }
+        };
+        last_pods = Some(pod_part.clone());
         let state = KubeState {
+            policies: policies.state().iter().map(|o| document(o)).collect(),
             synced: listed.len() == FEEDS,
             connected: error.is_none(),
             error: error.clone(),
-            ..state
+            ..pod_part
         };
-        if tx.send(state).await.is_err() {
+        tracing::debug!(
+            pods = state.workloads.len(),
+            pending = state.pending.len(),
+            pods_looked_at = pods_changed,
+            took_us = gathered.elapsed().as_micros(),
+            "Kubernetes state computed"
+        );
+        if !send(state) {
             return;
         }
     }
 }
 
-/// The policies and the workloads the stores describe now; `true` when a pod in the mesh
-/// has no cgroup yet.
-fn desired(
+/// The workloads the stores describe now (the pods' part of the state: no policies);
+/// `true` when a pod in the mesh has no cgroup yet.
+fn pod_state(
     pods: &Store<Pod>,
     namespaces: &Store<Namespace>,
     services: &Store<Service>,
-    policies: &Store<DynamicObject>,
     dataplanes: Option<&Store<DynamicObject>>,
-    root: &std::path::Path,
+    cgroups: &mut PodCgroups,
 ) -> (KubeState, bool) {
     // Where Kuma writes Dataplanes, exactly the pods that have one are in the mesh.
     let dataplanes: Option<Vec<pods::DataplaneInfo>> = dataplanes
@@ -362,7 +382,9 @@ fn desired(
         .into_iter()
         .filter_map(|n| Some((n.metadata.name.clone()?, n)))
         .collect();
-    for pod in pods.state() {
+    let pods = pods.state();
+    cgroups.keep_only(&pods.iter().filter_map(|p| pods::pod_uid(p)).collect());
+    for pod in pods {
         let ns = pod
             .metadata
             .namespace
@@ -383,12 +405,12 @@ fn desired(
         };
         let Ok(w) = pods::workload_of(&pod, &cx, membership) else {
             // Known, and not in the mesh: left alone even where unknown pods are denied.
-            if let Some(cgroup) = pods::pod_uid(&pod).and_then(|uid| pod_cgroup(root, uid)) {
+            if let Some(cgroup) = pods::pod_uid(&pod).and_then(|uid| cgroups.get(uid)) {
                 others.push(cgroup);
             }
             continue;
         };
-        let Some(cgroup) = pods::pod_uid(&pod).and_then(|uid| pod_cgroup(root, uid)) else {
+        let Some(cgroup) = pods::pod_uid(&pod).and_then(|uid| cgroups.get(uid)) else {
             missing = true;
             if let Some(uid) = pods::pod_uid(&pod).and_then(passthrough_common::PodUid::parse) {
                 pending.push(PendingPod {
@@ -416,10 +438,8 @@ fn desired(
             raw_sockets: None,
         });
     }
-    let policies = policies.state().iter().map(|o| document(o)).collect();
     (
         KubeState {
-            policies,
             workloads,
             pending,
             others,

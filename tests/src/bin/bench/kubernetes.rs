@@ -4,9 +4,9 @@
 //! - start to ready: the agent started until `/ready`, every pod enforced;
 //! - a policy change (Mesh-wide `Matched` allowing the test host -> `None`) until each pod's
 //!   first denied connect, from the moment the API server accepted the change: p50, p99 and
-//!   max over the pods. A client cycles through the pods' cgroups, one non-blocking
-//!   `connect()` in each (the verdict is known when `connect` returns), so the resolution is
-//!   one cycle, reported beside;
+//!   max over the pods. A client keeps one process in each pod's cgroup and pokes them all
+//!   at once, each doing one non-blocking `connect()` (the verdict is known when `connect`
+//!   returns), so the resolution is one cycle through every pod (a few ms), reported beside;
 //! - a new pod: reported, its entry in `PENDING_PODS`, then its cgroup created and its first
 //!   process connecting at once: the verdict of that first connect.
 //!
@@ -99,12 +99,84 @@ fn verdict(dest: &SocketAddr) -> Option<bool> {
     }
 }
 
-/// `kube-client NETNS DEST LIST SECONDS`: cycles through the cgroups listed in the file
-/// LIST, one connect in each; prints `ready` after a first cycle in which every connect was
-/// allowed, then, once each cgroup saw a refused connect (or SECONDS passed), one JSON line:
-/// the CLOCK_MONOTONIC ns of each cgroup's first refusal and of its last allowed connect
-/// before it (the change reached the cgroup between the two), the cycles and their mean
-/// length.
+/// One pre-forked process per pod cgroup: it joined the cgroup once, and does one
+/// non-blocking connect each time it is poked, so a cycle through every pod costs a wake-up
+/// and a `connect` per pod, not a cgroup move.
+struct Probe {
+    /// Poke: one byte; closing it ends the process.
+    poke: fs::File,
+    /// Answer: the verdict byte (1 allowed, 0 refused, 2 anything else) and the
+    /// CLOCK_MONOTONIC ns of the connect.
+    answer: fs::File,
+    pid: libc::pid_t,
+}
+
+fn pipe() -> Option<(fs::File, fs::File)> {
+    use std::os::fd::FromRawFd as _;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return None;
+    }
+    // SAFETY: both fds were just created and are owned by nothing else.
+    Some(unsafe { (fs::File::from_raw_fd(fds[0]), fs::File::from_raw_fd(fds[1])) })
+}
+
+/// Forks the probe of `cgroup`. The caller is single-threaded (the client process); the
+/// child closes its inherited ends of the `earlier` probes' pipes, or closing a poke pipe
+/// would never end its probe.
+fn spawn_probe(cgroup: &str, dest: &SocketAddr, earlier: &[Probe]) -> Option<Probe> {
+    use std::{io::Read as _, os::fd::AsRawFd as _};
+    let (poke_r, poke_w) = pipe()?;
+    let (answer_r, answer_w) = pipe()?;
+    // SAFETY: the client is single-threaded; the child only uses the fds it inherited and
+    // plain system calls, then exits without unwinding.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return None;
+    }
+    if pid == 0 {
+        for p in earlier {
+            // SAFETY: these fds are the parent's; the child never uses them.
+            unsafe {
+                libc::close(p.poke.as_raw_fd());
+                libc::close(p.answer.as_raw_fd());
+            }
+        }
+        drop(poke_w);
+        drop(answer_r);
+        let (mut poke, mut answer) = (poke_r, answer_w);
+        let ok = join(cgroup);
+        let mut byte = [0u8; 1];
+        while ok && poke.read_exact(&mut byte).is_ok() {
+            let v = match verdict(dest) {
+                Some(true) => 1u8,
+                Some(false) => 0,
+                None => 2,
+            };
+            let mut msg = [0u8; 9];
+            msg[0] = v;
+            msg[1..].copy_from_slice(&mono_ns().to_ne_bytes());
+            if answer.write_all(&msg).is_err() {
+                break;
+            }
+        }
+        // SAFETY: _exit ends the forked child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    Some(Probe {
+        poke: poke_w,
+        answer: answer_r,
+        pid,
+    })
+}
+
+/// `kube-client NETNS DEST LIST SECONDS`: one probe process in each cgroup listed in the
+/// file LIST; cycles, poking every probe at once and reading each verdict; prints `ready`
+/// after a first cycle in which every connect was allowed, then, once each cgroup saw a
+/// refused connect (or SECONDS passed), one JSON line: the CLOCK_MONOTONIC ns of each
+/// cgroup's first refusal and of its last allowed connect before it (the change reached the
+/// cgroup between the two), the cycles and their mean length.
 pub fn client(args: &[String]) -> ExitCode {
     let [netns, dest, list, seconds] = args else {
         eprintln!("usage: bench kube-client NETNS DEST LIST SECONDS");
@@ -123,29 +195,68 @@ pub fn client(args: &[String]) -> ExitCode {
     if cgroups.is_empty() || crate::enter_netns(netns).is_err() {
         return ExitCode::from(2);
     }
-    let mut first_deny: Vec<Option<u64>> = vec![None; cgroups.len()];
-    let mut last_allowed: Vec<u64> = vec![0; cgroups.len()];
+    let mut probes = Vec::new();
+    for cg in &cgroups {
+        match spawn_probe(cg, &dest, &probes) {
+            Some(p) => probes.push(p),
+            None => {
+                eprintln!(
+                    "forking the probe of {cg}: {}",
+                    std::io::Error::last_os_error()
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let code = cycle(&mut probes, &cgroups, &dest, seconds);
+    for p in probes {
+        drop(p.poke);
+        // SAFETY: waits for a child this process forked.
+        unsafe { libc::waitpid(p.pid, std::ptr::null_mut(), 0) };
+    }
+    code
+}
+
+/// The client's rest between cycles.
+const PAUSE: Duration = Duration::from_millis(4);
+
+fn cycle(probes: &mut [Probe], cgroups: &[String], dest: &SocketAddr, seconds: u64) -> ExitCode {
+    use std::io::Read as _;
+    let mut first_deny: Vec<Option<u64>> = vec![None; probes.len()];
+    let mut last_allowed: Vec<u64> = vec![0; probes.len()];
     let mut cycles = 0u64;
     let started = Instant::now();
     let mut cycling_since = None;
     loop {
-        for (i, cg) in cgroups.iter().enumerate() {
-            if !join(cg) {
+        for p in probes.iter_mut() {
+            if p.poke.write_all(&[1]).is_err() {
+                eprintln!("a probe went away");
                 return ExitCode::from(2);
             }
-            match verdict(&dest) {
-                Some(true) => {
+        }
+        for (i, p) in probes.iter_mut().enumerate() {
+            let mut msg = [0u8; 9];
+            if p.answer.read_exact(&mut msg).is_err() {
+                eprintln!(
+                    "the probe of {} did not answer (could it join?)",
+                    cgroups[i]
+                );
+                return ExitCode::from(2);
+            }
+            let at = u64::from_ne_bytes(msg[1..].try_into().unwrap_or_default());
+            match msg[0] {
+                1 => {
                     if first_deny[i].is_none() {
-                        last_allowed[i] = mono_ns();
+                        last_allowed[i] = at;
                     }
                 }
-                Some(false) => {
+                0 => {
                     if first_deny[i].is_none() {
-                        first_deny[i] = Some(mono_ns());
+                        first_deny[i] = Some(at);
                     }
                 }
-                None => {
-                    eprintln!("connect {dest} from {cg}: unexpected error");
+                _ => {
+                    eprintln!("connect {dest} from {}: unexpected error", cgroups[i]);
                     return ExitCode::from(1);
                 }
             }
@@ -163,6 +274,9 @@ pub fn client(args: &[String]) -> ExitCode {
         if first_deny.iter().all(Option::is_some) || started.elapsed().as_secs() >= seconds {
             break;
         }
+        // Back to back, the probes would keep one of the two CPUs busy, slowing the agent
+        // being measured; the pause costs a few ms of resolution.
+        std::thread::sleep(PAUSE);
     }
     let (since, at) = cycling_since.unwrap_or((started, 0));
     let measured = (cycles - at).max(1);
@@ -298,7 +412,7 @@ fn field(line: &str, key: &str) -> Option<f64> {
 fn stages_of(log: &str, accepted: f64, before: usize) -> Vec<(&'static str, f64)> {
     // The first reconcile that started after the change (one already running when it
     // arrived cannot have applied it).
-    let Some((start, compute, write, after)) = log
+    let Some((start, compute, write, after, rec_line)) = log
         .lines()
         .filter(|l| l.contains(" reconciled "))
         .skip(before)
@@ -309,7 +423,13 @@ fn stages_of(log: &str, accepted: f64, before: usize) -> Vec<(&'static str, f64)
                 field(rec, "write_us")?,
                 field(rec, "after_us")?,
             );
-            Some((end - (compute + write + after) / 1e6, compute, write, after))
+            Some((
+                end - (compute + write + after) / 1e6,
+                compute,
+                write,
+                after,
+                Some(rec),
+            ))
         })
         .find(|(start, ..)| *start >= accepted)
     else {
@@ -334,6 +454,17 @@ fn stages_of(log: &str, accepted: f64, before: usize) -> Vec<(&'static str, f64)
         ));
     }
     out.push(("agent: compile and plan", ms(compute / 1e6)));
+    // Its parts, where the agent's line has them.
+    for (key, stage) in [
+        ("load_us", "- the policy set"),
+        ("merge_us", "- each workload's cgroup, merge and compile"),
+        ("desired_us", "- desired state (links, pending pods)"),
+        ("plan_us", "- plan"),
+    ] {
+        if let Some(us) = rec_line.and_then(|l| field(l, key)) {
+            out.push((stage, ms(us / 1e6)));
+        }
+    }
     out.push((
         "agent: map writes (every WORKLOADS update)",
         ms(write / 1e6),
@@ -431,7 +562,9 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
         let _ = child.wait();
         return ExitCode::FAILURE;
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // The agent has seen the probes' processes (the proxy opens its pod listeners then):
+    // that work is done before the change.
+    std::thread::sleep(Duration::from_millis(500));
     let reconciles_before = agent.log().matches(" reconciled ").count();
     api.apply(Resource::MeshPassthroughs, mesh_policy("None"));
     let accepted = mono_ns();
