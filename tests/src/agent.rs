@@ -312,6 +312,23 @@ impl AgentRun {
         (code == 200).then(|| serde_json::from_str(&body).ok())?
     }
 
+    /// Kernel memory of the agent's maps: the pinned ones (fdinfo `memlock`) and the
+    /// installed policies' inner maps (which the agent reports in `/status`).
+    pub fn kernel_maps_bytes(&self) -> u64 {
+        let mut total = 0;
+        for e in fs::read_dir(loader::maps_dir(self.bpffs()))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(md) = aya::maps::MapData::from_pin(e.path()) else {
+                continue;
+            };
+            total += passthrough::agent::maps::memlock(&md);
+        }
+        total + self.status()["policyMemoryBytes"].as_u64().unwrap_or(0)
+    }
+
     pub fn status(&self) -> serde_json::Value {
         let (code, body) = self.admin("/status").expect("admin answers");
         assert_eq!(code, 200, "{body}");

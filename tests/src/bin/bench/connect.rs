@@ -27,7 +27,6 @@ use std::{
     fs,
     io::Write as _,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
     process::{Command, ExitCode},
     time::Instant,
@@ -357,28 +356,6 @@ struct Apply {
     nft_load_ms: Option<u128>,
 }
 
-/// Kernel memory charged to the pinned maps (fdinfo `memlock`).
-fn maps_memlock(bpffs: &Path) -> u64 {
-    let mut total = 0;
-    for e in fs::read_dir(passthrough::agent::loader::maps_dir(bpffs))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let Ok(md) = aya::maps::MapData::from_pin(e.path()) else {
-            continue;
-        };
-        let fd = md.fd().as_fd().as_raw_fd();
-        let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
-        total += info
-            .lines()
-            .find_map(|l| l.strip_prefix("memlock:"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    total
-}
-
 /// Whether the agent's `CGROUPS` map has an entry for `cgroup`: the programs' one-lookup
 /// path, else the ancestor walk.
 fn in_cgroups_map(bpffs: &Path, cgroup: &TestCgroup) -> bool {
@@ -536,7 +513,7 @@ pub fn run(quick: bool, profile: bool, out_dir: &Path) -> ExitCode {
             let t0 = Instant::now();
             let agent = AgentRun::start(&ctx.topo, &[(&cg, &[][..])], &refs, "");
             let apply = t0.elapsed();
-            let memlock = maps_memlock(agent.bpffs());
+            let memlock = agent.kernel_maps_bytes();
             let site = Site {
                 client: cg.path(),
                 baseline: plain.path(),

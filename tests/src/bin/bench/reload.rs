@@ -207,23 +207,6 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Kernel memory of the agent's maps: the pinned ones (fdinfo `memlock`) and the installed
-/// policies' inner maps (which the agent reports).
-fn kernel_maps_bytes(agent: &AgentRun) -> u64 {
-    let mut total = 0;
-    for e in fs::read_dir(passthrough::agent::loader::maps_dir(agent.bpffs()))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let Ok(md) = aya::maps::MapData::from_pin(e.path()) else {
-            continue;
-        };
-        total += passthrough::agent::maps::memlock(&md);
-    }
-    total + agent.status()["policyMemoryBytes"].as_u64().unwrap_or(0)
-}
-
 fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
     let t0 = Instant::now();
     while t0.elapsed() < timeout {
@@ -274,7 +257,7 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
             .map(|(n, t)| (n.as_str(), t.as_str()))
             .collect();
         let agent = AgentRun::start(&topo, &[(&workload, &[][..])], &refs, CONFIG);
-        r.kernel_maps_mib_at_10_entries = mib(kernel_maps_bytes(&agent));
+        r.kernel_maps_mib_at_10_entries = mib(agent.kernel_maps_bytes());
     }
 
     eprintln!("bench reload: writing {} files", r.files);
@@ -302,7 +285,7 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
     let pid = agent.pid();
     r.agent_rss_mib = proc_status_kib(pid, "VmRSS:") as f64 / 1024.0;
     r.agent_peak_rss_mib = proc_status_kib(pid, "VmHWM:") as f64 / 1024.0;
-    r.kernel_maps_mib = mib(kernel_maps_bytes(&agent));
+    r.kernel_maps_mib = mib(agent.kernel_maps_bytes());
     if !probe(ADDED).is_eperm() {
         eprintln!("bench reload: {ADDED} is allowed before the change");
         return ExitCode::FAILURE;
