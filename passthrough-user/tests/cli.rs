@@ -4,28 +4,13 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Command, Output},
 };
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_passthrough"))
-}
+mod support;
+use support::{bin, run};
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
-
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd.output().expect("run passthrough");
-    (
-        status.code().expect("exit code"),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
 }
 
 const SERVICE: &str = "kuma.io/service=demo-app_kuma-demo_svc_5000";

@@ -2,29 +2,10 @@
 //! bound, the file size bound from the flag and the agent config, a proxy-off explanation.
 //! No root needed. How long these take is measured in docs/testing.md, not asserted here.
 
-use std::{
-    fmt::Write as _,
-    fs,
-    path::Path,
-    process::{Command, Output},
-};
+use std::{fmt::Write as _, fs, path::Path};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_passthrough"))
-}
-
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd.output().expect("run passthrough");
-    (
-        status.code().expect("exit code"),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
-}
+mod support;
+use support::{bin, run};
 
 /// A Mesh-wide allow-list of `n` IP entries on port 443, block style (about 84 bytes each).
 fn allow_list(n: u32) -> String {

@@ -455,43 +455,31 @@ pub fn run(quick: bool, profile: bool, out_dir: &Path) -> ExitCode {
     // The unfiltered sibling every row is paired against.
     let plain = TestCgroup::new();
 
-    // The noise floor of the pairing: no program on either side.
+    // The noise floor of the pairing (no program on either side), then the floor of any
+    // cgroup program (one that only returns "allow"): both allowed families, no entries.
     let other = TestCgroup::new();
-    for v6 in [false, true] {
-        let case = Case {
-            backend: Backend::NoProgram,
-            variant: Variant::Plain,
-            kind: None,
-            entries: 0,
-            v6,
-            allowed: true,
-        };
-        let site = Site {
-            client: other.path(),
-            baseline: plain.path(),
-            attached: other.path(),
-        };
-        ctx.row(case, &site);
-    }
-    // The floor of any cgroup program: one that only returns "allow".
+    let site = Site {
+        client: other.path(),
+        baseline: plain.path(),
+        attached: other.path(),
+    };
+    let floor = |ctx: &mut Ctx, backend: Backend| {
+        for v6 in [false, true] {
+            let case = Case {
+                backend,
+                variant: Variant::Plain,
+                kind: None,
+                entries: 0,
+                v6,
+                allowed: true,
+            };
+            ctx.row(case, &site);
+        }
+    };
+    floor(&mut ctx, Backend::NoProgram);
     match EmptyProgram::attach(other.path()) {
         Ok(empty) => {
-            for v6 in [false, true] {
-                let case = Case {
-                    backend: Backend::EmptyProgram,
-                    variant: Variant::Plain,
-                    kind: None,
-                    entries: 0,
-                    v6,
-                    allowed: true,
-                };
-                let site = Site {
-                    client: other.path(),
-                    baseline: plain.path(),
-                    attached: other.path(),
-                };
-                ctx.row(case, &site);
-            }
+            floor(&mut ctx, Backend::EmptyProgram);
             drop(empty);
         }
         Err(e) => eprintln!("the empty program did not load: {e}"),
