@@ -132,31 +132,54 @@ impl Core {
     }
 }
 
-/// The nice value of the core thread and of the threads it starts (they inherit it).
+/// The nice value of the core thread when `SCHED_IDLE` cannot be had.
 const CORE_NICE: libc::c_int = 10;
 
-/// Lowers the calling thread's scheduling priority to [`CORE_NICE`]: a reconcile of a large
-/// policy is seconds of CPU, and on a small node it must not delay the peek proxy's
-/// connections or the admin endpoint (both stay at the default priority). Failing to
-/// lower it only costs latency, so it is logged, not fatal.
+/// Puts the calling thread (and the threads it starts, which inherit it) under
+/// `SCHED_IDLE`: a reconcile of a large policy is seconds of CPU, and it must not delay the
+/// peek proxy's connections or the admin endpoint, which stay at the default priority. A
+/// waking normal thread preempts an idle-class one at once, where a niced one could keep
+/// its CPU for the rest of its slice (about a millisecond, on every wakeup of the proxy).
+/// The class is relative to the agent's own cgroup where the CPU controller is on, so
+/// other pods do not starve the core; where it is off, the core still gets the CPU the
+/// node leaves idle. Failing to lower it only costs latency, so it is logged, not fatal.
 fn lower_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 names the calling thread; `param` is a valid sched_param for the
+    // policy (priority 0 is the only one SCHED_IDLE takes).
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 {
+        return;
+    }
+    let idle = std::io::Error::last_os_error();
     // SAFETY: gettid has no preconditions; setpriority on one's own thread id only changes
     // that thread's nice value (Linux applies PRIO_PROCESS to the thread named).
     let rc =
         unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, CORE_NICE) };
     if rc != 0 {
         tracing::warn!(
-            "could not lower the core thread's priority (setpriority: {}): a large reconcile competes with the proxy for CPU",
+            "could not lower the core thread's priority (SCHED_IDLE: {idle}; setpriority: {}): a large reconcile competes with the proxy for CPU",
             std::io::Error::last_os_error()
         );
     }
 }
 
+/// How often the core, when idle, frees the proxy views it replaced.
+const RELEASE_EVERY: Duration = Duration::from_millis(500);
+
 fn run(mut agent: Agent, rx: &mpsc::Receiver<Input>, publish: &watch::Sender<Arc<Snapshot>>) {
     lower_priority();
     agent.reconcile();
     publish.send_replace(Arc::new(agent.snapshot()));
-    while let Ok(first) = rx.recv() {
+    loop {
+        // Replaced views still read by the proxy are freed here once it lets go of them.
+        let first = match rx.recv_timeout(RELEASE_EVERY) {
+            Ok(first) => first,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                agent.release_views();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let batch = Batch::drain(first, rx);
         if batch.stop || agent.cancel.is_cancelled() {
             break;

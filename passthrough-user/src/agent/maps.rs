@@ -278,6 +278,74 @@ fn fill<K: Copy, V: Copy>(
     }
 }
 
+/// Creates an inner map sized for `entries` and fills it.
+fn build<K: Copy, I: ExactSizeIterator<Item = (K, RuleRef)>>(
+    map: &'static str,
+    kind: u32,
+    entries: I,
+    cancel: &Cancel,
+) -> Result<(&'static str, MapData), StoreError> {
+    let m = inner(
+        map,
+        kind,
+        size_of::<K>(),
+        size_of::<RuleRef>(),
+        entries.len(),
+    )?;
+    fill(map, &m, entries, cancel)?;
+    Ok((map, m))
+}
+
+/// Tables at least this large get a thread of their own; smaller ones are not worth one.
+const PARALLEL_FROM: usize = 16 * 1024;
+
+/// A build job: one inner map made and filled.
+type Job<'a, T> = Box<dyn FnOnce() -> Result<T, StoreError> + Send + 'a>;
+
+/// Runs the jobs, each of at least [`PARALLEL_FROM`] entries on a thread of its own, and
+/// returns their results in the jobs' order, or the first error (maps already built are
+/// closed, never placed). A thread that cannot be had leaves its job to this one.
+fn run_jobs<T: Send>(jobs: Vec<(usize, Job<'_, T>)>) -> Result<Vec<T>, StoreError> {
+    let sizes: Vec<usize> = jobs.iter().map(|(n, _)| *n).collect();
+    let slots: Vec<std::sync::Mutex<Option<Job<'_, T>>>> = jobs
+        .into_iter()
+        .map(|(_, job)| std::sync::Mutex::new(Some(job)))
+        .collect();
+    let take = |slot: &std::sync::Mutex<Option<Job<'_, T>>>| {
+        let job = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        job.map(|job| job())
+    };
+    std::thread::scope(|s| {
+        let mut threads = Vec::new();
+        for (i, slot) in slots.iter().enumerate() {
+            if sizes[i] >= PARALLEL_FROM {
+                let spawned = std::thread::Builder::new()
+                    .name("passthrough-fill".into())
+                    .spawn_scoped(s, || take(slot));
+                if let Ok(handle) = spawned {
+                    threads.push((i, handle));
+                }
+            }
+        }
+        let mut results: Vec<Option<Result<T, StoreError>>> =
+            (0..slots.len()).map(|_| None).collect();
+        for (i, slot) in slots.iter().enumerate() {
+            if !threads.iter().any(|(t, _)| *t == i) {
+                results[i] = take(slot);
+            }
+        }
+        for (i, handle) in threads {
+            results[i] = handle
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(StoreError::Cancelled)))
+            .collect()
+    })
+}
+
 /// Deletes `removed` from the inner map of `outer` at `id`, then writes `written` (nothing
 /// to do leaves the map alone).
 fn patch_inner<K: Copy, V: Copy>(
@@ -519,73 +587,75 @@ impl KernelStore for Maps {
         t: &Tables,
         cancel: &Cancel,
     ) -> Result<(), StoreError> {
-        // Every inner map is built and filled before any is put in place.
-        let mut built: Vec<(&'static str, MapData)> = Vec::new();
+        // Every inner map is built and filled before any is put in place. The tables fill
+        // in parallel: a large insert is bound by the kernel's bucket writes, one CPU each.
+        let mut jobs: Vec<(usize, Job<'_, (&'static str, MapData)>)> = Vec::new();
         if !t.exact_v4.is_empty() {
-            let m = inner(
-                names::EXACT_V4,
-                BPF_MAP_TYPE_HASH,
-                size_of::<ExactV4Key>(),
-                size_of::<RuleRef>(),
+            jobs.push((
                 t.exact_v4.len(),
-            )?;
-            fill(names::EXACT_V4, &m, t.exact_v4_entries(), cancel)?;
-            built.push((names::EXACT_V4, m));
+                Box::new(|| {
+                    build::<ExactV4Key, _>(
+                        names::EXACT_V4,
+                        BPF_MAP_TYPE_HASH,
+                        t.exact_v4_entries(),
+                        cancel,
+                    )
+                }),
+            ));
         }
         if !t.exact_v6.is_empty() {
-            let m = inner(
-                names::EXACT_V6,
-                BPF_MAP_TYPE_HASH,
-                size_of::<ExactV6Key>(),
-                size_of::<RuleRef>(),
+            jobs.push((
                 t.exact_v6.len(),
-            )?;
-            fill(names::EXACT_V6, &m, t.exact_v6_entries(), cancel)?;
-            built.push((names::EXACT_V6, m));
+                Box::new(|| {
+                    build::<ExactV6Key, _>(
+                        names::EXACT_V6,
+                        BPF_MAP_TYPE_HASH,
+                        t.exact_v6_entries(),
+                        cancel,
+                    )
+                }),
+            ));
         }
         if !t.cidr_v4.is_empty() {
-            let m = inner(
-                names::CIDR_V4,
-                BPF_MAP_TYPE_LPM_TRIE,
-                size_of::<Key<CidrV4Data>>(),
-                size_of::<RuleRef>(),
+            jobs.push((
                 t.cidr_v4.len(),
-            )?;
-            fill(
-                names::CIDR_V4,
-                &m,
-                t.cidr_v4_entries().map(|(p, d, v)| (Key::new(p, d), v)),
-                cancel,
-            )?;
-            built.push((names::CIDR_V4, m));
+                Box::new(|| {
+                    build::<Key<CidrV4Data>, _>(
+                        names::CIDR_V4,
+                        BPF_MAP_TYPE_LPM_TRIE,
+                        t.cidr_v4_entries().map(|(p, d, v)| (Key::new(p, d), v)),
+                        cancel,
+                    )
+                }),
+            ));
         }
         if !t.cidr_v6.is_empty() {
-            let m = inner(
-                names::CIDR_V6,
-                BPF_MAP_TYPE_LPM_TRIE,
-                size_of::<Key<CidrV6Data>>(),
-                size_of::<RuleRef>(),
+            jobs.push((
                 t.cidr_v6.len(),
-            )?;
-            fill(
-                names::CIDR_V6,
-                &m,
-                t.cidr_v6_entries().map(|(p, d, v)| (Key::new(p, d), v)),
-                cancel,
-            )?;
-            built.push((names::CIDR_V6, m));
+                Box::new(|| {
+                    build::<Key<CidrV6Data>, _>(
+                        names::CIDR_V6,
+                        BPF_MAP_TYPE_LPM_TRIE,
+                        t.cidr_v6_entries().map(|(p, d, v)| (Key::new(p, d), v)),
+                        cancel,
+                    )
+                }),
+            ));
         }
         if !t.domain_ports.is_empty() {
-            let m = inner(
-                names::DOMAIN_PORTS,
-                BPF_MAP_TYPE_HASH,
-                size_of::<DomainPortKey>(),
-                size_of::<RuleRef>(),
+            jobs.push((
                 t.domain_ports.len(),
-            )?;
-            fill(names::DOMAIN_PORTS, &m, t.domain_port_entries(), cancel)?;
-            built.push((names::DOMAIN_PORTS, m));
+                Box::new(|| {
+                    build::<DomainPortKey, _>(
+                        names::DOMAIN_PORTS,
+                        BPF_MAP_TYPE_HASH,
+                        t.domain_port_entries(),
+                        cancel,
+                    )
+                }),
+            ));
         }
+        let built = run_jobs(jobs)?;
         if cancel.is_cancelled() {
             return Err(StoreError::Cancelled);
         }

@@ -1077,6 +1077,11 @@ impl Agent {
     }
 
     /// What the core publishes after a pass.
+    /// Frees the proxy views replaced since, once no reader holds them; how many remain.
+    pub fn release_views(&self) -> usize {
+        self.view.release()
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             status: self.status(),

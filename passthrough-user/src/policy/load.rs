@@ -17,6 +17,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 mod direct;
+mod stream;
 
 use super::{
     describe,
@@ -282,15 +283,16 @@ pub(crate) fn read_text(path: &Path, name: &str, max_bytes: u64) -> Result<Strin
 /// Parses every document of a YAML text. `file` names the text in sources and errors.
 /// Nesting deeper than [`MAX_DEPTH`] is refused first, in time linear in the text.
 pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Document>, LoadError> {
+    // The stream bounds the nesting itself; the `Value` reader needs the prescan first.
+    if let Some(docs) = direct::parse_documents(file, text) {
+        return Ok(docs);
+    }
     prescan::check_depth(text, MAX_DEPTH).map_err(|e| LoadError::TooDeep {
         path: file.to_string(),
         line: e.line,
         bound: e.bound,
     })?;
-    match direct::parse_documents(file, text) {
-        Some(docs) => Ok(docs),
-        None => parse_documents_via_values(file, text),
-    }
+    parse_documents_via_values(file, text)
 }
 
 /// [`parse_documents`] through a [`serde_yaml::Value`] per document: slower, and the path

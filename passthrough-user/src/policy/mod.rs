@@ -16,6 +16,7 @@ pub mod document;
 pub mod hints;
 pub mod kuma;
 pub mod kuma3;
+pub(crate) mod libyaml;
 pub mod load;
 pub mod merge;
 pub mod migrate;

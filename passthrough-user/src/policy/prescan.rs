@@ -11,9 +11,7 @@
 //!
 //! Contract: no panic on any input; work linear in the input's length.
 
-use std::{marker::PhantomData, mem::MaybeUninit};
-
-use unsafe_libyaml as unsafe_sys;
+use super::libyaml::{Event, Events};
 
 /// Deepest nesting of mappings and sequences accepted. A MeshPassthrough nests six levels
 /// (`spec.default.appendMatch[i].value`); the agent config about as many.
@@ -35,9 +33,9 @@ pub fn check_depth(text: &str, bound: usize) -> Result<(), TooDeep> {
         return Ok(());
     };
     let mut depth = 0usize;
-    while let Some(event) = events.next() {
-        match event {
-            Event::Open { line } => {
+    loop {
+        match events.next_event() {
+            Event::MappingStart { line, .. } | Event::SequenceStart { line, .. } => {
                 depth += 1;
                 if depth > bound {
                     return Err(TooDeep {
@@ -46,100 +44,10 @@ pub fn check_depth(text: &str, bound: usize) -> Result<(), TooDeep> {
                     });
                 }
             }
-            Event::Close => depth = depth.saturating_sub(1),
-            Event::Other => {}
-            Event::End => break,
+            Event::MappingEnd | Event::SequenceEnd => depth = depth.saturating_sub(1),
+            Event::StreamEnd | Event::Error => return Ok(()),
+            _ => {}
         }
-    }
-    Ok(())
-}
-
-/// What the walk needs to know of one libyaml event.
-enum Event {
-    /// A mapping or sequence starts, on this 0-based line.
-    Open {
-        line: u64,
-    },
-    Close,
-    Other,
-    /// The end of the stream, or a syntax error.
-    End,
-}
-
-/// libyaml's event parser over a borrowed text.
-struct Events<'a> {
-    /// Boxed: libyaml keeps a pointer to the parser in its own input handler, so it must not
-    /// move once initialised.
-    parser: Box<MaybeUninit<unsafe_sys::yaml_parser_t>>,
-    done: bool,
-    text: PhantomData<&'a str>,
-}
-
-impl<'a> Events<'a> {
-    /// `None` if libyaml cannot allocate its parser.
-    fn new(text: &'a str) -> Option<Self> {
-        let mut parser = Box::new(MaybeUninit::<unsafe_sys::yaml_parser_t>::uninit());
-        let p = parser.as_mut_ptr();
-        // SAFETY: `p` points to writable memory for a parser, which initialize fills in.
-        if unsafe { unsafe_sys::yaml_parser_initialize(p) }.fail {
-            return None;
-        }
-        // SAFETY: the parser is initialised; `text` outlives it (the lifetime 'a of Self),
-        // and it stays at the same address (boxed) as libyaml requires.
-        unsafe {
-            unsafe_sys::yaml_parser_set_encoding(p, unsafe_sys::YAML_UTF8_ENCODING);
-            unsafe_sys::yaml_parser_set_input_string(p, text.as_ptr(), text.len() as u64);
-        }
-        Some(Self {
-            parser,
-            done: false,
-            text: PhantomData,
-        })
-    }
-
-    fn next(&mut self) -> Option<Event> {
-        if self.done {
-            return None;
-        }
-        let p = self.parser.as_mut_ptr();
-        let mut event = MaybeUninit::<unsafe_sys::yaml_event_t>::uninit();
-        // SAFETY: the parser is initialised with a live input; after an error or the end
-        // of the stream it is not called again (`done`).
-        let parsed = unsafe { unsafe_sys::yaml_parser_parse(p, event.as_mut_ptr()) };
-        if parsed.fail {
-            self.done = true;
-            return Some(Event::End);
-        }
-        let event = event.as_mut_ptr();
-        // SAFETY: a successful parse filled in the event; it is read, then freed once.
-        let kind = unsafe {
-            let kind = match (*event).type_ {
-                unsafe_sys::YAML_SEQUENCE_START_EVENT | unsafe_sys::YAML_MAPPING_START_EVENT => {
-                    Event::Open {
-                        line: (*event).start_mark.line,
-                    }
-                }
-                unsafe_sys::YAML_SEQUENCE_END_EVENT | unsafe_sys::YAML_MAPPING_END_EVENT => {
-                    Event::Close
-                }
-                unsafe_sys::YAML_STREAM_END_EVENT => Event::End,
-                _ => Event::Other,
-            };
-            unsafe_sys::yaml_event_delete(event);
-            kind
-        };
-        if matches!(kind, Event::End) {
-            self.done = true;
-        }
-        Some(kind)
-    }
-}
-
-impl Drop for Events<'_> {
-    fn drop(&mut self) {
-        // SAFETY: the parser was initialised in `new` (a `Self` exists only then) and is
-        // deleted once, here.
-        unsafe { unsafe_sys::yaml_parser_delete(self.parser.as_mut_ptr()) }
     }
 }
 

@@ -1,6 +1,7 @@
-//! The fast way to read a policy file: each document deserialized straight from the YAML
-//! parser into the policy types, with no intermediate `serde_yaml::Value` tree (which costs
-//! a dozen allocations per `appendMatch` entry and is most of a large allow-list's load time).
+//! The fast way to read a policy file: each document deserialized straight from libyaml's
+//! events into the policy types ([`stream`]), in one pass that also bounds the nesting, with
+//! no intermediate `serde_yaml::Value` tree (which costs a dozen allocations per
+//! `appendMatch` entry and is most of a large allow-list's load time).
 //!
 //! It only ever answers for documents that are well formed: anything unusual (a syntax error,
 //! a wrong type, an unknown field, a duplicate key, a `null` where a section belongs, a wrong
@@ -13,8 +14,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer};
 
-use super::{API_VERSION, Document, KIND, mesh_of};
-use crate::policy::model::{Format, Policy, ScalarText, Source, Spec, UniqueMap};
+use super::{API_VERSION, Document, KIND, mesh_of, stream};
+use crate::policy::{
+    model::{Format, Policy, ScalarText, Source, Spec, UniqueMap},
+    prescan::MAX_DEPTH,
+};
 
 /// A top-level field: not written, written as `null`, or given.
 #[derive(Default)]
@@ -112,16 +116,16 @@ struct AnyDoc {
 /// The documents of `text`, or `None` when the `Value` reader must look at it.
 pub fn parse_documents(file: &str, text: &str) -> Option<Vec<Document>> {
     let mut out = Vec::new();
-    for (doc, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let Some(any) = Option::<AnyDoc>::deserialize(de).ok()? else {
-            // An empty document holds nothing to apply.
-            continue;
-        };
-        out.push(Document::Policy(Box::new(policy(
-            Source::file(file.to_string(), doc),
-            any,
-        )?)));
-    }
+    let mut doc = 0;
+    stream::for_each_document::<AnyDoc>(text, MAX_DEPTH, |any| {
+        let source = Source::file(file.to_string(), doc);
+        doc += 1;
+        // An empty document holds nothing to apply.
+        if let Some(any) = any {
+            out.push(Document::Policy(Box::new(policy(source, any)?)));
+        }
+        Some(())
+    })?;
     Some(out)
 }
 
@@ -307,15 +311,36 @@ mod tests {
     }
 
     #[test]
-    fn anchors_empty_documents_numbers_and_json_read_the_same() {
+    fn empty_documents_numbers_and_json_read_the_same() {
         for text in [
-            "---\n---\napiVersion: kuma.io/v1alpha1\nkind: MeshPassthrough\nmetadata:\n  name: a\n  labels: &l\n    kuma.io/mesh: m\nspec:\n  targetRef:\n    kind: MeshSubset\n    tags: *l\n  default:\n    passthroughMode: Matched\n    appendMatch:\n    - {type: IP, value: 1.2.3.4, port: 443, protocol: tcp}\n    - type: Domain\n      value: 1.5\n---\n",
-            "type: MeshPassthrough\nname: u\nmesh: m\nlabels: {a: 'true', b: 2}\nspec:\n  default:\n    passthroughMode: None\n",
+            "---\n---\napiVersion: kuma.io/v1alpha1\nkind: MeshPassthrough\nmetadata:\n  name: a\n  labels:\n    kuma.io/mesh: m\nspec:\n  targetRef:\n    kind: MeshSubset\n    tags: {kuma.io/mesh: m}\n  default:\n    passthroughMode: Matched\n    appendMatch:\n    - {type: IP, value: 1.2.3.4, port: 443, protocol: tcp}\n    - type: Domain\n      value: 15\n---\n",
+            "type: MeshPassthrough\nname: u\nmesh: m\nlabels: {a: 'true', b: 2, c: true}\nspec:\n  default:\n    passthroughMode: None\n",
             r#"{"apiVersion": "kuma.io/v1alpha1", "kind": "MeshPassthrough", "metadata": {"name": "j", "namespace": "kuma-system"}, "spec": {"default": {"appendMatch": [{"type": "CIDR", "value": "10.0.0.0/8"}]}}}"#,
         ] {
             let (fast, slow) = both(text);
             let fast = fast.unwrap_or_else(|| panic!("{text}: left to the Value path"));
             assert_eq!(format!("Ok({fast})"), slow, "{text}");
         }
+    }
+
+    #[test]
+    fn anchors_floats_and_deep_nesting_read_the_same_through_the_value_path() {
+        for text in [
+            "apiVersion: kuma.io/v1alpha1\nkind: MeshPassthrough\nmetadata:\n  name: a\n  labels: &l\n    kuma.io/mesh: m\nspec:\n  targetRef:\n    kind: MeshSubset\n    tags: *l\n",
+            "type: MeshPassthrough\nname: u\nspec:\n  default:\n    appendMatch:\n    - {type: Domain, value: 1.5}\n",
+        ] {
+            let (fast, slow) = both(text);
+            assert!(fast.is_none(), "{text}: the fast path answered {fast:?}");
+            assert!(slow.starts_with("Ok("), "{text}: {slow}");
+        }
+        let deep = format!(
+            "type: MeshPassthrough\nname: u\nx: {}\n",
+            "[".repeat(100_000)
+        );
+        assert!(parse_documents("t.yaml", &deep).is_none());
+        assert!(matches!(
+            crate::policy::load::parse_documents("t.yaml", &deep),
+            Err(crate::policy::load::LoadError::TooDeep { line: 3, .. })
+        ));
     }
 }

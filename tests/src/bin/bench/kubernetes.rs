@@ -32,16 +32,6 @@ const DEST: &str = "203.0.113.10:80";
 const NODE: &str = "node-a";
 
 /// CLOCK_MONOTONIC in ns: comparable between the processes of one machine.
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
-
 fn join(cgroup: &str) -> bool {
     fs::write(Path::new(cgroup).join("cgroup.procs"), b"0")
         .map_err(|e| eprintln!("joining {cgroup}: {e}"))
@@ -156,7 +146,7 @@ fn spawn_probe(cgroup: &str, dest: &SocketAddr, earlier: &[Probe]) -> Option<Pro
             };
             let mut msg = [0u8; 9];
             msg[0] = v;
-            msg[1..].copy_from_slice(&mono_ns().to_ne_bytes());
+            msg[1..].copy_from_slice(&crate::mono_ns().to_ne_bytes());
             if answer.write_all(&msg).is_err() {
                 break;
             }
@@ -567,7 +557,7 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
     std::thread::sleep(Duration::from_millis(500));
     let reconciles_before = agent.log().matches(" reconciled ").count();
     api.apply(Resource::MeshPassthroughs, mesh_policy("None"));
-    let accepted = mono_ns();
+    let accepted = crate::mono_ns();
     let accepted_wall = wall_of_day();
     let report: serde_json::Value = lines
         .next()

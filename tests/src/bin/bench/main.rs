@@ -11,8 +11,9 @@
 //!   start to ready, policy change to every pod's kernel verdict, a new pod's first connect
 //!   (see `kubernetes.rs`).
 //!
-//! The measuring clients are this binary re-executed (`client`, `proxy-client`), so that they
-//! sit in a workload cgroup and the client network namespace.
+//! The measuring clients are this binary re-executed (`client`, `proxy-client`,
+//! `reload-client`, `reload-waiter`, `kube-client`, `kube-first`), so that they sit in a
+//! workload cgroup and the client network namespace ([`enter`]).
 
 mod connect;
 mod kubernetes;
@@ -33,6 +34,25 @@ fn enter_netns(netns: &str) -> Result<(), ()> {
     Ok(())
 }
 
+/// Moves the calling process into the workload cgroup at `cgroup` and its thread into the
+/// network namespace at `netns`: where every measuring client runs.
+fn enter(cgroup: &str, netns: &str) -> Result<(), ()> {
+    std::fs::write(std::path::Path::new(cgroup).join("cgroup.procs"), b"0")
+        .map_err(|e| eprintln!("joining {cgroup}: {e}"))?;
+    enter_netns(netns)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for the bench and the clients it starts.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     // A million entries per family take longer to load than a test's policy.
@@ -50,6 +70,7 @@ fn main() -> ExitCode {
         Some("connect") => connect::run(quick, profile, &out),
         Some("proxy") => proxy::run(quick, &out),
         Some("reload-client") => reload::client(&args[2..]),
+        Some("reload-waiter") => reload::waiter(&args[2..]),
         Some("reload") => reload::run(quick, &out),
         Some("kube-client") => kubernetes::client(&args[2..]),
         Some("kube-first") => kubernetes::first(&args[2..]),

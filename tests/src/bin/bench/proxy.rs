@@ -93,11 +93,7 @@ pub fn client(args: &[String]) -> ExitCode {
         eprintln!("bench proxy-client: bad arguments");
         return ExitCode::from(2);
     };
-    if let Err(e) = fs::write(Path::new(cgroup).join("cgroup.procs"), b"0") {
-        eprintln!("joining {cgroup}: {e}");
-        return ExitCode::from(2);
-    }
-    if crate::enter_netns(netns).is_err() {
+    if crate::enter(cgroup, netns).is_err() {
         return ExitCode::from(2);
     }
     let mut out = String::new();

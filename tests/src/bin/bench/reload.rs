@@ -4,8 +4,10 @@
 //!
 //! - from start to ready and enforced, the agent's memory, the kernel memory of the maps
 //!   (also with a 10-entry policy);
-//! - one entry changed: the time until the kernel enforces it, the proxied connection setup
-//!   latency meanwhile against idle, and how long `/ready` takes to answer meanwhile;
+//! - one entry changed, several times in a row (the entry of one change replaced by the
+//!   next one's): the time until the kernel enforces each, the proxied connection setup
+//!   latency meanwhile against idle (over as many samples as the idle window has), and how
+//!   long `/ready` takes to answer meanwhile;
 //! - SIGTERM in the middle of a reconcile: the time until the agent has exited.
 //!
 //! Writes `bench/results/reload.json` and `reload.md`.
@@ -13,7 +15,7 @@
 use std::{
     fmt::Write as _,
     fs,
-    io::{Read as _, Write as _},
+    io::{BufRead as _, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::Path,
     process::{Command, ExitCode, Stdio},
@@ -36,8 +38,13 @@ const TLS_HOST: &str = "203.0.113.10:443";
 /// Listed at start, as the last entry of the last IPv4 file (the IP entries are on a port
 /// without a Domain entry, so that what is not listed is refused in the kernel).
 const LISTED: &str = "198.51.100.11:8443";
-/// Added by the change.
-const ADDED: &str = "203.0.113.20:8443";
+/// Added by change `k`, on port `ADDED_PORT + k`; change `k` removes the entry of `k - 1`.
+const ADDED_IP: &str = "203.0.113.20";
+const ADDED_PORT: u16 = 8443;
+
+fn added(k: usize) -> SocketAddr {
+    SocketAddr::new(sa(&format!("{ADDED_IP}:0")).ip(), ADDED_PORT + k as u16)
+}
 
 const DOMAIN_POLICY: &str = "type: MeshPassthrough
 name: bench-domain
@@ -55,7 +62,7 @@ const CONFIG: &str = "proxy: {listen: [127.0.0.1:15001, \"[::1]:15001\"], domain
 fn policy_file(
     v6: bool,
     file: usize,
-    first: Option<&str>,
+    first: Option<SocketAddr>,
     last: Option<&str>,
     entries: usize,
 ) -> String {
@@ -65,15 +72,19 @@ fn policy_file(
     );
     for i in 0..entries {
         let n = (file * PER_FILE + i) as u128;
+        let mut port = 8443;
         let value = match (i, first, last) {
-            (0, Some(ip), _) => ip.to_string(),
+            (0, Some(dest), _) => {
+                port = dest.port();
+                dest.ip().to_string()
+            }
             (i, _, Some(ip)) if i == entries - 1 => ip.to_string(),
             _ if v6 => {
                 std::net::Ipv6Addr::from((0x2001_0db8_u128 << 96) | (7 << 80) | n).to_string()
             }
             _ => std::net::Ipv4Addr::from(0x0a00_0000_u32 + n as u32).to_string(),
         };
-        let _ = writeln!(s, "      - {{type: IP, value: \"{value}\", port: 8443}}");
+        let _ = writeln!(s, "      - {{type: IP, value: \"{value}\", port: {port}}}");
     }
     s
 }
@@ -111,11 +122,7 @@ pub fn client(args: &[String]) -> ExitCode {
         eprintln!("bench reload-client: bad arguments");
         return ExitCode::from(2);
     };
-    if let Err(e) = fs::write(Path::new(cgroup).join("cgroup.procs"), b"0") {
-        eprintln!("joining {cgroup}: {e}");
-        return ExitCode::from(2);
-    }
-    if crate::enter_netns(netns).is_err() {
+    if crate::enter(cgroup, netns).is_err() {
         return ExitCode::from(2);
     }
     let start = Instant::now();
@@ -145,6 +152,51 @@ pub fn client(args: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `reload-waiter CGROUP NETNS DEST...`: from inside the workload, tells when each `DEST`
+/// becomes allowed. Says `ready` once in place; then, for each `DEST` in turn, waits for a
+/// line on stdin (its change was written), tries it every 5 ms and prints the
+/// CLOCK_MONOTONIC nanoseconds of the first connection that succeeds (or `timeout` after
+/// 60 s). One process for the whole run: a probe started per attempt would load the machine
+/// the changes are measured on.
+pub fn waiter(args: &[String]) -> ExitCode {
+    let [cgroup, netns, dests @ ..] = args else {
+        eprintln!("usage: bench reload-waiter CGROUP NETNS DEST...");
+        return ExitCode::from(2);
+    };
+    let Ok(dests) = dests
+        .iter()
+        .map(|d| d.parse::<SocketAddr>())
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        eprintln!("bench reload-waiter: bad addresses {dests:?}");
+        return ExitCode::from(2);
+    };
+    if crate::enter(cgroup, netns).is_err() {
+        return ExitCode::from(2);
+    }
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "ready");
+    let _ = stdout.flush();
+    'dests: for dest in dests {
+        let mut go = String::new();
+        if std::io::stdin().read_line(&mut go).map_or(true, |n| n == 0) {
+            return ExitCode::from(2);
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if TcpStream::connect_timeout(&dest, Duration::from_secs(1)).is_ok() {
+                let _ = writeln!(stdout, "{}", crate::mono_ns());
+                let _ = stdout.flush();
+                continue 'dests;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = writeln!(stdout, "timeout");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
 /// Percentile `p` (0..=100) of sorted nanoseconds, in milliseconds.
 fn percentile_ms(sorted: &[u64], p: usize) -> f64 {
     if sorted.is_empty() {
@@ -163,10 +215,12 @@ struct Window {
     max_ms: f64,
 }
 
-fn window(samples: &[(u64, Option<u64>)], from_ns: u64, to_ns: u64) -> Window {
+/// The samples that started inside any of `ranges` (nanoseconds from the client's start,
+/// end excluded).
+fn window(samples: &[(u64, Option<u64>)], ranges: &[(u64, u64)]) -> Window {
     let inside: Vec<Option<u64>> = samples
         .iter()
-        .filter(|(at, _)| *at >= from_ns && *at < to_ns)
+        .filter(|(at, _)| ranges.iter().any(|&(from, to)| *at >= from && *at < to))
         .map(|(_, l)| *l)
         .collect();
     let mut ok: Vec<u64> = inside.iter().flatten().copied().collect();
@@ -190,7 +244,11 @@ struct Results {
     agent_peak_rss_mib: f64,
     kernel_maps_mib: f64,
     kernel_maps_mib_at_10_entries: f64,
+    changes: usize,
+    /// The median over the changes.
     change_enforced_ms: u128,
+    change_enforced_ms_max: u128,
+    change_enforced_ms_each: Vec<u128>,
     proxy_idle: Window,
     proxy_during_change: Window,
     ready_max_ms_during_change: f64,
@@ -230,14 +288,16 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
     }
     let per_family = if quick { 100_000 } else { 1_000_000 };
     let topo = Topology::new();
-    let hosts: Vec<SocketAddr> = [TLS_HOST, LISTED, ADDED]
-        .iter()
-        .map(|s| s.parse().expect("addr"))
+    let changes = if quick { 3 } else { 8 };
+    let hosts: Vec<SocketAddr> = [sa(TLS_HOST), sa(LISTED)]
+        .into_iter()
+        .chain((0..changes).map(added))
         .collect();
     let _hosts: ServerGuard = topo.echo(&hosts);
     let workload = TestCgroup::new();
     let mut r = Results {
         entries_per_family: per_family,
+        changes,
         files: 2 * per_family / PER_FILE,
         ..Results::default()
     };
@@ -286,14 +346,31 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
     r.agent_rss_mib = proc_status_kib(pid, "VmRSS:") as f64 / 1024.0;
     r.agent_peak_rss_mib = proc_status_kib(pid, "VmHWM:") as f64 / 1024.0;
     r.kernel_maps_mib = mib(agent.kernel_maps_bytes());
-    if !probe(ADDED).is_eperm() {
-        eprintln!("bench reload: {ADDED} is allowed before the change");
+    if !probe(&added(0).to_string()).is_eperm() {
+        eprintln!("bench reload: {} is allowed before the change", added(0));
         return ExitCode::FAILURE;
     }
 
     // The change, under load: the proxy client and a `/ready` poller run throughout.
     let idle = Duration::from_secs(3);
     let total = Duration::from_secs(if quick { 10 } else { 20 });
+    let mut waiter = Command::new(std::env::current_exe().expect("own path"))
+        .arg("reload-waiter")
+        .arg(workload.path())
+        .arg(topo.client_netns_path())
+        .args((0..changes).map(|k| added(k).to_string()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the waiter");
+    let mut waiter_out = std::io::BufReader::new(waiter.stdout.take().expect("piped"));
+    let mut line = String::new();
+    if waiter_out.read_line(&mut line).is_err() || line.trim() != "ready" {
+        eprintln!("bench reload: the waiter did not start: {line:?}");
+        let _ = waiter.kill();
+        let _ = waiter.wait();
+        return ExitCode::FAILURE;
+    }
     let client = Command::new(std::env::current_exe().expect("own path"))
         .arg("reload-client")
         .arg(workload.path())
@@ -324,29 +401,49 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
         })
     };
     std::thread::sleep(idle);
-    let change_at = Instant::now();
-    agent.write_policy(
-        "bench-v4-000.yaml",
-        &policy_file(
-            false,
-            0,
-            Some(ADDED.split(':').next().unwrap_or("")),
-            None,
-            PER_FILE,
-        ),
-    );
-    let enforced = wait_for(Duration::from_secs(60), || probe(ADDED).is_connected());
+    // Each change: the file rewritten with the next entry in place of the last one, then
+    // the waiter told to wait for it. `(written at, enforced after)` per change.
+    let mut enforced: Vec<(Instant, Duration)> = Vec::new();
+    let mut stdin = waiter.stdin.take();
+    for k in 0..changes {
+        if k > 0 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let at = Instant::now();
+        let at_mono = crate::mono_ns();
+        agent.write_policy(
+            "bench-v4-000.yaml",
+            &policy_file(false, 0, Some(added(k)), None, PER_FILE),
+        );
+        let told = stdin.as_mut().is_some_and(|w| writeln!(w, "go").is_ok());
+        line.clear();
+        let read = told && waiter_out.read_line(&mut line).is_ok();
+        match line.trim().parse::<u64>() {
+            Ok(ns) if read => enforced.push((at, Duration::from_nanos(ns.saturating_sub(at_mono)))),
+            _ => break,
+        }
+    }
+    drop(stdin);
+    let _ = waiter.wait();
     let out = client.wait_with_output().expect("proxy client");
     stop.store(true, Ordering::Relaxed);
     let answers = poller.join().expect("poller");
-    let Some(enforced) = enforced else {
+    let last = added(changes - 1);
+    let first_removed = changes == 1 || probe(&added(0).to_string()).is_eperm();
+    if enforced.len() < changes || !probe(&last.to_string()).is_connected() || !first_removed {
         eprintln!(
-            "bench reload: the change was not enforced in 60 s:\n{}",
+            "bench reload: {} of {changes} changes enforced in 60 s each (the last allowed, the first removed: {}):\n{}",
+            enforced.len(),
+            first_removed,
             agent.log()
         );
         return ExitCode::FAILURE;
-    };
-    r.change_enforced_ms = enforced.as_millis();
+    }
+    let mut times: Vec<u128> = enforced.iter().map(|(_, d)| d.as_millis()).collect();
+    r.change_enforced_ms_each = times.clone();
+    times.sort_unstable();
+    r.change_enforced_ms = times[times.len() / 2];
+    r.change_enforced_ms_max = times[times.len() - 1];
     let samples: Vec<(u64, Option<u64>)> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -355,14 +452,15 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
         })
         .collect();
     let ns = |i: Instant| i.saturating_duration_since(client_start).as_nanos() as u64;
-    let change_ns = ns(change_at);
-    let done_ns = ns(change_at + enforced);
-    r.proxy_idle = window(&samples, 0, change_ns);
-    r.proxy_during_change = window(&samples, change_ns, done_ns.max(change_ns + 1));
-    let during: Vec<&(Instant, Duration, bool)> = answers
+    let during: Vec<(u64, u64)> = enforced
         .iter()
-        .filter(|(t, _, _)| *t >= change_at && *t <= change_at + enforced)
+        .map(|&(at, d)| (ns(at), ns(at + d).max(ns(at) + 1)))
         .collect();
+    r.proxy_idle = window(&samples, &[(0, during[0].0)]);
+    r.proxy_during_change = window(&samples, &during);
+    let inside = |t: Instant| enforced.iter().any(|&(at, d)| t >= at && t <= at + d);
+    let during: Vec<&(Instant, Duration, bool)> =
+        answers.iter().filter(|(t, _, _)| inside(*t)).collect();
     r.ready_answers_during_change = during.iter().filter(|(_, _, ok)| *ok).count();
     r.ready_max_ms_during_change = during
         .iter()
@@ -372,7 +470,7 @@ pub fn run(quick: bool, out_dir: &Path) -> ExitCode {
     // SIGTERM while a reconcile runs: change a file, wait until the agent is reading it.
     agent.write_policy(
         "bench-v6-000.yaml",
-        &policy_file(true, 0, Some("2001:db8:9::1"), None, PER_FILE),
+        &policy_file(true, 0, Some(sa("[2001:db8:9::1]:8443")), None, PER_FILE),
     );
     std::thread::sleep(Duration::from_millis(400));
     let t = Instant::now();
@@ -436,15 +534,18 @@ fn write_results(dir: &Path, r: &Results, quick: bool) -> std::io::Result<()> {
         ),
         (
             "one entry changed: enforced after",
-            format!("{} ms", r.change_enforced_ms),
+            format!(
+                "median {} ms, max {} ms ({} changes)",
+                r.change_enforced_ms, r.change_enforced_ms_max, r.changes
+            ),
         ),
         ("proxied connection setup, idle", w(&r.proxy_idle)),
         (
-            "proxied connection setup, during the change",
+            "proxied connection setup, during the changes",
             w(&r.proxy_during_change),
         ),
         (
-            "`/ready` during the change",
+            "`/ready` during the changes",
             format!(
                 "{} answers, slowest {:.1} ms",
                 r.ready_answers_during_change, r.ready_max_ms_during_change
