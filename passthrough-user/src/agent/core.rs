@@ -136,14 +136,15 @@ impl Core {
 const CORE_NICE: libc::c_int = 10;
 
 /// Puts the calling thread (and the threads it starts, which inherit it) under
-/// `SCHED_IDLE`: a reconcile of a large policy is seconds of CPU, and it must not delay the
-/// peek proxy's connections or the admin endpoint, which stay at the default priority. A
-/// waking normal thread preempts an idle-class one at once, where a niced one could keep
-/// its CPU for the rest of its slice (about a millisecond, on every wakeup of the proxy).
-/// The class is relative to the agent's own cgroup where the CPU controller is on, so
-/// other pods do not starve the core; where it is off, the core still gets the CPU the
-/// node leaves idle. Failing to lower it only costs latency, so it is logged, not fatal.
-fn lower_priority() {
+/// `SCHED_IDLE`; the core and the file watcher run there. A reconcile of a large policy is
+/// seconds of CPU, and it must not delay the peek proxy's connections or the admin
+/// endpoint, which stay at the default priority. A waking normal thread preempts an
+/// idle-class one at once, where a niced one could keep its CPU for the rest of its slice
+/// (up to a scheduler tick, 4 ms, on every wakeup of the proxy). The class is relative to
+/// the agent's own cgroup where the CPU controller is on, so other pods do not starve the
+/// core; where it is off, the core still gets the CPU the node leaves idle. Failing to
+/// lower it only costs latency, so it is logged, not fatal.
+pub(super) fn lower_priority() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 names the calling thread; `param` is a valid sched_param for the
     // policy (priority 0 is the only one SCHED_IDLE takes).

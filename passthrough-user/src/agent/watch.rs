@@ -64,6 +64,9 @@ pub fn spawn(
     thread::Builder::new()
         .name("passthrough-watch".into())
         .spawn(move || {
+            // A poll stats every policy file: milliseconds of CPU that must not delay the
+            // proxy, which a waking thread of the default class could otherwise wait for.
+            super::core::lower_priority();
             let mut last = baseline;
             loop {
                 thread::sleep(POLL);

@@ -502,10 +502,11 @@ fn write_results(dir: &Path, r: &Results, quick: bool) -> std::io::Result<()> {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# bench reload\n\n`cargo xtask bench reload{}`: one workload, {} IP entries per family in {} files of {PER_FILE}, a Domain entry through the peek proxy, a TLS client through the proxy every 20 ms. {} vCPUs.\n",
+        "# bench reload\n\n`cargo xtask bench reload{}`: one workload, {} IP entries per family in {} files of {PER_FILE}, a Domain entry through the peek proxy, a TLS client through the proxy every 20 ms; {} one-entry changes in a row, each timed by a client in the workload until the kernel allows its entry. {} vCPUs.\n",
         if quick { " --quick" } else { "" },
         r.entries_per_family,
         r.files,
+        r.changes,
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     );
     let w = |w: &Window| {
