@@ -35,13 +35,11 @@ pub fn connect4(ctx: &SockAddrContext) -> Result<i32, ContextError> {
     let addr = sa.user_ip4.to_ne_bytes();
     let port = u16::from_be(sa.user_port as u16);
     if sa.type_ != SOCK_STREAM {
-        // A UDP or ping socket's default destination: judged as its datagrams will be.
-        let j = datagram::judge_v4(addr, port);
-        return Ok(verdict(settle(&j, Subject::Connect(v4_mapped(addr), port))));
+        return Ok(datagram_connect(&v4_mapped(addr), port));
     }
     let mut j = judge_v4(addr, port);
     if j.reason == Reason::ToProxy {
-        j.reason = redirect(sa, Socket::V4, j.workload, v4_mapped(addr), port, true);
+        j.reason = to_proxy(sa, Socket::V4, j.workload, &v4_mapped(addr), port);
     }
     let reason = settle(&j, Subject::Connect(v4_mapped(addr), port));
     flow::record(
@@ -53,7 +51,7 @@ pub fn connect4(ctx: &SockAddrContext) -> Result<i32, ContextError> {
         reason == Reason::Audit,
     );
     if debug_enabled() {
-        debug!(ctx, "connect4 {:i}:{} {}", addr, port, reason.name());
+        log_connect(ctx.sock_addr, &v4_mapped(addr), port, reason, Socket::V4);
     }
     Ok(verdict(reason))
 }
@@ -66,18 +64,14 @@ pub fn connect6(ctx: &SockAddrContext) -> Result<i32, ContextError> {
     let port = u16::from_be(sa.user_port as u16);
     let mapped = passthrough_common::unmapped_v4(&addr);
     if sa.type_ != SOCK_STREAM {
-        let j = match mapped {
-            Some(v4) => datagram::judge_v4(v4, port),
-            None => datagram::judge_v6(addr, port),
-        };
-        return Ok(verdict(settle(&j, Subject::Connect(addr, port))));
+        return Ok(datagram_connect(&addr, port));
     }
     let mut j = match mapped {
         Some(v4) => judge_v4(v4, port),
         None => judge_v6(addr, port),
     };
     if j.reason == Reason::ToProxy {
-        j.reason = redirect(sa, Socket::V6, j.workload, addr, port, mapped.is_some());
+        j.reason = to_proxy(sa, Socket::V6, j.workload, &addr, port);
     }
     let reason = settle(&j, Subject::Connect(addr, port));
     flow::record(
@@ -89,9 +83,53 @@ pub fn connect6(ctx: &SockAddrContext) -> Result<i32, ContextError> {
         reason == Reason::Audit,
     );
     if debug_enabled() {
-        debug!(ctx, "connect6 [{:i}]:{} {}", addr, port, reason.name());
+        log_connect(ctx.sock_addr, &addr, port, reason, Socket::V6);
     }
     Ok(verdict(reason))
+}
+
+// The paths an allowed TCP connect does not take, out of line (BPF subprograms): inlined,
+// they spread the allowed path over more instruction cache lines, which the TCP stack then
+// misses in the rest of the syscall (docs/architecture.md, "The connect() fast path").
+
+/// A UDP or ping socket's default destination (`addr` as IPv6 bytes, IPv4-mapped for IPv4):
+/// judged as its datagrams will be.
+#[inline(never)]
+fn datagram_connect(addr: &[u8; 16], port: u16) -> i32 {
+    let j = match passthrough_common::unmapped_v4(addr) {
+        Some(v4) => datagram::judge_v4(v4, port),
+        None => datagram::judge_v6(*addr, port),
+    };
+    verdict(settle(&j, Subject::Connect(*addr, port)))
+}
+
+/// Hands the connect to the peek proxy ([`redirect`]).
+#[inline(never)]
+fn to_proxy(
+    sa: &mut aya_ebpf::bindings::bpf_sock_addr,
+    socket: Socket,
+    workload: u64,
+    addr: &[u8; 16],
+    port: u16,
+) -> Reason {
+    let v4 = passthrough_common::unmapped_v4(addr).is_some();
+    redirect(sa, socket, workload, *addr, port, v4)
+}
+
+/// `debug: true`: one log line per decision.
+#[inline(never)]
+fn log_connect(
+    sock_addr: *mut aya_ebpf::bindings::bpf_sock_addr,
+    addr: &[u8; 16],
+    port: u16,
+    reason: Reason,
+    socket: Socket,
+) {
+    let ctx = SockAddrContext::new(sock_addr);
+    match (socket, passthrough_common::unmapped_v4(addr)) {
+        (Socket::V4, Some(v4)) => debug!(&ctx, "connect4 {:i}:{} {}", v4, port, reason.name()),
+        _ => debug!(&ctx, "connect6 [{:i}]:{} {}", *addr, port, reason.name()),
+    }
 }
 
 /// The destination of a sock_addr context as IPv6 bytes.

@@ -18,7 +18,9 @@ pub enum Subject {
     Socket(u8, u8, u16),
 }
 
-#[inline(always)]
+/// Out of line: only a denial runs it, and kept inline it would spread every program's
+/// allowed path over more instruction cache lines.
+#[inline(never)]
 pub fn report(workload: u64, reason: Reason, audit: bool, subject: Subject) {
     let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
         if let Some(n) = EVENTS_DROPPED.get_ptr_mut(0) {

@@ -138,7 +138,8 @@ fn same(a: &FlowKey, b: &FlowKey) -> bool {
 
 /// Adds `n` connects, the latest at `last` for (`reason`, `audit`), to the flow's `FLOWS`
 /// entry, creating it if absent; returns the entry's `first_ns` (0 if there is no room).
-#[inline(always)]
+/// Out of line: a repeated connect is counted in its `FLOW_MEMO` slot and never gets here.
+#[inline(never)]
 fn table(key: &FlowKey, n: u64, last: u64, reason: u8, audit: u8) -> u64 {
     if let Some(v) = FLOWS.get_ptr_mut(*key) {
         // Another CPU may raise the same entry: the add is atomic; the rest describes the
