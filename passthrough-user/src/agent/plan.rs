@@ -186,41 +186,24 @@ pub fn plan(desired: &Desired, applied: &Applied) -> Result<Vec<Op>, TooManyPoli
             Ok(id)
         };
     let mut sets = Vec::new();
-    let mut after: BTreeMap<u64, KernelWorkload> = if desired.complete {
-        BTreeMap::new()
-    } else {
-        applied.workloads.clone()
-    };
-    for (&cgroup, w) in &desired.workloads {
-        let value = KernelWorkload {
-            policy: id_for(&w.tables, &mut installs)?,
-            mode: w.mode,
-            flags: w.flags,
-            dns_set: w.dns_set,
-        };
-        if applied.workloads.get(&cgroup) != Some(&value) {
-            sets.push(Op::SetWorkload { cgroup, value });
-        }
-        after.insert(cgroup, value);
-    }
+    let mut id = |tables: &Arc<Tables>| id_for(tables, &mut installs);
+    let after = kernel_values(
+        &desired.workloads,
+        &applied.workloads,
+        desired.complete,
+        &mut id,
+        |cgroup, value| Op::SetWorkload { cgroup, value },
+        &mut sets,
+    )?;
     // Pending pods point at policies like workloads do: installed first, freed last.
-    let mut after_pending: BTreeMap<PodUid, KernelWorkload> = if desired.complete {
-        BTreeMap::new()
-    } else {
-        applied.pending.clone()
-    };
-    for (&uid, w) in &desired.pending {
-        let value = KernelWorkload {
-            policy: id_for(&w.tables, &mut installs)?,
-            mode: w.mode,
-            flags: w.flags,
-            dns_set: w.dns_set,
-        };
-        if applied.pending.get(&uid) != Some(&value) {
-            sets.push(Op::SetPending { uid, value });
-        }
-        after_pending.insert(uid, value);
-    }
+    let after_pending = kernel_values(
+        &desired.pending,
+        &applied.pending,
+        desired.complete,
+        &mut id,
+        |uid, value| Op::SetPending { uid, value },
+        &mut sets,
+    )?;
     let mut ops = installs;
     ops.append(&mut sets);
     for (&cgroup, &owner) in &desired.links {
@@ -255,6 +238,38 @@ pub fn plan(desired: &Desired, applied: &Applied) -> Result<Vec<Op>, TooManyPoli
         }
     }
     Ok(ops)
+}
+
+/// The kernel value each of `wanted` (workloads by cgroup, or pending pods by UID) gets,
+/// its policy id from `id`; a `set` for each value that differs from `applied`. Returns the
+/// values after the pass: `applied`'s own are kept beside them until the desired state is
+/// complete.
+fn kernel_values<K: Ord + Copy>(
+    wanted: &BTreeMap<K, DesiredWorkload>,
+    applied: &BTreeMap<K, KernelWorkload>,
+    complete: bool,
+    id: &mut impl FnMut(&Arc<Tables>) -> Result<PolicyId, TooManyPolicies>,
+    set: impl Fn(K, KernelWorkload) -> Op,
+    sets: &mut Vec<Op>,
+) -> Result<BTreeMap<K, KernelWorkload>, TooManyPolicies> {
+    let mut after = if complete {
+        BTreeMap::new()
+    } else {
+        applied.clone()
+    };
+    for (&key, w) in wanted {
+        let value = KernelWorkload {
+            policy: id(&w.tables)?,
+            mode: w.mode,
+            flags: w.flags,
+            dns_set: w.dns_set,
+        };
+        if applied.get(&key) != Some(&value) {
+            sets.push(set(key, value));
+        }
+        after.insert(key, value);
+    }
+    Ok(after)
 }
 
 /// The installed policies to change in place: those whose users (every workload and pending
