@@ -16,9 +16,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use passthrough_common::{
-    CidrV4Data, CidrV6Data, Config, DNS_FIXED_BITS, DnsV4Data, DnsV6Data, DomainPortKey,
-    ExactV4Key, ExactV6Key, FlowKey, FlowMemo, FlowValue, PodUid, PodWatch, Reason, RuleRef,
-    Workload, capacity, flow_counter, map_names as names,
+    Config, DNS_FIXED_BITS, DnsV4Data, DnsV6Data, FlowKey, FlowMemo, FlowValue, PodUid, PodWatch,
+    Reason, RuleRef, Workload, capacity, flow_counter, map_names as names,
 };
 
 use super::{
@@ -278,66 +277,77 @@ fn fill<K: Copy, V: Copy>(
     }
 }
 
-/// Creates an inner map sized for `entries` and fills it.
-fn build<K: Copy, I: ExactSizeIterator<Item = (K, RuleRef)>>(
-    map: &'static str,
-    kind: u32,
-    entries: I,
-    cancel: &Cancel,
-) -> Result<(&'static str, MapData), StoreError> {
-    let m = inner(
-        map,
-        kind,
-        size_of::<K>(),
-        size_of::<RuleRef>(),
-        entries.len(),
-    )?;
-    fill(map, &m, entries, cancel)?;
-    Ok((map, m))
-}
-
 /// Tables at least this large get a thread of their own; smaller ones are not worth one.
 const PARALLEL_FROM: usize = 16 * 1024;
 
-/// A build job: one inner map made and filled.
-type Job<'a, T> = Box<dyn FnOnce() -> Result<T, StoreError> + Send + 'a>;
+/// A build job: one inner map made and filled, with the number of entries it writes.
+type Job<'a> = (
+    usize,
+    Box<dyn FnOnce() -> Result<(&'static str, MapData), StoreError> + Send + 'a>,
+);
+
+/// The job that creates an inner map of `map` sized for `entries` and fills it; `None` when
+/// there are no entries (the program finds no table and matches nothing).
+fn job<'a, K: Copy + 'a>(
+    map: &'static str,
+    kind: u32,
+    entries: impl ExactSizeIterator<Item = (K, RuleRef)> + Send + 'a,
+    cancel: &'a Cancel,
+) -> Option<Job<'a>> {
+    let n = entries.len();
+    (n > 0).then(|| -> Job<'a> {
+        (
+            n,
+            Box::new(move || {
+                let m = inner(map, kind, size_of::<K>(), size_of::<RuleRef>(), n)?;
+                fill(map, &m, entries, cancel)?;
+                Ok((map, m))
+            }),
+        )
+    })
+}
 
 /// Runs the jobs, each of at least [`PARALLEL_FROM`] entries on a thread of its own, and
-/// returns their results in the jobs' order, or the first error (maps already built are
-/// closed, never placed). A thread that cannot be had leaves its job to this one.
-fn run_jobs<T: Send>(jobs: Vec<(usize, Job<'_, T>)>) -> Result<Vec<T>, StoreError> {
+/// returns their maps in the jobs' order, or the first error (maps already built are closed,
+/// never placed). A thread that cannot be had leaves its job to this one.
+fn run_jobs(jobs: Vec<Job<'_>>) -> Result<Vec<(&'static str, MapData)>, StoreError> {
+    type Slot<'a> = std::sync::Mutex<Option<Job<'a>>>;
     let sizes: Vec<usize> = jobs.iter().map(|(n, _)| *n).collect();
-    let slots: Vec<std::sync::Mutex<Option<Job<'_, T>>>> = jobs
+    let slots: Vec<Slot<'_>> = jobs
         .into_iter()
-        .map(|(_, job)| std::sync::Mutex::new(Some(job)))
+        .map(|job| std::sync::Mutex::new(Some(job)))
         .collect();
-    let take = |slot: &std::sync::Mutex<Option<Job<'_, T>>>| {
+    let take = |slot: &Slot<'_>| {
         let job = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        job.map(|job| job())
+        job.map(|(_, run)| run())
     };
     std::thread::scope(|s| {
-        let mut threads = Vec::new();
-        for (i, slot) in slots.iter().enumerate() {
-            if sizes[i] >= PARALLEL_FROM {
-                let spawned = std::thread::Builder::new()
-                    .name("passthrough-fill".into())
-                    .spawn_scoped(s, || take(slot));
-                if let Ok(handle) = spawned {
-                    threads.push((i, handle));
-                }
+        let threads: Vec<_> = slots
+            .iter()
+            .zip(sizes)
+            .map(|(slot, n)| {
+                (n >= PARALLEL_FROM)
+                    .then(|| {
+                        std::thread::Builder::new()
+                            .name("passthrough-fill".into())
+                            .spawn_scoped(s, || take(slot))
+                            .ok()
+                    })
+                    .flatten()
+            })
+            .collect();
+        // The small jobs (and any whose thread could not be had) run here meanwhile.
+        let mut results: Vec<_> = slots
+            .iter()
+            .zip(&threads)
+            .map(|(slot, thread)| if thread.is_none() { take(slot) } else { None })
+            .collect();
+        for (result, thread) in results.iter_mut().zip(threads) {
+            if let Some(handle) = thread {
+                *result = handle
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
             }
-        }
-        let mut results: Vec<Option<Result<T, StoreError>>> =
-            (0..slots.len()).map(|_| None).collect();
-        for (i, slot) in slots.iter().enumerate() {
-            if !threads.iter().any(|(t, _)| *t == i) {
-                results[i] = take(slot);
-            }
-        }
-        for (i, handle) in threads {
-            results[i] = handle
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p));
         }
         results
             .into_iter()
@@ -589,73 +599,39 @@ impl KernelStore for Maps {
     ) -> Result<(), StoreError> {
         // Every inner map is built and filled before any is put in place. The tables fill
         // in parallel: a large insert is bound by the kernel's bucket writes, one CPU each.
-        let mut jobs: Vec<(usize, Job<'_, (&'static str, MapData)>)> = Vec::new();
-        if !t.exact_v4.is_empty() {
-            jobs.push((
-                t.exact_v4.len(),
-                Box::new(|| {
-                    build::<ExactV4Key, _>(
-                        names::EXACT_V4,
-                        BPF_MAP_TYPE_HASH,
-                        t.exact_v4_entries(),
-                        cancel,
-                    )
-                }),
-            ));
-        }
-        if !t.exact_v6.is_empty() {
-            jobs.push((
-                t.exact_v6.len(),
-                Box::new(|| {
-                    build::<ExactV6Key, _>(
-                        names::EXACT_V6,
-                        BPF_MAP_TYPE_HASH,
-                        t.exact_v6_entries(),
-                        cancel,
-                    )
-                }),
-            ));
-        }
-        if !t.cidr_v4.is_empty() {
-            jobs.push((
-                t.cidr_v4.len(),
-                Box::new(|| {
-                    build::<Key<CidrV4Data>, _>(
-                        names::CIDR_V4,
-                        BPF_MAP_TYPE_LPM_TRIE,
-                        t.cidr_v4_entries().map(|(p, d, v)| (Key::new(p, d), v)),
-                        cancel,
-                    )
-                }),
-            ));
-        }
-        if !t.cidr_v6.is_empty() {
-            jobs.push((
-                t.cidr_v6.len(),
-                Box::new(|| {
-                    build::<Key<CidrV6Data>, _>(
-                        names::CIDR_V6,
-                        BPF_MAP_TYPE_LPM_TRIE,
-                        t.cidr_v6_entries().map(|(p, d, v)| (Key::new(p, d), v)),
-                        cancel,
-                    )
-                }),
-            ));
-        }
-        if !t.domain_ports.is_empty() {
-            jobs.push((
-                t.domain_ports.len(),
-                Box::new(|| {
-                    build::<DomainPortKey, _>(
-                        names::DOMAIN_PORTS,
-                        BPF_MAP_TYPE_HASH,
-                        t.domain_port_entries(),
-                        cancel,
-                    )
-                }),
-            ));
-        }
-        let built = run_jobs(jobs)?;
+        let jobs = [
+            job(
+                names::EXACT_V4,
+                BPF_MAP_TYPE_HASH,
+                t.exact_v4_entries(),
+                cancel,
+            ),
+            job(
+                names::EXACT_V6,
+                BPF_MAP_TYPE_HASH,
+                t.exact_v6_entries(),
+                cancel,
+            ),
+            job(
+                names::CIDR_V4,
+                BPF_MAP_TYPE_LPM_TRIE,
+                t.cidr_v4_entries().map(|(p, d, v)| (Key::new(p, d), v)),
+                cancel,
+            ),
+            job(
+                names::CIDR_V6,
+                BPF_MAP_TYPE_LPM_TRIE,
+                t.cidr_v6_entries().map(|(p, d, v)| (Key::new(p, d), v)),
+                cancel,
+            ),
+            job(
+                names::DOMAIN_PORTS,
+                BPF_MAP_TYPE_HASH,
+                t.domain_port_entries(),
+                cancel,
+            ),
+        ];
+        let built = run_jobs(jobs.into_iter().flatten().collect())?;
         if cancel.is_cancelled() {
             return Err(StoreError::Cancelled);
         }

@@ -31,13 +31,6 @@ use passthrough_tests::{
 const DEST: &str = "203.0.113.10:80";
 const NODE: &str = "node-a";
 
-/// CLOCK_MONOTONIC in ns: comparable between the processes of one machine.
-fn join(cgroup: &str) -> bool {
-    fs::write(Path::new(cgroup).join("cgroup.procs"), b"0")
-        .map_err(|e| eprintln!("joining {cgroup}: {e}"))
-        .is_ok()
-}
-
 /// One non-blocking connect: `Some(true)` allowed (in progress or done), `Some(false)`
 /// refused with EPERM, `None` anything else.
 fn verdict(dest: &SocketAddr) -> Option<bool> {
@@ -136,7 +129,7 @@ fn spawn_probe(cgroup: &str, dest: &SocketAddr, earlier: &[Probe]) -> Option<Pro
         drop(poke_w);
         drop(answer_r);
         let (mut poke, mut answer) = (poke_r, answer_w);
-        let ok = join(cgroup);
+        let ok = crate::join(cgroup);
         let mut byte = [0u8; 1];
         while ok && poke.read_exact(&mut byte).is_ok() {
             let v = match verdict(dest) {
@@ -299,7 +292,7 @@ pub fn first(args: &[String]) -> ExitCode {
         eprintln!("mkdir {cgroup}: {e}");
         return ExitCode::from(2);
     }
-    if !join(cgroup) {
+    if !crate::join(cgroup) {
         return ExitCode::from(2);
     }
     let v = verdict(&dest);

@@ -37,9 +37,18 @@ fn enter_netns(netns: &str) -> Result<(), ()> {
 /// Moves the calling process into the workload cgroup at `cgroup` and its thread into the
 /// network namespace at `netns`: where every measuring client runs.
 fn enter(cgroup: &str, netns: &str) -> Result<(), ()> {
-    std::fs::write(std::path::Path::new(cgroup).join("cgroup.procs"), b"0")
-        .map_err(|e| eprintln!("joining {cgroup}: {e}"))?;
+    if !join(cgroup) {
+        return Err(());
+    }
     enter_netns(netns)
+}
+
+/// Moves the calling process into the cgroup at `cgroup`, saying why on stderr when it
+/// cannot.
+fn join(cgroup: &str) -> bool {
+    std::fs::write(std::path::Path::new(cgroup).join("cgroup.procs"), b"0")
+        .map_err(|e| eprintln!("joining {cgroup}: {e}"))
+        .is_ok()
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: one clock for the bench and the clients it starts.
